@@ -1,0 +1,47 @@
+"""One error hierarchy for everything the project reports to users.
+
+The CLI prints ``str(err)`` of a :class:`MergekitFromError` as a single line and exits
+non-zero; anything else is a bug and keeps its traceback under ``MERGEKIT_FROM_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+
+class MergekitFromError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug."""
+
+    exit_code = 2
+
+
+class ConfigError(MergekitFromError):
+    """A recipe or a command-line value is invalid (missing base, bad parameter...)."""
+
+
+class ModelInputError(MergekitFromError):
+    """An input model is missing, unreadable or incompatible with the base."""
+
+
+class TensorValueError(ModelInputError):
+    """An input tensor holds NaN or Inf."""
+
+
+class AdapterError(ModelInputError):
+    """PEFT adapters that cannot be merged together."""
+
+
+def one_line(exc: BaseException) -> str:
+    """A single-line description of ``exc`` for the CLI (pydantic errors condensed)."""
+    try:
+        from pydantic import ValidationError
+    except ImportError:  # pragma: no cover - pydantic ships with mergekit
+        ValidationError = ()  # type: ignore[assignment]
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors()[:3]:
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+            parts.append(f"{loc + ': ' if loc else ''}{err['msg']}{got}")
+        return "; ".join(parts)
+    text = str(exc).strip() or type(exc).__name__
+    first = text.splitlines()[0]
+    return first if isinstance(exc, MergekitFromError) else f"{type(exc).__name__}: {first}"

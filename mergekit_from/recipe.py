@@ -1,0 +1,177 @@
+"""Run mergekit YAML recipes with the plugin's methods: early checks, then mergekit's own pipeline.
+
+mergekit validates most things late (after loading models, or deep inside the executor) and
+reports them as tracebacks. Everything here runs before any tensor is loaded and raises a
+:class:`~mergekit_from.errors.MergekitFromError` whose message names the culprit. The merge
+itself is mergekit's ``run_merge`` (planner -> executor -> safetensors), written to a
+temporary sibling directory and renamed into place only when it succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from mergekit import merge_methods
+from mergekit.common import ModelReference
+from mergekit.config import MergeConfiguration
+from mergekit.merge_methods.base import BasePolicy, MergeMethod
+from pydantic import ValidationError
+
+import mergekit_from  # noqa: F401  (registers the plugin's methods)
+from mergekit_from.errors import ConfigError, ModelInputError, one_line
+from mergekit_from.weights import TensorIndex
+
+
+def load_recipe(path: str | os.PathLike) -> tuple[MergeConfiguration, str]:
+    """Parse and validate a recipe file; returns the configuration and its source text."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    source = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {one_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping")
+    try:
+        return MergeConfiguration.model_validate(data), source
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {one_line(exc)}") from None
+
+
+def resolve_method(name: str) -> MergeMethod:
+    try:
+        return merge_methods.get(name)
+    except RuntimeError:
+        known = ", ".join(sorted(m.spec.name for m in merge_methods.registered_methods()))
+        raise ConfigError(f"unknown merge_method {name!r} (registered: {known})") from None
+
+
+def _parameter_sources(config: MergeConfiguration) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every parameter mapping in a recipe, labelled for error messages."""
+    if config.parameters:
+        yield "parameters", config.parameters
+    for model in config.models or ():
+        if model.parameters:
+            yield f"models[{model.model}].parameters", model.parameters
+    for i, sl in enumerate(config.slices or ()):
+        if sl.parameters:
+            yield f"slices[{i}].parameters", sl.parameters
+        for src in sl.sources:
+            if src.parameters:
+                yield f"slices[{i}].sources[{src.model}].parameters", src.parameters
+
+
+def _setting_values(value: Any) -> Iterator[Any]:
+    """Concrete values of a mergekit setting: a scalar, a gradient list, or filter entries."""
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict) and "value" in item:
+                yield from _setting_values(item["value"])
+            else:
+                yield item
+    else:
+        yield value
+
+
+def check_parameters(config: MergeConfiguration, method: MergeMethod) -> None:
+    """Validate every value given for the method's parameters, wherever the recipe sets it."""
+    specs = {p.name: p for p in method.spec.parameters}
+    for where, params in _parameter_sources(config):
+        for key, value in params.items():
+            spec = specs.get(key)
+            if spec is None:
+                continue
+            for v in _setting_values(value):
+                try:
+                    spec.validate(v)
+                except ValidationError as exc:
+                    raise ConfigError(
+                        f"{where}: {key}={v!r} is invalid for merge_method "
+                        f"{method.spec.name!r}: {one_line(exc)}"
+                    ) from None
+
+
+def _references(config: MergeConfiguration) -> list[ModelReference]:
+    refs: list[ModelReference] = []
+    if config.base_model is not None:
+        refs.append(config.base_model)
+    for model in config.models or ():
+        refs.append(model.model)
+    for sl in config.slices or ():
+        refs.extend(src.model for src in sl.sources)
+    return list(dict.fromkeys(refs))
+
+
+def _looks_local(path: str) -> bool:
+    """A path the user meant as local; ``org/name`` may be a Hub id and is left to mergekit."""
+    return path.startswith((".", "/", "~")) or path.count("/") != 1 or Path(path).exists()
+
+
+def check_models(config: MergeConfiguration) -> None:
+    """Local inputs exist, and every local model's tensors have the base's shapes."""
+    for ref in _references(config):
+        paths = [ref.model.path] + ([ref.lora.path] if ref.lora else [])
+        for p in paths:
+            if _looks_local(p) and not Path(p).expanduser().exists():
+                raise ModelInputError(f"model path not found: {p}")
+    base = config.base_model
+    if base is None or base.lora or not TensorIndex.is_model_dir(base.model.path):
+        return
+    base_index = TensorIndex.open(base.model.path)
+    for ref in _references(config):
+        if ref == base or ref.lora or not TensorIndex.is_model_dir(ref.model.path):
+            continue
+        base_index.check_compatible(TensorIndex.open(ref.model.path), label=str(ref))
+
+
+def check_recipe(config: MergeConfiguration) -> MergeMethod:
+    """All checks that can run before loading a tensor; returns the resolved method."""
+    method = resolve_method(config.merge_method)
+    if method.spec.contract.base == BasePolicy.REQUIRED and config.base_model is None:
+        raise ConfigError(f"merge_method {config.merge_method!r} needs a base_model")
+    check_parameters(config, method)
+    check_models(config)
+    return method
+
+
+@contextlib.contextmanager
+def staged_output(out_path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out_path``; move it into place only on success."""
+    out = Path(out_path).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_recipe(config_file: str | os.PathLike, out_path: str | os.PathLike, options) -> Path:
+    """Check a recipe, then run it through mergekit's ``run_merge`` into ``out_path``."""
+    from mergekit.merge import run_merge
+
+    config, source = load_recipe(config_file)
+    check_recipe(config)
+    if options.lora_merge_cache is None and any(r.lora for r in _references(config)):
+        # mergekit refuses base+lora inputs without a cache dir; give it a standard one.
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mergekit-from" / "lora-merge"
+        options = options.model_copy(update={"lora_merge_cache": str(cache)})
+    with staged_output(out_path) as tmp:
+        run_merge(config, str(tmp), options=options, config_source=source)
+    return Path(out_path)

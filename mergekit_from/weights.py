@@ -1,0 +1,85 @@
+"""Read-only views of a model folder's safetensors weights: names, shapes, dtypes, lazy tensors.
+
+Only safetensors are read (never pickles). Headers are read without loading tensors, so
+shape checks and fingerprints cost a few kilobytes of I/O per model; tensors are memory-mapped
+one at a time on request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from mergekit_from.errors import ModelInputError
+
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+# Tensors whose first axis is the vocabulary: a size difference there is a tokenizer question
+# that mergekit resolves (or reports) itself through the recipe's tokenizer settings.
+VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight", "wte.weight")
+
+
+@dataclass
+class TensorIndex:
+    root: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def is_model_dir(path: str | Path) -> bool:
+        p = Path(path).expanduser()
+        return (p / SINGLE).is_file() or (p / INDEX).is_file()
+
+    @classmethod
+    def open(cls, path: str | Path) -> "TensorIndex":
+        root = Path(path).expanduser()
+        if (root / INDEX).is_file():
+            try:
+                weight_map = json.loads((root / INDEX).read_text())["weight_map"]
+            except (ValueError, KeyError) as exc:
+                raise ModelInputError(f"{root / INDEX}: unreadable shard index ({exc})") from None
+            shards = sorted(set(weight_map.values()))
+        elif (root / SINGLE).is_file():
+            shards = [SINGLE]
+        else:
+            raise ModelInputError(f"no safetensors weights in {root}")
+        index = cls(root)
+        for shard in shards:
+            file = root / shard
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    for name in f.keys():
+                        sl = f.get_slice(name)
+                        index.files[name] = file
+                        index.shapes[name] = tuple(sl.get_shape())
+                        index.dtypes[name] = sl.get_dtype()
+            except Exception as exc:  # safetensors raises its own error types
+                raise ModelInputError(f"{file}: unreadable safetensors file ({exc})") from None
+        return index
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One tensor, memory-mapped from its shard."""
+        with safe_open(str(self.files[name]), framework="pt") as f:
+            return f.get_tensor(name)
+
+    def check_compatible(self, other: "TensorIndex", label: str) -> None:
+        """Raise naming the first tensor of ``other`` that cannot merge with this base."""
+        for name, shape in other.shapes.items():
+            mine = self.shapes.get(name)
+            if mine is None:
+                raise ModelInputError(f"model {label!r} has tensor {name!r} that the base does not have")
+            if mine != shape:
+                vocab_only = name.endswith(VOCAB_TENSORS) and mine[1:] == shape[1:]
+                if not vocab_only:
+                    raise ModelInputError(
+                        f"model {label!r} is incompatible with the base: tensor {name!r} has shape "
+                        f"{list(shape)}, the base has {list(mine)}"
+                    )
+        missing = sorted(set(self.shapes) - set(other.shapes))
+        if missing:
+            raise ModelInputError(f"model {label!r} lacks tensor {missing[0]!r} that the base has")
