@@ -103,5 +103,11 @@ def methods_cmd(as_json: bool) -> None:
             click.echo(f"    {p['name']:<12} {p['scope']:<9} {p['type']:<28} {default}{desc}")
 
 
+def _register_subcommands() -> None:
+    """Subcommands that live in their own modules (one line each)."""
+
+
+_register_subcommands()
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
