@@ -69,7 +69,7 @@ class TensorIndex:
 
     def check_compatible(self, other: "TensorIndex", label: str) -> None:
         """Raise naming the first tensor of ``other`` that cannot merge with this base."""
-        for name, shape in other.shapes.items():
+        for name, shape in sorted(other.shapes.items()):
             mine = self.shapes.get(name)
             if mine is None:
                 raise ModelInputError(f"model {label!r} has tensor {name!r} that the base does not have")

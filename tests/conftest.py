@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny Llama models on disk and an in-process runner for the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import mergekit_from  # noqa: F401
+from mergekit_from.cli import main
+
+
+def make_llama(path: Path, seed: int = 0, vocab: int = 64, hidden: int = 32, layers: int = 2) -> Path:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=48, num_attention_heads=4,
+        num_key_value_heads=4, num_hidden_layers=layers, tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def make_finetune(base: Path, out: Path, scale: float, seed: int, only: str | None = None) -> Path:
+    """A 'fine-tune' of ``base``: every floating tensor (or those whose name contains ``only``)
+    moved by scale * N(0, 1) noise; same config, same layout."""
+    out.mkdir(parents=True)
+    g = torch.Generator().manual_seed(seed)
+    sd = load_file(str(base / "model.safetensors"))
+    for name, t in sd.items():
+        if t.is_floating_point() and (only is None or only in name):
+            sd[name] = t + scale * torch.randn(t.shape, generator=g)
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text((base / "config.json").read_text())
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    base = make_llama(root / "base")
+    return {
+        "base": base,
+        "a": make_finetune(base, root / "ft_a", 0.01, seed=1),
+        "b": make_finetune(base, root / "ft_b", 0.03, seed=2),
+        "c": make_finetune(base, root / "ft_c", 0.02, seed=3),
+        "mlp_only": make_finetune(base, root / "ft_mlp", 0.02, seed=4, only="mlp"),
+    }
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def merge(tmp_path: Path, recipe: dict, name: str = "out") -> dict[str, torch.Tensor]:
+    """Run a recipe through `mergekit-from yaml` and return the merged state dict."""
+    cfg = write_recipe(tmp_path / f"{name}.yml", recipe)
+    out = tmp_path / name
+    result = run_cli("yaml", cfg, out, "--no-copy-tokenizer", "--quiet")
+    assert result.exit_code == 0, result.output
+    return load_model(out)
+
+
+def load_model(path: Path) -> dict[str, torch.Tensor]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        sd.update(load_file(str(path / f)))
+    return sd
