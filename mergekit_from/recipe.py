@@ -20,7 +20,7 @@ import yaml
 from mergekit import merge_methods
 from mergekit.common import ModelReference
 from mergekit.config import MergeConfiguration
-from mergekit.merge_methods.base import BasePolicy, MergeMethod
+from mergekit.merge_methods.base import BasePolicy, MergeMethod, ParameterScope
 from pydantic import ValidationError
 
 import mergekit_from  # noqa: F401  (registers the plugin's methods)
@@ -99,6 +99,24 @@ def check_parameters(config: MergeConfiguration, method: MergeMethod) -> None:
                     ) from None
 
 
+def check_required(config: MergeConfiguration, method: MergeMethod) -> None:
+    """Required parameters are set, for every model that needs them (``models:`` recipes;
+    mergekit would otherwise stop half-way through the merge)."""
+    top = config.parameters or {}
+    name = method.spec.name
+    for spec in method.spec.parameters:
+        if not spec.required or spec.name in top:
+            continue
+        if spec.scope == ParameterScope.SHARED:
+            if not config.slices:
+                raise ConfigError(f"merge_method {name!r} needs parameter {spec.name!r}")
+            continue
+        for model in config.models or ():
+            is_base = config.base_model is not None and model.model == config.base_model
+            if spec.name not in (model.parameters or {}) and not (is_base and spec.scope == ParameterScope.NON_BASE):
+                raise ConfigError(f"models[{model.model}]: merge_method {name!r} needs parameter {spec.name!r}")
+
+
 def _references(config: MergeConfiguration) -> list[ModelReference]:
     refs: list[ModelReference] = []
     if config.base_model is not None:
@@ -108,6 +126,31 @@ def _references(config: MergeConfiguration) -> list[ModelReference]:
     for sl in config.slices or ():
         refs.extend(src.model for src in sl.sources)
     return list(dict.fromkeys(refs))
+
+
+def _absolute(ref: ModelReference) -> ModelReference:
+    """Local paths made absolute: mergekit's card generator asks the Hub about any relative
+    path without two slashes, which fails (and aborts the merge) on an offline machine."""
+
+    def fix(mp):
+        p = Path(mp.path).expanduser()
+        return mp.model_copy(update={"path": str(p.resolve())}) if p.exists() and not p.is_absolute() else mp
+
+    return ref.model_copy(update={"model": fix(ref.model), "lora": fix(ref.lora) if ref.lora else None})
+
+
+def absolutize_paths(config: MergeConfiguration) -> MergeConfiguration:
+    update: dict[str, Any] = {}
+    if config.base_model is not None:
+        update["base_model"] = _absolute(config.base_model)
+    if config.models:
+        update["models"] = [m.model_copy(update={"model": _absolute(m.model)}) for m in config.models]
+    if config.slices:
+        update["slices"] = [
+            sl.model_copy(update={"sources": [src.model_copy(update={"model": _absolute(src.model)}) for src in sl.sources]})
+            for sl in config.slices
+        ]
+    return config.model_copy(update=update)
 
 
 def _looks_local(path: str) -> bool:
@@ -138,6 +181,7 @@ def check_recipe(config: MergeConfiguration) -> MergeMethod:
     if method.spec.contract.base == BasePolicy.REQUIRED and config.base_model is None:
         raise ConfigError(f"merge_method {config.merge_method!r} needs a base_model")
     check_parameters(config, method)
+    check_required(config, method)
     check_models(config)
     return method
 
@@ -148,6 +192,9 @@ def staged_output(out_path: str | os.PathLike) -> Iterator[Path]:
     out = Path(out_path).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the result should look like a plain mkdir
     try:
         yield tmp
     except BaseException:
@@ -168,6 +215,7 @@ def run_recipe(config_file: str | os.PathLike, out_path: str | os.PathLike, opti
 
     config, source = load_recipe(config_file)
     check_recipe(config)
+    config = absolutize_paths(config)
     if options.lora_merge_cache is None and any(r.lora for r in _references(config)):
         # mergekit refuses base+lora inputs without a cache dir; give it a standard one.
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mergekit-from" / "lora-merge"

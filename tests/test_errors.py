@@ -105,3 +105,10 @@ def test_console_script_exit_code_and_single_line(tiny, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: parameters: k=-2")
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_required_per_model_parameter(tiny, tmp_path):
+    r = {"merge_method": "task_arithmetic", "base_model": str(tiny["base"]),
+         "models": [{"model": str(tiny["a"]), "parameters": {"weight": 1.0}}, {"model": str(tiny["b"])}]}
+    line = run_bad(tmp_path, r)
+    assert f"models[{tiny['b']}]: merge_method 'task_arithmetic' needs parameter 'weight'" in line

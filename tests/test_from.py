@@ -184,3 +184,22 @@ def test_registration_is_idempotent(monkeypatch):
     assert registry.get("from").spec.name == "from"
     del registry._METHODS["from"]
     assert mergekit_from.register_all() == ["from"]
+
+
+def test_fp32_norm_overflow_falls_back_to_float64():
+    base = torch.zeros(4)
+    big = torch.full((4,), 3e38)  # finite, but ||.||_2 overflows in fp32
+    out = from_merge_tensors(base, [big, torch.full((4,), 1.0)], k=1.0)
+    assert torch.isfinite(out).all() and out[0] > 2.9e38
+
+
+def test_relative_local_paths_merge_offline(tiny, tmp_path, monkeypatch):
+    """`models: [{model: ft_a}]` relative to the working directory: mergekit's card step would
+    ask the Hub whether `ft_a` is a repo, which fails offline."""
+    monkeypatch.chdir(tiny["base"].parent)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    merged = merge(tmp_path, {"merge_method": "from", "base_model": "base",
+                              "models": [{"model": "ft_a"}, {"model": "ft_b"}], "dtype": "float32"})
+    assert_close(merged, closed_form(_sd(tiny["base"]), [_sd(tiny["a"]), _sd(tiny["b"])], k=2.0))
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "FroM (Frobenius-norm adaptive merging)" in card

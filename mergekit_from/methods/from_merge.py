@@ -75,8 +75,8 @@ def from_merge_tensors(
 
     ``use_norms=False`` gives the prior-weighted mean of the task vectors (the fallback for
     tensors outside ``scope: linear``). ``names``/``tensor_name`` only label errors.
-    Two passes over the inputs (norms, then the weighted sum) keep peak memory at one fp32
-    task vector instead of all of them.
+    The task vectors are stacked once in fp32 (as mergekit's task_arithmetic stacks its
+    deltas), so norms and the weighted sum are each one vectorised pass.
     """
     if not tensors:
         return base
@@ -84,24 +84,19 @@ def from_merge_tensors(
     n = len(tensors)
     prior_t = torch.ones(n, dtype=torch.float64) if priors is None else torch.tensor(priors, dtype=torch.float64)
 
-    norms = torch.empty(n, dtype=torch.float64)
+    taus = torch.empty((n, *base.shape), dtype=torch.float32, device=base.device)
     for i, t in enumerate(tensors):
-        norm = torch.linalg.vector_norm(t.float() - base32)
-        if not torch.isfinite(norm):
-            _raise_non_finite(base, tensors, i, names, tensor_name)
-            norm = torch.linalg.vector_norm(t.double() - base.double())  # finite inputs, fp32 overflow
-        norms[i] = norm.item()
+        torch.sub(t, base32, out=taus[i])
+    norms = torch.linalg.vector_norm(taus.view(n, -1), dim=1).double()
+    for i in torch.nonzero(~torch.isfinite(norms)).flatten().tolist():
+        _raise_non_finite(base, tensors, i, names, tensor_name)
+        norms[i] = torch.linalg.vector_norm(tensors[i].double() - base.double())  # finite inputs, fp32 overflow
 
     weights = from_coefficients(norms, prior_t, k if use_norms else 0.0)
     if not bool((weights > 0).any()):
         return base
-    acc = torch.zeros_like(base32)
-    for w, t in zip(weights.tolist(), tensors):
-        if w > 0:
-            acc.add_(t.float() - base32, alpha=w)
-    if scale != 1.0:
-        acc.mul_(scale)
-    return (base32 + acc).to(base.dtype)
+    merged = torch.tensordot(weights.to(torch.float32) * scale, taus, dims=1)
+    return merged.add_(base32).to(base.dtype)
 
 
 def _raise_non_finite(base, tensors, index, names, tensor_name) -> None:
