@@ -23,6 +23,9 @@ class _Cli(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:  # `mergekit-from methods | head`: the reader left, nothing to report
+            sys.stderr = open(os.devnull, "w")
+            ctx.exit(0)
         except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into lines
             if os.environ.get("MERGEKIT_FROM_DEBUG"):
                 raise
