@@ -36,6 +36,7 @@ class Model(Base):
     pipeline_tag: Mapped[str | None] = mapped_column(String(64))
     tags: Mapped[list[Any] | None]
     card_data: Mapped[dict[str, Any] | None]
+    card_text: Mapped[str | None] = mapped_column(Text)  # README body (no YAML), capped
     datasets: Mapped[list[Any] | None]
     license: Mapped[str | None] = mapped_column(String(64))
     gated: Mapped[str | None] = mapped_column(String(16))  # None, "auto" or "manual"

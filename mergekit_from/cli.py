@@ -105,6 +105,9 @@ def methods_cmd(as_json: bool) -> None:
 
 def _register_subcommands() -> None:
     """Subcommands that live in their own modules (one line each)."""
+    from zoo.cli import zoo
+
+    main.add_command(zoo)
 
 
 _register_subcommands()

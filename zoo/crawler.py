@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi, hf_hub_download
@@ -47,6 +49,7 @@ CONFIG_KEYS = ("architectures", "model_type", "vocab_size", "hidden_size", "inte
                "num_attention_heads", "num_key_value_heads", "torch_dtype", "dtype", "tie_word_embeddings",
                "quantization_config")
 RECURSE = ("finetune", "adapter", "merge")  # quantized models are leaves
+CARD_TEXT_CAP = 20_000
 
 
 def now() -> datetime:
@@ -327,6 +330,11 @@ class Crawler:
 
     def _read_files(self, info: ModelInfo, files: set[str], result: Enrichment) -> None:
         rid, sha = info.id, info.sha
+        if "README.md" in files:  # the card body is task evidence the API's cardData lacks
+            path = self._call(lambda: hf_hub_download(rid, "README.md", revision=sha, endpoint=self.endpoint,
+                                                      token=self._token))
+            text = Path(path).read_text(errors="replace")
+            result.row["card_text"] = re.sub(r"\A---\n.*?\n---\n", "", text, flags=re.S)[:CARD_TEXT_CAP]
         if "config.json" in files:
             cfg = self._json_file(rid, "config.json", sha)
             result.row["config"] = {**(result.row.get("config") or {}),
@@ -354,8 +362,7 @@ class Crawler:
     def _json_file(self, repo_id: str, filename: str, sha: str | None) -> dict[str, Any]:
         path = self._call(lambda: hf_hub_download(repo_id, filename, revision=sha, endpoint=self.endpoint,
                                                   token=self._token))
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(Path(path).read_text())
 
     @staticmethod
     def _record_headers(result: Enrichment, sha: str | None, files: dict[str, Any], kind: str) -> None:
