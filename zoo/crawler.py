@@ -32,10 +32,11 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.hf_api import ModelInfo
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from tqdm.auto import tqdm
 
 from db import AdapterConfig, CrawlState, Edge, Model, Store, TensorFingerprint, WeightFile
+from mergekit_from.errors import ConfigError, HubCrawlError
 from zoo.fingerprint import Fingerprint
 from zoo.local_repos import RELATIONS
 from zoo.resilience import RetryPolicy, Throttle, call_with_retry
@@ -123,7 +124,7 @@ class Crawler:
 
     def __init__(self, store: Store, endpoint: str | None = None, *, token: str | bool | None = None,
                  workers: int = 4, max_rps: float | None = None, retry: RetryPolicy | None = None,
-                 progress: bool = True):
+                 cache_dir: str | Path | None = None, progress: bool = True):
         self.store = store
         self.api = HfApi(endpoint=endpoint, token=token)
         self.endpoint = self.api.endpoint.rstrip("/")
@@ -131,6 +132,7 @@ class Crawler:
         self.workers = max(1, workers)
         self.retry = retry or RetryPolicy()
         self.throttle = Throttle(max_rps)
+        self.cache_dir = cache_dir  # huggingface_hub's cache for the small files read (None: HF_HUB_CACHE)
         self.progress = progress
 
     # -- listing --------------------------------------------------------------------------------
@@ -154,7 +156,11 @@ class Crawler:
                 hf_raise_for_status(r)
                 return r
 
-            r = self._call(fetch)
+            try:
+                r = self._call(fetch)
+            except Exception as exc:  # noqa: BLE001 - pages stored so far stay; a rerun resumes here
+                raise HubCrawlError(f"listing {url} failed ({_short(exc)}); the pages before it are stored, "
+                                    "run the crawl again to resume") from exc
             next_url = r.links.get("next", {}).get("url") if r.links else None
             yield r.json(), next_url
             url, query = next_url, None
@@ -209,28 +215,29 @@ class Crawler:
         relations = tuple(relations)
         unknown = [r for r in relations if r not in RELATIONS]
         if unknown:
-            from mergekit_from.errors import ConfigError
-
             raise ConfigError(f"unknown relation {unknown[0]!r}; expected one of {', '.join(RELATIONS)}")
         report = CrawlReport()
         with self.store.session() as s:
             self.store.upsert(s, Model, [{"repo_id": base}])
+        # All four relations: one ``base_model:<id>`` listing per parent (relations read from the
+        # tags), a quarter of the API calls; a subset: one ``base_model:<relation>:<id>`` each.
+        filters = [""] if set(relations) == set(RELATIONS) else [f"{rel}:" for rel in relations]
         frontier, seen = [base], {base}
         while frontier:
             parent = frontier.pop(0)
-            for rel in relations:
+            for prefix in filters:
                 budget = None if max_models is None else max_models - report.listed
                 if budget is not None and budget <= 0:
                     break
-                self.list_query({"filter": f"base_model:{rel}:{parent}"}, max_models=budget, report=report)
-                if recursive and rel in RECURSE:
-                    # Children come from the store, so pages listed before a resume still recurse.
-                    with self.store.session() as s:
-                        kids = s.scalars(select(Edge.child_id).where(Edge.parent_id == parent,
-                                                                     Edge.relation == rel)).all()
-                    for kid in sorted(set(kids) - seen):
-                        seen.add(kid)
-                        frontier.append(kid)
+                self.list_query({"filter": f"base_model:{prefix}{parent}"}, max_models=budget, report=report)
+            if recursive:
+                # Children come from the store, so pages listed before a resume still recurse.
+                with self.store.session() as s:
+                    kids = s.scalars(select(Edge.child_id).where(
+                        Edge.parent_id == parent, Edge.relation.in_([r for r in relations if r in RECURSE]))).all()
+                for kid in sorted(set(kids) - seen):
+                    seen.add(kid)
+                    frontier.append(kid)
         if enrich:
             self.enrich(self.descendants(base, relations) | {base}, report)
         return report
@@ -285,11 +292,10 @@ class Crawler:
         report = report or CrawlReport()
         ids = sorted(set(repo_ids))
         with self.store.session() as s:
-            todo = set(s.scalars(select(Model.repo_id).where(
-                Model.repo_id.in_(ids),
-                or_(Model.enriched_sha.is_(None), Model.sha.is_(None), Model.enriched_sha != Model.sha,
-                    Model.status.in_(("listed", "error")))
+            fresh = set(s.scalars(select(Model.repo_id).where(
+                Model.repo_id.in_(ids), Model.enriched_sha == Model.sha, Model.status.in_(("enriched", "gated"))
             )).all()) if ids else set()
+        todo = set(ids) - fresh
         report.skipped_unchanged += len(ids) - len(todo)
         bar = tqdm(total=len(todo), desc="enrich", unit="model", disable=not self.progress, leave=False)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="zoo-enrich") as pool:
@@ -332,7 +338,7 @@ class Crawler:
         rid, sha = info.id, info.sha
         if "README.md" in files:  # the card body is task evidence the API's cardData lacks
             path = self._call(lambda: hf_hub_download(rid, "README.md", revision=sha, endpoint=self.endpoint,
-                                                      token=self._token))
+                                                      token=self._token, cache_dir=self.cache_dir))
             text = Path(path).read_text(errors="replace")
             result.row["card_text"] = re.sub(r"\A---\n.*?\n---\n", "", text, flags=re.S)[:CARD_TEXT_CAP]
         if "config.json" in files:
@@ -361,7 +367,7 @@ class Crawler:
 
     def _json_file(self, repo_id: str, filename: str, sha: str | None) -> dict[str, Any]:
         path = self._call(lambda: hf_hub_download(repo_id, filename, revision=sha, endpoint=self.endpoint,
-                                                  token=self._token))
+                                                  token=self._token, cache_dir=self.cache_dir))
         return json.loads(Path(path).read_text())
 
     @staticmethod

@@ -17,6 +17,7 @@ import base64
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,12 +49,14 @@ class HubError(Exception):
 
 @dataclass
 class Fault:
-    """Answer the next ``times`` requests whose path matches ``pattern`` with ``status``."""
+    """Answer the next ``times`` requests whose path matches ``pattern`` with ``status``
+    (status 200: answer normally, ``delay_s`` late)."""
 
     pattern: re.Pattern[str]
     status: int
     times: int
     reset_s: int = 0
+    delay_s: float = 0.0
 
 
 class HubServer:
@@ -80,11 +83,12 @@ class HubServer:
 
     # -- fault injection (tests) ----------------------------------------------------------------
 
-    def inject(self, pattern: str, status: int, times: int, reset_s: int = 0) -> None:
+    def inject(self, pattern: str, status: int, times: int, reset_s: int = 0, delay_s: float = 0.0) -> None:
         """The next ``times`` requests matching ``pattern`` (a regex on the path) get ``status``;
-        a 429 carries ``RateLimit: "api";r=0;t=<reset_s>`` as the Hub sends it."""
+        a 429 carries ``RateLimit: "api";r=0;t=<reset_s>`` as the Hub sends it; 200 means a
+        normal answer after ``delay_s`` seconds (a slow Hub)."""
         with self._lock:
-            self._faults.append(Fault(re.compile(pattern), status, times, reset_s))
+            self._faults.append(Fault(re.compile(pattern), status, times, reset_s, delay_s))
 
     def _take_fault(self, path: str) -> Fault | None:
         with self._lock:
@@ -330,8 +334,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "POST":  # drain the request body; keep-alive needs it
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
         fault = self.hub._take_fault(url.path)
+        if fault is not None and fault.delay_s:
+            time.sleep(fault.delay_s)
         try:
-            if fault is not None:
+            if fault is not None and fault.status != 200:
                 self._fault(fault, body)
             else:
                 self._route(url.path, query, body)
