@@ -63,3 +63,35 @@ def make_crawler(store, hub, tmp_path):
                        progress=False, **kw)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def _crawled_file(zoo_dir, tmp_path_factory) -> Path:
+    """One full recursive crawl of the zoo, done once; tests get copies."""
+    from db import open_store
+    from zoo.crawler import Crawler
+    from zoo.hub_server import HubServer
+
+    tmp = tmp_path_factory.mktemp("crawled")
+    with HubServer(zoo_dir, page_size=3, gated={GATED: "manual"}) as server:
+        store = open_store(f"sqlite:///{tmp / 'zoo.sqlite'}")
+        Crawler(store, server.endpoint, token=False, cache_dir=tmp / "hf-cache", progress=False).crawl_tree(
+            "acme/tiny-llama", recursive=True)
+        store.close()  # the last connection checkpoints the WAL into the main file
+    return tmp / "zoo.sqlite"
+
+
+@pytest.fixture
+def crawled(_crawled_file, tmp_path):
+    """A store holding the crawled zoo (a private copy)."""
+    import shutil
+
+    from db import open_store
+
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{_crawled_file}{suffix}")
+        if src.exists():
+            shutil.copy(src, tmp_path / f"crawled.sqlite{suffix}")
+    s = open_store(f"sqlite:///{tmp_path / 'crawled.sqlite'}")
+    yield s
+    s.close()

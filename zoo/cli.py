@@ -87,10 +87,12 @@ def _relations(value: str) -> tuple[str, ...]:
               help="Concurrent enrichment requests.")
 @click.option("--max-rps", type=float, default=None, help="Cap on requests per second (polite crawling).")
 @click.option("--no-enrich", is_flag=True, help="Listing metadata only (no model_info / headers).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="huggingface_hub cache for the small files read (default: $HF_HUB_CACHE).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def crawl_cmd(base: str | None, search: str | None, filters: tuple[str, ...], author: str | None,
               endpoint: str | None, db_url: str | None, max_models: int | None, relations: str, recursive: bool,
-              workers: int, max_rps: float | None, no_enrich: bool, quiet: bool) -> None:
+              workers: int, max_rps: float | None, no_enrich: bool, cache_dir: str | None, quiet: bool) -> None:
     """Crawl a Hub into the store: resumable (kill it, run it again), incremental (unchanged sha skipped)."""
     from zoo.crawler import Crawler
 
@@ -98,7 +100,7 @@ def crawl_cmd(base: str | None, search: str | None, filters: tuple[str, ...], au
         raise ConfigError("crawl needs --base ID, or --search / --filter / --author")
     rels = _relations(relations)
     store = _store(db_url)
-    crawler = Crawler(store, endpoint, workers=workers, max_rps=max_rps, progress=not quiet)
+    crawler = Crawler(store, endpoint, workers=workers, max_rps=max_rps, cache_dir=cache_dir, progress=not quiet)
     if base:
         report = crawler.crawl_tree(base, relations=rels, recursive=recursive, max_models=max_models,
                                     enrich=not no_enrich)
