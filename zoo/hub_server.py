@@ -231,7 +231,7 @@ class HubServer:
         if expand:
             info = {k: self._field(repo, rec, k) for k in ("_id", "id", *expand)}
         else:
-            info = dict(rec)
+            info = dict(rec)  # a copy: the record is cached
             for key in ("safetensors", "usedStorage"):
                 info[key] = self._field(repo, rec, key)
         if "siblings" in info and (query.get("blobs") or ["false"])[0] == "true":

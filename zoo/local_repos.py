@@ -90,6 +90,7 @@ class LocalRepo:
     gated: str | None = None
     downloads: int = 0
     likes: int = 0
+    _record: dict[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
     def scan(cls, repo_id: str, root: Path) -> "LocalRepo":
@@ -216,7 +217,14 @@ class LocalRepo:
         return {k: self.config[k] for k in keys if k in self.config}
 
     def record(self) -> dict[str, Any]:
-        """Every field the API can return for this repo (camelCase, as the Hub spells them)."""
+        """Every field the API can return for this repo (camelCase, as the Hub spells them).
+
+        Computed once: a rescan builds new ``LocalRepo`` objects, so the cache cannot go stale."""
+        if self._record is None:
+            self._record = self._build_record()
+        return self._record
+
+    def _build_record(self) -> dict[str, Any]:
         return {
             "_id": hashlib.md5(self.repo_id.encode()).hexdigest()[:24],
             "id": self.repo_id,
