@@ -95,3 +95,41 @@ def test_injected_rate_limit_is_answered_like_the_hub(hub, api):
     resp = err.value.response
     assert resp.status_code == 429 and resp.headers["RateLimit"] == '"api";r=0;t=7'
     assert api.model_info(BASE).id == BASE
+
+
+def test_create_repo_and_upload_folder_publish_a_model(zoo_dir, tmp_path):
+    import filecmp
+    import shutil
+
+    from zoo.hub_server import HubServer
+
+    root = tmp_path / "hub"
+    shutil.copytree(zoo_dir / BASE, root / BASE)
+    source = zoo_dir / "acme/tiny-llama-math"
+    with HubServer(root) as hub:
+        api = HfApi(endpoint=hub.endpoint, token="hf_local")
+        assert api.create_repo("team/merged") == f"{hub.endpoint}/team/merged"
+        api.create_repo("team/merged", exist_ok=True)
+        with pytest.raises(Exception, match="409"):
+            api.create_repo("team/merged")
+        commit = api.upload_folder(repo_id="team/merged", folder_path=source, commit_message="merge")
+        info = api.model_info("team/merged")
+        assert info.sha == commit.oid and f"base_model:finetune:{BASE}" in info.tags
+        assert [m.id for m in api.list_models(filter=f"base_model:{BASE}")] == ["team/merged"]
+        got = hf_hub_download("team/merged", "model.safetensors", endpoint=hub.endpoint, cache_dir=tmp_path / "c")
+        assert filecmp.cmp(got, source / "model.safetensors", shallow=False)
+        assert api.upload_folder(repo_id="team/merged", folder_path=source).oid == commit.oid  # nothing changed
+        api.delete_file("generation_config.json", "team/merged")
+        assert "generation_config.json" not in {s.rfilename for s in api.model_info("team/merged").siblings}
+        with pytest.raises(RemoteEntryNotFoundError):
+            api.delete_file("nope.json", "team/merged")
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        (bad / "README.md").write_text("---\nbase_model: [unclosed\n---\n")
+        with pytest.raises(ValueError, match="Invalid metadata in README.md"):
+            api.upload_folder(repo_id="team/merged", folder_path=bad)
+        with pytest.raises(RepositoryNotFoundError):
+            api.upload_folder(repo_id="team/absent", folder_path=source)
+    with HubServer(root, read_only=True) as hub:
+        with pytest.raises(Exception, match="403"):
+            HfApi(endpoint=hub.endpoint, token="hf_local").create_repo("team/other")

@@ -38,9 +38,10 @@ def zoo() -> None:
               help="Bearer tokens that may read gated files (repeatable; also $ZOO_ACCESS_TOKENS).")
 @click.option("--stats", type=click.Path(exists=True, dir_okay=False),
               help='JSON {"repo_id": {"downloads": n, "likes": n}} for the popularity fields.')
+@click.option("--read-only", is_flag=True, help="Refuse create_repo and uploads.")
 @click.option("--verbose", is_flag=True, help="Log every request.")
 def serve_cmd(folder: str, port: int, page_size: int, gated: tuple[str, ...], access_tokens: tuple[str, ...],
-              stats: str | None, verbose: bool) -> None:
+              stats: str | None, read_only: bool, verbose: bool) -> None:
     """Serve FOLDER (HF model folders as <org>/<name>/ or <name>/) over the Hub API on 127.0.0.1."""
     from zoo.hub_server import HubServer
 
@@ -52,7 +53,7 @@ def serve_cmd(folder: str, port: int, page_size: int, gated: tuple[str, ...], ac
             raise ConfigError(f"{stats}: not JSON ({exc})") from None
     try:
         hub = HubServer(folder, port, page_size=page_size, gated=dict.fromkeys(gated, "manual"), stats=stats_map,
-                        access_tokens=set(access_tokens), verbose=verbose)
+                        access_tokens=set(access_tokens), read_only=read_only, verbose=verbose)
     except OSError as exc:
         raise ConfigError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror})") from None
     click.echo(f"serving {len(hub.catalog.repos)} repos from {folder} at {hub.endpoint} (Ctrl-C stops)", err=True)

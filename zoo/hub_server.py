@@ -6,7 +6,9 @@ cardData / config, ``Link`` cursor pagination), ``model_info`` (with revisions, 
 ``expand``), the repo tree, and ``resolve`` HEAD/GET with ``X-Repo-Commit``, ``ETag``, LFS
 headers and ranged reads, so ``hf_hub_download``, ``snapshot_download`` and
 ``get_safetensors_metadata`` work. Errors carry the Hub's ``X-Error-Code``. Gated repos and
-fault injection (429 with ``RateLimit``, 5xx bursts) are configurable for tests.
+fault injection (429 with ``RateLimit``, 5xx bursts) are configurable for tests. Writes take
+``create_repo`` and ``upload_folder`` / ``create_commit`` with files sent inline (the preupload
+answer is always "regular", so neither LFS nor Xet storage is involved).
 
 Standard-library ``ThreadingHTTPServer``; it only ever binds 127.0.0.1.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+import yaml
 
 from zoo.local_repos import Catalog, LocalRepo
 
@@ -42,9 +47,11 @@ REPO_SUBROUTES = {"tree", "revision", "paths-info", "refs", "commits", "preuploa
 
 
 class HubError(Exception):
-    def __init__(self, status: int, code: str | None, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, code: str | None, message: str, headers: dict[str, str] | None = None,
+                 body: dict[str, Any] | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+        self.body = body or {}
 
 
 @dataclass
@@ -64,8 +71,10 @@ class HubServer:
 
     def __init__(self, root: str | Path, port: int = 0, *, page_size: int = DEFAULT_PAGE_SIZE,
                  gated: dict[str, str] | None = None, stats: dict[str, dict[str, int]] | None = None,
-                 access_tokens: set[str] | None = None, verbose: bool = False):
+                 access_tokens: set[str] | None = None, read_only: bool = False, verbose: bool = False):
         self.catalog = Catalog(root, gated=gated, stats=stats)
+        self.read_only = read_only
+        self._write_lock = threading.Lock()
         self.page_size = page_size
         self.access_tokens = set(access_tokens or ())
         self.verbose = verbose
@@ -275,6 +284,97 @@ class HubServer:
                         f"{urlencode(params + [('cursor', str(start + self.page_size))])}")
         return page, next_url
 
+    # -- writes: create_repo, then upload_folder / create_commit ---------------------------------
+
+    def create_repo(self, repo_id: str) -> str:
+        parts = repo_id.split("/")
+        if not 1 <= len(parts) <= 2 or not all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", p) for p in parts):
+            raise HubError(400, None, f"Invalid repo name: {repo_id!r}")
+        with self._write_lock:
+            if self.catalog.get(repo_id) is not None:
+                raise HubError(409, None, "You already created this model repo",
+                               body={"url": f"{self.endpoint}/{repo_id}"})
+            folder = self.catalog.root / repo_id
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+            self.catalog.rescan(repo_id)
+        return f"{self.endpoint}/{repo_id}"
+
+    def preupload(self, repo_id: str, revision: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Every file goes inline in the commit ("regular"): no LFS or Xet storage is needed, and
+        the client skips files whose git blob id matches what is already there."""
+        repo = self.repo(repo_id)
+        self.check_revision(repo, revision)
+        out = []
+        for f in payload.get("files") or []:
+            path = _safe_path(str(f.get("path", "")))
+            existing = repo.files.get(path)
+            out.append({"path": path, "uploadMode": "regular", "shouldIgnore": False,
+                        "oid": existing.blob_id if existing else None})
+        return {"files": out, "commitOid": repo.sha}
+
+    def commit(self, repo_id: str, revision: str, lines: list[dict[str, Any]]) -> dict[str, Any]:
+        repo = self.repo(repo_id)
+        self.check_revision(repo, revision)
+        header = next((ln["value"] for ln in lines if ln.get("key") == "header"), {})
+        if header.get("parentCommit") and header["parentCommit"] != repo.sha:
+            raise HubError(412, None, f"Parent commit {header['parentCommit']} is not the head {repo.sha}")
+        ops = []
+        for ln in lines:
+            key, value = ln.get("key"), ln.get("value") or {}
+            if key == "header":
+                continue
+            path = _safe_path(str(value.get("path", "")))
+            if key == "file":
+                if value.get("encoding", "base64") != "base64":
+                    raise HubError(400, None, f"Unsupported encoding for {path}")
+                ops.append(("write", path, base64.b64decode(value.get("content", ""))))
+            elif key in ("deletedFile", "deletedFolder"):
+                ops.append(("delete", path, b""))
+            else:
+                raise HubError(400, None, f"Unsupported commit operation {key!r} (this server takes files inline)")
+        root = repo.root
+        with self._write_lock:
+            missing = [path for op, path, _ in ops if op == "delete" and not (root / path).exists()]
+            if missing:  # refused before anything is touched
+                raise HubError(404, "EntryNotFound", f"A file with this name doesn't exist: {missing[0]}")
+            for op, path, data in ops:  # each file lands whole: written aside, then renamed
+                target = root / path
+                if op == "write":
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = target.with_name(f".{target.name}.upload")
+                    tmp.write_bytes(data)
+                    tmp.replace(target)
+                elif target.is_dir():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink()
+            self.catalog.rescan(repo_id)
+        sha = self.repo(repo_id).sha
+        return {"success": True, "commitOid": sha, "commitUrl": f"{self.endpoint}/{repo_id}/commit/{sha}",
+                "pullRequestUrl": None}
+
+
+def _validate_card(content: str) -> dict[str, Any]:
+    """The Hub's YAML check of a model card: front matter must parse to a mapping."""
+    m = re.match(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", content, flags=re.S)
+    if not m:
+        return {"errors": [], "warnings": [{"message": "Empty or missing yaml metadata in repo card"}]}
+    try:
+        data = yaml.safe_load(m.group(1))
+    except yaml.YAMLError as exc:
+        raise HubError(400, None, "Invalid YAML", body={"errors": [{"message": str(exc).splitlines()[0]}]}) from None
+    if data is not None and not isinstance(data, dict):
+        raise HubError(400, None, "Invalid YAML", body={"errors": [{"message": "metadata must be a mapping"}]})
+    return {"errors": [], "warnings": []}
+
+
+def _safe_path(path: str) -> str:
+    parts = path.split("/")
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in path:
+        raise HubError(400, None, f"Invalid path in repo: {path!r}")
+    return path
+
 
 def _split_repo(catalog: Catalog, segs: list[str]) -> tuple[str, list[str]]:
     """Repo ids have one or two segments; the catalog (then the route words) disambiguate."""
@@ -326,13 +426,12 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"X-Error-Message": err.message, **err.headers}
         if err.code:
             headers["X-Error-Code"] = err.code
-        self._json(err.status, {"error": err.message}, headers, body)
+        self._json(err.status, {"error": err.message, **err.body}, headers, body)
 
     def _dispatch(self, body: bool) -> None:
         url = urlsplit(self.path)
         query = parse_qs(url.query, keep_blank_values=True)
-        if self.command == "POST":  # drain the request body; keep-alive needs it
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if self.command == "POST" else b""
         fault = self.hub._take_fault(url.path)
         if fault is not None and fault.delay_s:
             time.sleep(fault.delay_s)
@@ -371,11 +470,46 @@ class _Handler(BaseHTTPRequestHandler):
                 entries, next_url = hub.tree(repo_id, rest[1], "/".join(rest[2:]), query)
                 headers = {"Link": f'<{next_url}>; rel="next"'} if next_url else {}
                 return self._json(200, entries, headers, body)
+        if self.command == "POST":
+            return self._post(segs, query, body)
         if "resolve" in segs[1:3] and self.command in ("GET", "HEAD"):
             i = segs.index("resolve", 1)
             if len(segs) > i + 2:
                 return self._resolve("/".join(segs[:i]), segs[i + 1], "/".join(segs[i + 2:]), body)
         raise HubError(404, None, f"Sorry, we can't find the page you are looking for: {path}")
+
+    def _post(self, segs: list[str], query: dict[str, list[str]], body: bool) -> None:
+        hub = self.hub
+        if hub.read_only:
+            raise HubError(403, None, "This zoo server is read-only")
+        if (query.get("create_pr") or ["0"])[0] in ("1", "true"):
+            raise HubError(400, None, "Pull requests are not supported by this server")
+        if segs == ["api", "validate-yaml"]:  # upload_folder checks README.md cards first
+            return self._json(200, _validate_card(str(self._json_body().get("content", ""))), body=body)
+        if segs == ["api", "repos", "create"]:
+            payload = self._json_body()
+            if payload.get("type", "model") != "model":
+                raise HubError(400, None, "Only model repos are supported by this server")
+            name, org = payload.get("name"), payload.get("organization")
+            repo_id = f"{org}/{name}" if org else str(name)
+            return self._json(200, {"url": hub.create_repo(repo_id), "name": repo_id}, body=body)
+        if segs[:2] == ["api", "models"] and len(segs) > 3:
+            repo_id, rest = _split_repo(hub.catalog, segs[2:])
+            if len(rest) == 2 and rest[0] == "preupload":
+                return self._json(200, hub.preupload(repo_id, rest[1], self._json_body()), body=body)
+            if len(rest) == 2 and rest[0] == "commit":
+                lines = [json.loads(line) for line in self.body.splitlines() if line.strip()]
+                return self._json(200, hub.commit(repo_id, rest[1], lines), body=body)
+        raise HubError(404, None, f"Sorry, we can't find the page you are looking for: {self.path}")
+
+    def _json_body(self) -> dict[str, Any]:
+        try:
+            payload = json.loads(self.body or b"{}")
+        except ValueError:
+            raise HubError(400, None, "The request body is not JSON") from None
+        if not isinstance(payload, dict):
+            raise HubError(400, None, "The request body is not a JSON object")
+        return payload
 
     def _resolve(self, repo_id: str, revision: str, path: str, body: bool) -> None:
         hub = self.hub

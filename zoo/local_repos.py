@@ -21,7 +21,9 @@ from huggingface_hub import ModelCard
 # Files the Hub would keep in LFS: weights and anything big.
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".onnx", ".ckpt", ".pkl")
 LFS_MIN_SIZE = 10 * 1024 * 1024
-REPO_MARKERS = ("config.json", "README.md", "adapter_config.json", "model.safetensors", "model.safetensors.index.json")
+REPO_MARKERS = ("config.json", "README.md", "adapter_config.json", "model.safetensors", "model.safetensors.index.json",
+                ".gitattributes")  # the last one: what a new, still empty Hub repo holds
+VISIBLE_DOTFILES = (".gitattributes", ".gitignore")
 RELATIONS = ("finetune", "adapter", "merge", "quantized")
 
 
@@ -97,7 +99,8 @@ class LocalRepo:
         files: dict[str, RepoFile] = {}
         for p in sorted(root.rglob("*")):
             rel = p.relative_to(root).as_posix()
-            if p.is_file() and not any(part.startswith(".") for part in rel.split("/")):
+            hidden = any(part.startswith(".") and part not in VISIBLE_DOTFILES for part in rel.split("/"))
+            if p.is_file() and not hidden:
                 st = p.stat()
                 files[rel] = RepoFile(rel, p, st.st_size, st.st_mtime_ns)
         # A commit id that changes whenever a file is added, removed, resized or rewritten.
