@@ -31,7 +31,7 @@ from huggingface_hub.errors import (
     SafetensorsParsingError,
 )
 from huggingface_hub.hf_api import ModelInfo
-from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status, parse_ratelimit_headers
 from sqlalchemy import select
 from tqdm.auto import tqdm
 
@@ -161,6 +161,9 @@ class Crawler:
             except Exception as exc:  # noqa: BLE001 - pages stored so far stay; a rerun resumes here
                 raise HubCrawlError(f"listing {url} failed ({_short(exc)}); the pages before it are stored, "
                                     "run the crawl again to resume") from exc
+            limit = parse_ratelimit_headers(r.headers)
+            if limit is not None and limit.remaining == 0:  # the window is spent: wait it out before asking
+                self.throttle.pause(limit.reset_in_seconds)
             next_url = r.links.get("next", {}).get("url") if r.links else None
             yield r.json(), next_url
             url, query = next_url, None

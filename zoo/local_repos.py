@@ -18,6 +18,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard
 
+from zoo.fingerprint import header_params
+
 # Files the Hub would keep in LFS: weights and anything big.
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".onnx", ".ckpt", ".pkl")
 LFS_MIN_SIZE = 10 * 1024 * 1024
@@ -201,8 +203,6 @@ class LocalRepo:
     @property
     def safetensors(self) -> dict[str, Any] | None:
         """``{"parameters": {dtype: n}, "total": n}`` from the headers, as the Hub computes it."""
-        from zoo.fingerprint import header_params  # local import: avoids a cycle at import time
-
         shards = [f for p, f in self.files.items() if p.endswith(".safetensors")]
         if not shards:
             return None
