@@ -203,3 +203,20 @@ def test_two_crawlers_on_one_database_do_not_corrupt_it(hub, db_url, tmp_path, z
         statuses = dict(s.execute(select(Model.status, func.count()).group_by(Model.status)).all())
     assert statuses == {"enriched": len(zoo_layout) - 1, "gated": 1}
     store.close()
+
+
+def test_hf_token_is_honoured_and_never_stored(hub, store, tmp_path, monkeypatch):
+    from zoo.crawler import Crawler
+
+    secret = "hf_zoo_test_secret_0123456789"
+    hub.access_tokens.add(secret)
+    monkeypatch.setenv("HF_TOKEN", secret)
+    crawler = Crawler(store, hub.endpoint, cache_dir=tmp_path / "cache", progress=False)  # token from the env
+    report = crawler.crawl_tree(BASE, relations=["finetune"])
+    assert report.statuses.get("gated") is None  # the token opened the gated repo's files
+    with store.session() as s:
+        assert s.get(Model, GATED).status == "enriched" and s.get(Model, GATED).gated == "manual"
+    store.close()
+    db_file = Path(store.engine.url.database)
+    for f in [db_file, *db_file.parent.glob(db_file.name + "-*")]:
+        assert secret.encode() not in f.read_bytes()

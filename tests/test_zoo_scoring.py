@@ -57,6 +57,8 @@ def test_kinship_from_local_weights(crawled, zoo_dir):
     assert "acme/tiny-llama-math" in kin and ADAPTER in kin  # full models and LoRA deltas alike
     assert OTHER_VOCAB not in kin and GATED not in kin  # only compatible candidates are compared
     assert all(0.0 <= v <= 1.0 for v in kin.values())
+    # math-v2 was tuned from the math model, so its task vector points where the math experts' do.
+    assert kin[SECOND_LEVEL] > 0.5 > max(kin[r] for r in UNRELATED)
 
 
 def test_scores_are_stored_per_target_and_rescoring_replaces_them(crawled):

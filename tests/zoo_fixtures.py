@@ -87,7 +87,8 @@ def build_zoo(root: str | Path) -> dict[str, str]:
         _save(_perturbed(base, seed=i + 1), root / rid)
         _card(root / rid, base=BASE, tags=card["tags"], datasets=card["datasets"], text=card["text"])
         layout[rid] = "finetune"
-    _save(_perturbed(base, seed=50), root / SECOND_LEVEL)
+    math = LlamaForCausalLM.from_pretrained(root / "acme/tiny-llama-math")
+    _save(_perturbed(math, seed=50, scale=0.005), root / SECOND_LEVEL)  # a further tune of the math model
     _card(root / SECOND_LEVEL, base="acme/tiny-llama-math", tags=["math"], datasets=["openai/gsm8k"],
           text="Second round of math word problem tuning.")
     layout[SECOND_LEVEL] = "finetune"
