@@ -99,6 +99,8 @@ def crawl_cmd(base: str | None, search: str | None, filters: tuple[str, ...], au
 
     if not base and not (search or filters or author):
         raise ConfigError("crawl needs --base ID, or --search / --filter / --author")
+    if base and (search or filters or author):
+        raise ConfigError("crawl takes either --base (a model tree) or --search / --filter / --author, not both")
     rels = _relations(relations)
     store = _store(db_url)
     crawler = Crawler(store, endpoint, workers=workers, max_rps=max_rps, cache_dir=cache_dir, progress=not quiet)

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import HfApi, get_token, hf_hub_download
 from huggingface_hub.errors import (
     DisabledRepoError,
     GatedRepoError,
@@ -294,9 +294,11 @@ class Crawler:
         """``model_info`` + header + adapter config for each repo whose sha changed since last time."""
         report = report or CrawlReport()
         ids = sorted(set(repo_ids))
+        # A gated repo is worth another look only when there is a token that might have been granted.
+        done = ("enriched",) if self._has_token() else ("enriched", "gated")
         with self.store.session() as s:
             fresh = set(s.scalars(select(Model.repo_id).where(
-                Model.repo_id.in_(ids), Model.enriched_sha == Model.sha, Model.status.in_(("enriched", "gated"))
+                Model.repo_id.in_(ids), Model.enriched_sha == Model.sha, Model.status.in_(done)
             )).all()) if ids else set()
         todo = set(ids) - fresh
         report.skipped_unchanged += len(ids) - len(todo)
@@ -311,6 +313,9 @@ class Crawler:
                 bar.update(1)
         bar.close()
         return report
+
+    def _has_token(self) -> bool:
+        return isinstance(self._token, str) or (self._token is None and get_token() is not None)
 
     def _enrich_one(self, repo_id: str) -> Enrichment:
         try:
