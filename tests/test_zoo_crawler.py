@@ -105,15 +105,7 @@ def test_listing_failure_keeps_pages_and_a_rerun_resumes(make_crawler, store, hu
     query = f"base_model:finetune:{BASE}"
     expected = {r for r, rel in zoo_layout.items() if rel == "finetune" and r != SECOND_LEVEL}
     crawler = make_crawler(retry=RetryPolicy(max_tries=2, backoff_s=0.01))
-    original = crawler._pages
-
-    def pages_then_outage(params, resume_url):  # the Hub goes down after the second page
-        for n, page in enumerate(original(params, resume_url)):
-            yield page
-            if n == 1:
-                hub.inject(r"^/api/models$", 503, times=2)
-
-    crawler._pages = pages_then_outage
+    hub.inject(r"^/api/models$", 503, times=2, after=2)  # the Hub goes down after the second page
     with pytest.raises(HubCrawlError, match="run the crawl again to resume"):
         crawler.list_query({"filter": query})
     assert len(_ids(store)) == 6

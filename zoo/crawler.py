@@ -31,7 +31,13 @@ from huggingface_hub.errors import (
     SafetensorsParsingError,
 )
 from huggingface_hub.hf_api import ModelInfo
-from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status, parse_ratelimit_headers
+from huggingface_hub.utils import (
+    build_hf_headers,
+    get_session,
+    hf_raise_for_status,
+    parse_datetime,
+    parse_ratelimit_headers,
+)
 from sqlalchemy import select
 from tqdm.auto import tqdm
 
@@ -57,30 +63,53 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def model_row(info: ModelInfo) -> dict[str, Any]:
-    """The ``models`` columns a listing item or ``model_info`` provides (absent keys stay absent)."""
-    card = info.card_data.to_dict() if info.card_data is not None else None
-    tags = list(info.tags or [])
+def _when(value: str | datetime | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(value)  # the Hub's "2024-01-02T03:04:05.000Z"; fast path
+    except ValueError:
+        return parse_datetime(value)
+
+
+def info_fields(info: ModelInfo) -> dict[str, Any]:
+    """A ``model_info`` result in the API's own JSON vocabulary, as listing items come."""
+    return {"id": info.id, "sha": info.sha, "lastModified": info.last_modified, "createdAt": info.created_at,
+            "author": info.author, "library_name": info.library_name, "pipeline_tag": info.pipeline_tag,
+            "tags": info.tags, "cardData": info.card_data.to_dict() if info.card_data is not None else None,
+            "gated": info.gated, "private": info.private, "downloads": info.downloads, "likes": info.likes,
+            "config": info.config, "siblings": [{"rfilename": s.rfilename} for s in info.siblings or []]}
+
+
+def model_row(fields: dict[str, Any]) -> dict[str, Any]:
+    """The ``models`` columns from the API's JSON fields (absent keys stay absent).
+
+    Listing items are used as they come: building ``ModelInfo`` objects and copying their card
+    data would double what a bare ``list_models`` iteration costs."""
+    card = fields.get("cardData")
+    tags = list(fields.get("tags") or [])
+    config = fields.get("config") or {}
     datasets = list(dict.fromkeys([*((card or {}).get("datasets") or []),
                                    *(t.split(":", 1)[1] for t in tags if t.startswith("dataset:"))]))
     lic = (card or {}).get("license") or next((t.split(":", 1)[1] for t in tags if t.startswith("license:")), None)
-    row: dict[str, Any] = {"repo_id": info.id, "updated_at": now()}
+    row: dict[str, Any] = {"repo_id": fields["id"], "updated_at": now()}
     values = {
-        "sha": info.sha, "last_modified": info.last_modified, "created_at": info.created_at,
-        "author": info.author, "library_name": info.library_name, "pipeline_tag": info.pipeline_tag,
+        "sha": fields.get("sha"), "last_modified": _when(fields.get("lastModified")),
+        "created_at": _when(fields.get("createdAt")), "author": fields.get("author"),
+        "library_name": fields.get("library_name"), "pipeline_tag": fields.get("pipeline_tag"),
         "tags": tags or None, "card_data": card, "datasets": datasets or None,
-        "license": lic if isinstance(lic, str) else None,
-        "private": info.private, "downloads": info.downloads, "likes": info.likes,
-        "config": {k: v for k, v in info.config.items() if k in CONFIG_KEYS} if info.config else None,
+        "license": lic if isinstance(lic, str) else None, "private": fields.get("private"),
+        "downloads": fields.get("downloads"), "likes": fields.get("likes"),
+        "config": {k: v for k, v in config.items() if k in CONFIG_KEYS} or None,
     }
     row.update({k: v for k, v in values.items() if v is not None})
-    if info.gated is not None:  # False (open) or "auto" / "manual"
-        row["gated"] = info.gated or None
-    quantized = any(t.startswith("base_model:quantized:") for t in tags) or "gguf" in tags \
-        or bool((info.config or {}).get("quantization_config"))
-    row["is_quantized"] = quantized
-    row["is_adapter"] = info.library_name == "peft" or any(t.startswith("base_model:adapter:") for t in tags) \
-        or any(s.rfilename == "adapter_config.json" for s in info.siblings or [])
+    if fields.get("gated") is not None:  # False (open) or "auto" / "manual"
+        row["gated"] = fields["gated"] or None
+    row["is_quantized"] = any(t.startswith("base_model:quantized:") for t in tags) or "gguf" in tags \
+        or bool(config.get("quantization_config"))
+    row["is_adapter"] = fields.get("library_name") == "peft" \
+        or any(t.startswith("base_model:adapter:") for t in tags) \
+        or any(s.get("rfilename") == "adapter_config.json" for s in fields.get("siblings") or [])
     return row
 
 
@@ -146,27 +175,35 @@ class Crawler:
     def _state_key(self, params: dict[str, Any]) -> str:
         return hashlib.sha256(json.dumps([self.endpoint, params], sort_keys=True).encode()).hexdigest()[:32]
 
+    def _fetch_page(self, url: str, query: dict[str, Any] | None, headers: dict[str, str]
+                    ) -> tuple[list[dict[str, Any]], str | None]:
+        def fetch():  # noqa: ANN202
+            r = get_session().get(url, params=query, headers=headers)
+            hf_raise_for_status(r)
+            return r
+
+        try:
+            r = self._call(fetch)
+        except Exception as exc:  # noqa: BLE001 - pages stored so far stay; a rerun resumes here
+            raise HubCrawlError(f"listing {url} failed ({_short(exc)}); the pages before it are stored, "
+                                "run the crawl again to resume") from exc
+        limit = parse_ratelimit_headers(r.headers)
+        if limit is not None and limit.remaining == 0:  # the window is spent: wait it out before asking
+            self.throttle.pause(limit.reset_in_seconds)
+        return r.json(), (r.links.get("next", {}).get("url") if r.links else None)
+
     def _pages(self, params: dict[str, Any], resume_url: str | None
                ) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
+        """Pages with their next URL. The next page is fetched while the caller stores this one:
+        a crawl costs about the listing's network time, not that plus the database's."""
         url, query = (resume_url, None) if resume_url else (f"{self.endpoint}/api/models", params)
         headers = build_hf_headers(token=self._token)
-        while url:
-            def fetch(url: str = url, query: dict[str, Any] | None = query):  # noqa: ANN202
-                r = get_session().get(url, params=query, headers=headers)
-                hf_raise_for_status(r)
-                return r
-
-            try:
-                r = self._call(fetch)
-            except Exception as exc:  # noqa: BLE001 - pages stored so far stay; a rerun resumes here
-                raise HubCrawlError(f"listing {url} failed ({_short(exc)}); the pages before it are stored, "
-                                    "run the crawl again to resume") from exc
-            limit = parse_ratelimit_headers(r.headers)
-            if limit is not None and limit.remaining == 0:  # the window is spent: wait it out before asking
-                self.throttle.pause(limit.reset_in_seconds)
-            next_url = r.links.get("next", {}).get("url") if r.links else None
-            yield r.json(), next_url
-            url, query = next_url, None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoo-page") as pool:
+            pending = pool.submit(self._fetch_page, url, query, headers)
+            while pending is not None:
+                items, next_url = pending.result()
+                pending = pool.submit(self._fetch_page, next_url, None, headers) if next_url else None
+                yield items, next_url
 
     def list_query(self, params: dict[str, Any], *, max_models: int | None = None,
                    report: CrawlReport | None = None) -> int:
@@ -187,9 +224,8 @@ class Crawler:
             for items, next_url in self._pages(params, resume):
                 rows, edges = [], []
                 for item in items:
-                    info = ModelInfo(**item)
-                    rows.append(model_row(info))
-                    edges += tag_edges(info.id, info.tags or [])
+                    rows.append(model_row(item))
+                    edges += tag_edges(item["id"], item.get("tags") or [])
                 with self.store.session() as s:
                     self.store.upsert(s, Model, rows)
                     self.store.upsert(s, Edge, edges)
@@ -326,7 +362,7 @@ class Crawler:
             return Enrichment(repo_id, "missing", error=_short(exc))
         except Exception as exc:  # noqa: BLE001 - recorded, the crawl goes on
             return Enrichment(repo_id, "error", error=_short(exc))
-        row = model_row(info)
+        row = model_row(info_fields(info))
         result = Enrichment(repo_id, "enriched", row, edges=tag_edges(repo_id, info.tags or []))
         files = {s.rfilename for s in info.siblings or []}
         try:

@@ -64,6 +64,7 @@ class Fault:
     times: int
     reset_s: int = 0
     delay_s: float = 0.0
+    after: int = 0  # let this many matching requests through first
 
 
 class HubServer:
@@ -92,17 +93,22 @@ class HubServer:
 
     # -- fault injection (tests) ----------------------------------------------------------------
 
-    def inject(self, pattern: str, status: int, times: int, reset_s: int = 0, delay_s: float = 0.0) -> None:
+    def inject(self, pattern: str, status: int, times: int, reset_s: int = 0, delay_s: float = 0.0,
+               after: int = 0) -> None:
         """The next ``times`` requests matching ``pattern`` (a regex on the path) get ``status``;
         a 429 carries ``RateLimit: "api";r=0;t=<reset_s>`` as the Hub sends it; 200 means a
-        normal answer after ``delay_s`` seconds (a slow Hub)."""
+        normal answer after ``delay_s`` seconds (a slow Hub). ``after``: the first matching
+        requests pass untouched (an outage in the middle of a listing)."""
         with self._lock:
-            self._faults.append(Fault(re.compile(pattern), status, times, reset_s, delay_s))
+            self._faults.append(Fault(re.compile(pattern), status, times, reset_s, delay_s, after))
 
     def _take_fault(self, path: str) -> Fault | None:
         with self._lock:
             for fault in self._faults:
                 if fault.times > 0 and fault.pattern.search(path):
+                    if fault.after > 0:
+                        fault.after -= 1
+                        return None
                     fault.times -= 1
                     return fault
         return None
