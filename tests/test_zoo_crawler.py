@@ -213,3 +213,12 @@ def test_hf_token_is_honoured_and_never_stored(make_crawler, hub, store, tmp_pat
     db_file = Path(store.engine.url.database)
     for f in [db_file, *db_file.parent.glob(db_file.name + "-*")]:
         assert secret.encode() not in f.read_bytes()
+
+
+def test_plain_search_and_filter_crawls(make_crawler, store, zoo_layout):
+    crawler = make_crawler()
+    report = crawler.crawl_search(search="math")
+    math_ids = {r for r in zoo_layout if "math" in r}
+    assert _ids(store) == math_ids and report.statuses == {"enriched": len(math_ids)}
+    report = crawler.crawl_search(filters=["translation"], author="other")
+    assert _ids(store) == math_ids | {"other/tiny-llama-french"} and report.enriched == 1

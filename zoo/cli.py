@@ -108,7 +108,7 @@ def crawl_cmd(base: str | None, search: str | None, filters: tuple[str, ...], au
         report = crawler.crawl_tree(base, relations=rels, recursive=recursive, max_models=max_models,
                                     enrich=not no_enrich)
     else:
-        report = crawler.crawl_search(search=search, filter=list(filters) or None, author=author,
+        report = crawler.crawl_search(search=search, filters=list(filters) or None, author=author,
                                       max_models=max_models, enrich=not no_enrich)
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(report.statuses.items())) or "none"
     click.echo(f"listed {report.listed} models in {report.pages} pages; enriched {report.enriched} "

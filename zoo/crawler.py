@@ -281,19 +281,20 @@ class Crawler:
             self.enrich(self.descendants(base, relations) | {base}, report)
         return report
 
-    def crawl_search(self, *, search: str | None = None, filter: list[str] | None = None, author: str | None = None,
-                     max_models: int | None = None, enrich: bool = True) -> CrawlReport:
+    def crawl_search(self, *, search: str | None = None, filters: list[str] | None = None,
+                     author: str | None = None, max_models: int | None = None, enrich: bool = True) -> CrawlReport:
+        """One plain listing (search / filter tags / author), then enrichment of what matched."""
         params: dict[str, Any] = {}
         if search:
             params["search"] = search
-        if filter:
-            params["filter"] = list(filter)
+        if filters:
+            params["filter"] = list(filters)
         if author:
             params["author"] = author
         report = CrawlReport()
         self.list_query(params, max_models=max_models, report=report)
         if enrich:
-            self.enrich(self._matching_ids(search, filter, author), report)
+            self.enrich(self._matching_ids(search, filters, author), report)
         return report
 
     def _matching_ids(self, search: str | None, filters: list[str] | None, author: str | None) -> set[str]:
