@@ -133,3 +133,15 @@ def test_create_repo_and_upload_folder_publish_a_model(zoo_dir, tmp_path):
     with HubServer(root, read_only=True) as hub:
         with pytest.raises(Exception, match="403"):
             HfApi(endpoint=hub.endpoint, token="hf_local").create_repo("team/other")
+
+
+def test_sorted_pagination_keeps_order_across_pages(zoo_dir, zoo_layout):
+    from zoo.hub_server import HubServer
+
+    stats = {rid: {"likes": i % 4, "downloads": 10 * i} for i, rid in enumerate(sorted(zoo_layout))}
+    with HubServer(zoo_dir, page_size=2, stats=stats) as hub:
+        got = list(HfApi(endpoint=hub.endpoint, token=False).list_models(sort="likes", expand=["likes"]))
+        pages = len(_listing_requests(hub))
+    keys = [(-m.likes, m.id) for m in got]
+    assert keys == sorted(keys) and {m.id for m in got} == set(zoo_layout) and len(got) == len(zoo_layout)
+    assert pages == -(-len(zoo_layout) // 2)

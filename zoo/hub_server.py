@@ -174,21 +174,27 @@ class HubServer:
         bad = [e for e in expand if e not in LIST_EXPAND]
         if bad:
             raise HubError(400, None, f"Invalid expand parameter for the models listing: {bad[0]}")
-        limit = int((query.get("limit") or [self.page_size])[0])
+        try:
+            limit = int((query.get("limit") or [self.page_size])[0])
+        except ValueError:
+            raise HubError(400, None, f"Invalid limit: {query['limit'][0]!r}") from None
         page_size = max(1, min(limit, self.page_size))
 
-        def keep(r: LocalRepo) -> bool:
-            tags = set(r.tags)
-            return (all(f in tags or f == r.repo_id for f in filters)
-                    and (author is None or r.author == author)
-                    and search in r.repo_id.lower()
-                    and (pipeline is None or r.pipeline_tag == pipeline)
-                    and (gated is None or bool(r.gated) == (gated == "true")))
+        def keep(rec: dict[str, Any]) -> bool:
+            tags = set(rec["tags"])
+            return (all(f in tags or f == rec["id"] for f in filters)
+                    and (author is None or rec["author"] == author)
+                    and search in rec["id"].lower()
+                    and (pipeline is None or rec["pipeline_tag"] == pipeline)
+                    and (gated is None or bool(rec["gated"]) == (gated == "true")))
 
-        items = [(r, r.record()) for r in self.catalog.all() if keep(r)]
+        def sort_key(rec: dict[str, Any]) -> Any:
+            return rec[sort] if sort != "id" else ""
+
+        items = [(r, rec) for r in self.catalog.all() if keep(rec := r.record())]
         # Descending by the sort key, ties by id ascending; the cursor holds the last (key, id).
         items.sort(key=lambda it: it[1]["id"])
-        items.sort(key=lambda it: it[1][sort] if sort != "id" else "", reverse=True)
+        items.sort(key=lambda it: sort_key(it[1]), reverse=True)
         start = 0
         if query.get("cursor"):
             try:
@@ -196,13 +202,12 @@ class HubServer:
             except ValueError:
                 raise HubError(400, None, "Invalid cursor") from None
             start = next((i for i, (_, rec) in enumerate(items)
-                          if (rec[sort] if sort != "id" else "") < key
-                          or ((rec[sort] if sort != "id" else "") == key and rec["id"] > last_id)), len(items))
+                          if sort_key(rec) < key or (sort_key(rec) == key and rec["id"] > last_id)), len(items))
         page = items[start:start + page_size]
         next_url = None
         if start + page_size < len(items):
             last = page[-1][1]
-            cursor = base64.urlsafe_b64encode(json.dumps([last[sort] if sort != "id" else "", last["id"]]).encode())
+            cursor = base64.urlsafe_b64encode(json.dumps([sort_key(last), last["id"]]).encode())
             params = [(k, v) for k, vs in query.items() if k != "cursor" for v in vs]
             next_url = f"{self.endpoint}/api/models?{urlencode(params + [('cursor', cursor.decode())])}"
 
@@ -450,6 +455,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(err, body)
         except (BrokenPipeError, ConnectionResetError):
             pass
+        except Exception as exc:  # noqa: BLE001 - a server bug still answers, as the Hub's 500s do
+            self._error(HubError(500, None, f"Internal error: {type(exc).__name__}: {exc}"), body)
 
     def _fault(self, fault: Fault, body: bool) -> None:
         if fault.status == 429:
