@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from sqlalchemy import select
 
 from db import AdapterConfig, Edge, Model, Score, Store, Target, TensorFingerprint
@@ -132,6 +133,8 @@ class _LocalWeights:
     def __init__(self, root: Path, base: str):
         self.root = root
         self.base = TensorIndex.open(root / base) if TensorIndex.is_model_dir(root / base) else None
+        self._indexes: dict[str, TensorIndex] = {}
+        self._loras: dict[str, dict[str, Any]] = {}
 
     def has(self, repo_id: str) -> bool:
         d = self.root / repo_id
@@ -153,17 +156,11 @@ class _LocalWeights:
         return (b @ a) * lora["__scale__"]
 
     def _index(self, repo_id: str) -> TensorIndex:
-        if not hasattr(self, "_indexes"):
-            self._indexes: dict[str, TensorIndex] = {}
         if repo_id not in self._indexes:
             self._indexes[repo_id] = TensorIndex.open(self.root / repo_id)
         return self._indexes[repo_id]
 
     def _lora(self, repo_id: str) -> dict[str, Any]:
-        from safetensors.torch import load_file
-
-        if not hasattr(self, "_loras"):
-            self._loras: dict[str, dict[str, Any]] = {}
         if repo_id not in self._loras:
             d = self.root / repo_id
             cfg = json.loads((d / "adapter_config.json").read_text())
