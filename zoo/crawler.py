@@ -81,35 +81,43 @@ def info_fields(info: ModelInfo) -> dict[str, Any]:
             "config": info.config, "siblings": [{"rfilename": s.rfilename} for s in info.siblings or []]}
 
 
-def model_row(fields: dict[str, Any]) -> dict[str, Any]:
+def model_row(fields: dict[str, Any], updated_at: datetime | None = None) -> dict[str, Any]:
     """The ``models`` columns from the API's JSON fields (absent keys stay absent).
 
     Listing items are used as they come: building ``ModelInfo`` objects and copying their card
-    data would double what a bare ``list_models`` iteration costs."""
-    card = fields.get("cardData")
-    tags = list(fields.get("tags") or [])
+    data would double what a bare ``list_models`` iteration costs. One pass over the tags."""
+    card = fields.get("cardData") or {}
+    tags = fields.get("tags") or []
     config = fields.get("config") or {}
-    datasets = list(dict.fromkeys([*((card or {}).get("datasets") or []),
-                                   *(t.split(":", 1)[1] for t in tags if t.startswith("dataset:"))]))
-    lic = (card or {}).get("license") or next((t.split(":", 1)[1] for t in tags if t.startswith("license:")), None)
-    row: dict[str, Any] = {"repo_id": fields["id"], "updated_at": now()}
-    values = {
-        "sha": fields.get("sha"), "last_modified": _when(fields.get("lastModified")),
-        "created_at": _when(fields.get("createdAt")), "author": fields.get("author"),
-        "library_name": fields.get("library_name"), "pipeline_tag": fields.get("pipeline_tag"),
-        "tags": tags or None, "card_data": card, "datasets": datasets or None,
-        "license": lic if isinstance(lic, str) else None, "private": fields.get("private"),
-        "downloads": fields.get("downloads"), "likes": fields.get("likes"),
-        "config": {k: v for k, v in config.items() if k in CONFIG_KEYS} or None,
-    }
-    row.update({k: v for k, v in values.items() if v is not None})
+    declared = card.get("datasets") or []
+    datasets = [declared] if isinstance(declared, str) else [str(d) for d in declared]
+    lic = card.get("license")
+    quantized = adapter = False
+    for t in tags:
+        if t.startswith("dataset:"):
+            if t[8:] not in datasets:
+                datasets.append(t[8:])
+        elif t.startswith("license:"):
+            lic = lic or t[8:]
+        elif t.startswith("base_model:quantized:") or t == "gguf":
+            quantized = True
+        elif t.startswith("base_model:adapter:"):
+            adapter = True
+    row: dict[str, Any] = {"repo_id": fields["id"], "updated_at": updated_at or now(),
+                           "is_quantized": quantized or bool(config.get("quantization_config")),
+                           "is_adapter": adapter or fields.get("library_name") == "peft"
+                           or any(s.get("rfilename") == "adapter_config.json" for s in fields.get("siblings") or [])}
+    for column, value in (("sha", fields.get("sha")), ("last_modified", _when(fields.get("lastModified"))),
+                          ("created_at", _when(fields.get("createdAt"))), ("author", fields.get("author")),
+                          ("library_name", fields.get("library_name")), ("pipeline_tag", fields.get("pipeline_tag")),
+                          ("tags", tags or None), ("card_data", card or None), ("datasets", datasets or None),
+                          ("license", lic if isinstance(lic, str) else None), ("private", fields.get("private")),
+                          ("downloads", fields.get("downloads")), ("likes", fields.get("likes")),
+                          ("config", {k: v for k, v in config.items() if k in CONFIG_KEYS} or None)):
+        if value is not None:
+            row[column] = value
     if fields.get("gated") is not None:  # False (open) or "auto" / "manual"
         row["gated"] = fields["gated"] or None
-    row["is_quantized"] = any(t.startswith("base_model:quantized:") for t in tags) or "gguf" in tags \
-        or bool(config.get("quantization_config"))
-    row["is_adapter"] = fields.get("library_name") == "peft" \
-        or any(t.startswith("base_model:adapter:") for t in tags) \
-        or any(s.get("rfilename") == "adapter_config.json" for s in fields.get("siblings") or [])
     return row
 
 
@@ -222,9 +230,9 @@ class Crawler:
         bar = tqdm(desc=desc, unit="model", disable=not self.progress, leave=False)
         try:
             for items, next_url in self._pages(params, resume):
-                rows, edges = [], []
+                rows, edges, stamp = [], [], now()
                 for item in items:
-                    rows.append(model_row(item))
+                    rows.append(model_row(item, stamp))
                     edges += tag_edges(item["id"], item.get("tags") or [])
                 with self.store.session() as s:
                     self.store.upsert(s, Model, rows)
