@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--models", type=int, default=10_000)
     ap.add_argument("--page-size", type=int, default=1000)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ["HF_TOKEN"] = ""
@@ -186,6 +186,8 @@ def main() -> None:
         "bare_s": [round(x, 3) for x in bare], "crawl_s": [round(x, 3) for x in crawl],
         "bare_s_median": round(statistics.median(bare), 3), "crawl_s_median": round(statistics.median(crawl), 3),
         "ratio": round(statistics.median(crawl) / statistics.median(bare), 3), "ratio_target": 1.5,
+        # Best-of-N is less sensitive to other processes on a shared machine.
+        "ratio_best": round(min(crawl) / min(bare), 3),
         **resume,
     }
     (args.out / "crawl.json").write_text(json.dumps(result, indent=2) + "\n")
