@@ -21,6 +21,7 @@ import re
 import shutil
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -79,7 +80,8 @@ class HubServer:
         self.page_size = page_size
         self.access_tokens = set(access_tokens or ())
         self.verbose = verbose
-        self.requests: list[tuple[str, str, int]] = []  # (method, path, status), for tests and logs
+        # (method, path, status) of recent requests, for tests; bounded so a long `zoo serve` stays small
+        self.requests: deque[tuple[str, str, int]] = deque(maxlen=100_000)
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer((HOST, port), _Handler)
