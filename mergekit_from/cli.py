@@ -110,9 +110,11 @@ def _register_subcommands() -> None:
     """Subcommands that live in their own modules (one line each)."""
     from mergekit_from.demo import demo_cmd
     from mergekit_from.lora import lora_cmd
+    from zoo.cli import zoo
 
     main.add_command(demo_cmd)
     main.add_command(lora_cmd)
+    main.add_command(zoo)
 
 
 _register_subcommands()

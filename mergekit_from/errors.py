@@ -29,6 +29,10 @@ class AdapterError(ModelInputError):
     """PEFT adapters that cannot be merged together."""
 
 
+class HubCrawlError(MergekitFromError):
+    """A Hub listing kept failing after retries; the crawl state is saved and a rerun resumes."""
+
+
 def one_line(exc: BaseException) -> str:
     """A single-line description of ``exc`` for the CLI (pydantic errors condensed)."""
     try:

@@ -1,0 +1,130 @@
+"""Open the zoo's database, migrate it to the newest schema, and upsert rows idempotently."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import Base
+
+MIGRATIONS = "db:migrations"  # package-resource form: works from an installed wheel too
+
+
+def default_url() -> str:
+    """``$MERGEKIT_FROM_ZOO_DB``, else SQLite in the per-user cache (``$XDG_CACHE_HOME`` honoured)."""
+    if os.environ.get("MERGEKIT_FROM_ZOO_DB"):
+        return os.environ["MERGEKIT_FROM_ZOO_DB"]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mergekit-from"
+    return f"sqlite:///{cache / 'zoo.sqlite'}"
+
+
+def _sqlite_engine(url: str) -> Engine:
+    path = make_url(url).database
+    if path and path != ":memory:":
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # noqa: ANN001 - DB-API connection
+        # SQLAlchemy emits BEGIN itself (below); the driver's implicit transactions would defeat it.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        # IMMEDIATE takes the write lock up front: two crawlers then queue on busy_timeout instead
+        # of one failing with SQLITE_BUSY when its read snapshot turns stale mid-transaction.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", MIGRATIONS)
+    return cfg
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest migration (a no-op, without the write lock, when it is there)."""
+    cfg = _alembic_config()
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    with engine.connect() as conn:
+        if MigrationContext.configure(conn).get_current_revision() == head:
+            return
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class Store:
+    """An engine, a session factory and the upsert every writer goes through."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose work commits on success and rolls back on error."""
+        with self._sessions.begin() as s:
+            yield s
+
+    def upsert(self, session: Session, model: type[Base], rows: Iterable[dict[str, Any]]) -> int:
+        """Insert rows, or update the given columns of rows whose primary key exists.
+
+        Only the keys present in a row are written, so a sparse listing row never blanks what
+        ``model_info`` filled in earlier. Rows are grouped by key set for executemany.
+        """
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in rows:
+            groups.setdefault(tuple(sorted(row)), []).append(row)
+        table = model.__table__
+        pk = [c.name for c in table.primary_key.columns]
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:  # portable, slower path
+            for group in groups.values():
+                for row in group:
+                    session.merge(model(**row))
+            return sum(len(g) for g in groups.values())
+        for keys, group in groups.items():
+            stmt = insert(table)
+            update = {k: stmt.excluded[k] for k in keys if k not in pk}
+            stmt = stmt.on_conflict_do_update(index_elements=pk, set_=update) if update \
+                else stmt.on_conflict_do_nothing(index_elements=pk)
+            session.execute(stmt, group)
+        return sum(len(g) for g in groups.values())
+
+    def table_names(self) -> list[str]:
+        return inspect(self.engine).get_table_names()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_store(url: str | None = None) -> Store:
+    """Open (creating if needed) the store at ``url`` and migrate it to the newest schema."""
+    url = url or default_url()
+    engine = _sqlite_engine(url) if url.startswith("sqlite") else create_engine(url)
+    upgrade(engine)
+    return Store(engine)

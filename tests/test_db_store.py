@@ -1,0 +1,86 @@
+"""The store: migrations shipped in the package, WAL SQLite, idempotent upserts, every table usable."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, text
+
+from db import Edge, MergeRun, Model, Score, Target, default_url, open_store
+
+
+def test_open_migrates_to_head_and_reopen_is_a_noop(db_url):
+    from alembic.script import ScriptDirectory
+
+    from db.store import _alembic_config
+
+    store = open_store(db_url)
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    with store.engine.connect() as c:
+        assert c.execute(text("select version_num from alembic_version")).scalar() == head
+        assert c.execute(text("pragma journal_mode")).scalar() == "wal"
+    assert {"models", "edges", "weight_files", "tensor_fingerprints", "adapter_configs", "targets", "scores",
+            "crawl_state", "merge_runs"} <= set(store.table_names())
+    store.close()
+    again = open_store(db_url)  # already at head
+    with again.engine.connect() as c:
+        assert c.execute(text("select count(*) from alembic_version")).scalar() == 1
+    again.close()
+
+
+def test_upgrade_from_first_migration_keeps_rows(tmp_path):
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from db.store import _alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = create_engine(url)
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text("insert into models (repo_id, is_adapter, is_quantized, status, first_seen_at, updated_at)"
+                          " values ('a/b', 0, 0, 'listed', '2026-01-01', '2026-01-01')"))
+    engine.dispose()
+    store = open_store(url)
+    with store.session() as s:
+        m = s.get(Model, "a/b")
+        assert m is not None and m.card_text is None
+    store.close()
+
+
+def test_upserts_are_idempotent_and_sparse_rows_do_not_blank_columns(store):
+    rows = [{"repo_id": f"org/m{i}", "sha": f"{i:040d}", "downloads": i, "tags": ["a", f"t{i}"]} for i in range(50)]
+    edges = [{"child_id": f"org/m{i}", "parent_id": "org/base", "relation": "finetune", "source": "tag"}
+             for i in range(50)]
+    for _ in range(3):
+        with store.session() as s:
+            store.upsert(s, Model, rows)
+            store.upsert(s, Edge, edges)
+    with store.session() as s:
+        store.upsert(s, Model, [{"repo_id": "org/m7", "likes": 3}])  # a listing with fewer fields
+    with store.session() as s:
+        assert s.scalar(select(func.count()).select_from(Model)) == 50
+        assert s.scalar(select(func.count()).select_from(Edge)) == 50
+        m7 = s.get(Model, "org/m7")
+        assert (m7.sha, m7.downloads, m7.likes, m7.tags) == (f"{7:040d}", 7, 3, ["a", "t7"])
+
+
+def test_targets_scores_and_merge_runs_round_trip(store):
+    with store.session() as s:
+        store.upsert(s, Target, [{"target_id": "t1", "base_id": "org/base", "description": "math"}])
+        store.upsert(s, Score, [{"target_id": "t1", "repo_id": "org/m1", "score": 0.5, "compatible": True,
+                                 "components": {"text": {"value": 0.5}}, "scorer_version": "1"}])
+        s.add(MergeRun(target_id="t1", method="fw", inputs={"base": "org/base"}, pool=["org/m1", "org/m2"],
+                       picks=["org/m1"], output="out/merged"))
+    with store.session() as s:
+        run = s.scalars(select(MergeRun)).one()
+        assert (run.status, run.pool, run.picks) == ("running", ["org/m1", "org/m2"], ["org/m1"])
+        assert s.get(Score, ("t1", "org/m1")).components == {"text": {"value": 0.5}}
+
+
+def test_default_url_is_per_user_cache_and_env_overrides(monkeypatch, tmp_path):
+    monkeypatch.delenv("MERGEKIT_FROM_ZOO_DB", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_url() == f"sqlite:///{tmp_path}/mergekit-from/zoo.sqlite"
+    monkeypatch.setenv("MERGEKIT_FROM_ZOO_DB", "sqlite:///elsewhere.sqlite")
+    assert default_url() == "sqlite:///elsewhere.sqlite"

@@ -1,0 +1,224 @@
+"""The crawler against the local Hub: tree walk, enrichment, resume, faults, concurrency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+
+from db import AdapterConfig, CrawlState, Edge, Model, TensorFingerprint, open_store
+from mergekit_from.errors import HubCrawlError
+from zoo.resilience import RetryPolicy
+from zoo_fixtures import ADAPTER, BASE, GATED, QUANTIZED, SECOND_LEVEL
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _count(store, model) -> int:
+    with store.session() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def _ids(store) -> set[str]:
+    with store.session() as s:
+        return set(s.scalars(select(Model.repo_id)))
+
+
+def test_recursive_tree_crawl_enriches_every_model(make_crawler, store, zoo_layout):
+    report = make_crawler().crawl_tree(BASE, recursive=True)
+    assert _ids(store) == set(zoo_layout)
+    assert report.statuses == {"enriched": len(zoo_layout) - 1, "gated": 1}
+    with store.session() as s:
+        edges = {(e.child_id, e.parent_id, e.relation) for e in s.scalars(select(Edge))}
+        assert (SECOND_LEVEL, "acme/tiny-llama-math", "finetune") in edges
+        assert (ADAPTER, BASE, "adapter") in edges and (QUANTIZED, BASE, "quantized") in edges
+        gated = s.get(Model, GATED)
+        assert (gated.status, gated.gated) == ("gated", "manual") and "GatedRepoError" in gated.error
+        adapter = s.get(AdapterConfig, ADAPTER)
+        assert (adapter.peft_type, adapter.r, sorted(adapter.target_modules)) == ("LORA", 4, ["q_proj", "v_proj"])
+        assert s.get(TensorFingerprint, ADAPTER).kind == "adapter"
+        assert s.get(Model, QUANTIZED).is_quantized
+        assert "grade school math" in s.get(Model, "acme/tiny-llama-math").card_text
+        assert s.get(Model, BASE).config["vocab_size"] == 64
+
+
+def test_non_recursive_crawl_stops_at_direct_children(make_crawler, store):
+    make_crawler().crawl_tree(BASE, relations=["finetune"])
+    ids = _ids(store)
+    assert SECOND_LEVEL not in ids and ADAPTER not in ids and "acme/tiny-llama-math" in ids
+
+
+def test_missing_repo_is_recorded_not_raised(make_crawler, store):
+    report = make_crawler().crawl_tree("nobody/nothing")
+    assert report.statuses == {"missing": 1}
+    with store.session() as s:
+        m = s.get(Model, "nobody/nothing")
+        assert m.status == "missing" and "RepositoryNotFoundError" in m.error
+
+
+def test_second_crawl_skips_unchanged_and_redoes_changed(make_crawler, store, hub, zoo_dir, zoo_layout):
+    crawler = make_crawler()
+    crawler.crawl_tree(BASE, recursive=True)
+    again = crawler.crawl_tree(BASE, recursive=True)
+    assert again.enriched == 0 and again.skipped_unchanged == len(zoo_layout)
+    readme = zoo_dir / "other/tiny-llama-poems/README.md"
+    original = readme.read_text()
+    try:
+        readme.write_text(original.replace("romantic poets", "romantic and modern poets"))
+        hub.catalog.rescan()
+        third = crawler.crawl_tree(BASE, recursive=True)
+        assert third.enriched == 1
+        with store.session() as s:
+            assert "modern poets" in s.get(Model, "other/tiny-llama-poems").card_text
+    finally:
+        readme.write_text(original)
+        hub.catalog.rescan()
+    assert _count(store, Model) == len(zoo_layout)
+
+
+def test_rate_limits_and_5xx_bursts_are_survived(make_crawler, store, hub, zoo_layout):
+    hub.inject(r"^/api/models$", 429, times=3, reset_s=0)  # listing pages
+    hub.inject(r"^/api/models$", 503, times=2)
+    hub.inject(r"^/api/models/acme/", 429, times=4, reset_s=0)  # model_info (no client-side retry)
+    hub.inject(r"^/api/models/other/", 502, times=3)
+    report = make_crawler().crawl_tree(BASE, recursive=True)
+    assert _ids(store) == set(zoo_layout)
+    assert report.statuses == {"enriched": len(zoo_layout) - 1, "gated": 1}
+    statuses = [status for _, _, status in hub.requests]
+    assert statuses.count(429) == 7 and statuses.count(503) == 2 and statuses.count(502) == 3
+
+
+def test_rate_limit_wait_follows_the_ratelimit_header(make_crawler, hub):
+    hub.inject(r"^/api/models/acme/tiny-llama$", 429, times=1, reset_s=1)
+    t0 = time.monotonic()
+    make_crawler().enrich([BASE])
+    assert time.monotonic() - t0 >= 1.0
+
+
+def test_listing_failure_keeps_pages_and_a_rerun_resumes(make_crawler, store, hub, zoo_layout):
+    query = f"base_model:finetune:{BASE}"
+    expected = {r for r, rel in zoo_layout.items() if rel == "finetune" and r != SECOND_LEVEL}
+    crawler = make_crawler(retry=RetryPolicy(max_tries=2, backoff_s=0.01))
+    hub.inject(r"^/api/models$", 503, times=2, after=2)  # the Hub goes down after the second page
+    with pytest.raises(HubCrawlError, match="run the crawl again to resume"):
+        crawler.list_query({"filter": query})
+    assert len(_ids(store)) == 6
+    hub.requests.clear()
+    make_crawler().list_query({"filter": query})
+    assert _ids(store) == expected and _count(store, Model) == len(expected)
+    listing = [p for _, p, _ in hub.requests if p.startswith("/api/models")]
+    assert len(listing) == 1 and "cursor=" in listing[0]  # one remaining page, fetched from the saved URL
+    with store.session() as s:
+        state = s.scalars(select(CrawlState)).one()
+        assert state.finished and state.items_done == len(expected)
+
+
+# A crawler process without the CLI's mergekit import (half the start-up time on a busy machine).
+CRAWL_SCRIPT = """
+import sys
+from db import open_store
+from zoo.crawler import Crawler
+db_url, endpoint, base, relations, recursive, enrich = sys.argv[1:]
+crawler = Crawler(open_store(db_url), endpoint, token=False, workers=2, progress=False)
+crawler.crawl_tree(base, relations=relations.split(","), recursive=recursive == "1", enrich=enrich == "1")
+"""
+
+
+def _crawl_cmd(db_url: str, endpoint: str, relations: str, recursive: bool, enrich: bool) -> list[str]:
+    return [sys.executable, "-c", CRAWL_SCRIPT, db_url, endpoint, BASE, relations, str(int(recursive)),
+            str(int(enrich))]
+
+
+def _env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_CACHE": str(cache), "HF_TOKEN": ""}
+
+
+def test_kill_9_mid_crawl_then_resume_loses_and_duplicates_nothing(hub, db_url, tmp_path, zoo_layout):
+    """A crawler process killed with SIGKILL between pages resumes from the saved next-page URL."""
+    hub.page_size = 1
+    hub.inject(r"^/api/models$", 200, times=100, delay_s=0.25)  # a slow Hub, so the kill lands mid-listing
+    cmd = _crawl_cmd(db_url, hub.endpoint, "finetune", recursive=False, enrich=False)
+    proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine = create_engine(db_url)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            try:
+                with engine.connect() as c:
+                    done = c.execute(text("select max(items_done) from crawl_state")).scalar() or 0
+            except Exception:  # noqa: BLE001 - the schema may not exist yet
+                done = 0
+            if done >= 3:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        engine.dispose()
+    store = open_store(db_url)
+    before = _ids(store) - {BASE}
+    assert 3 <= len(before) < 8, "the kill should land mid-listing"
+    with store.session() as s:
+        saved = s.scalars(select(CrawlState)).one()
+        assert not saved.finished and "cursor=" in saved.next_url
+    hub.requests.clear()
+    done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = {r for r, rel in zoo_layout.items() if rel == "finetune" and r != SECOND_LEVEL}
+    assert _ids(store) - {BASE} == expected
+    listing = [p for _, p, _ in hub.requests if p.startswith("/api/models")]
+    assert "cursor=" in listing[0]  # resumed, not restarted
+    with store.engine.connect() as c:
+        assert c.execute(text("select count(*) - count(distinct repo_id) from models")).scalar() == 0
+    store.close()
+
+
+def test_two_crawlers_on_one_database_do_not_corrupt_it(hub, db_url, tmp_path, zoo_layout):
+    cmd = _crawl_cmd(db_url, hub.endpoint, "finetune,adapter,merge,quantized", recursive=True, enrich=True)
+    procs = [subprocess.Popen(cmd, env=_env(tmp_path / str(i)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+    store = open_store(db_url)
+    with store.engine.connect() as c:
+        assert c.execute(text("pragma integrity_check")).scalar() == "ok"
+        assert c.execute(text("select count(*) - count(distinct repo_id) from models")).scalar() == 0
+    assert _ids(store) == set(zoo_layout)
+    with store.session() as s:
+        statuses = dict(s.execute(select(Model.status, func.count()).group_by(Model.status)).all())
+    assert statuses == {"enriched": len(zoo_layout) - 1, "gated": 1}
+    store.close()
+
+
+def test_hf_token_is_honoured_and_never_stored(make_crawler, hub, store, tmp_path, monkeypatch):
+    from zoo.crawler import Crawler
+
+    assert make_crawler().crawl_tree(BASE, relations=["finetune"]).statuses["gated"] == 1  # no token yet
+    secret = "hf_zoo_test_secret_0123456789"
+    hub.access_tokens.add(secret)
+    monkeypatch.setenv("HF_TOKEN", secret)
+    crawler = Crawler(store, hub.endpoint, cache_dir=tmp_path / "cache", progress=False)  # token from the env
+    report = crawler.crawl_tree(BASE, relations=["finetune"])
+    assert report.statuses == {"enriched": 1}  # only the gated repo is looked at again, and now it opens
+    with store.session() as s:
+        assert s.get(Model, GATED).status == "enriched" and s.get(Model, GATED).gated == "manual"
+    store.close()
+    db_file = Path(store.engine.url.database)
+    for f in [db_file, *db_file.parent.glob(db_file.name + "-*")]:
+        assert secret.encode() not in f.read_bytes()
+
+
+def test_plain_search_and_filter_crawls(make_crawler, store, zoo_layout):
+    crawler = make_crawler()
+    report = crawler.crawl_search(search="math")
+    math_ids = {r for r in zoo_layout if "math" in r}
+    assert _ids(store) == math_ids and report.statuses == {"enriched": len(math_ids)}
+    report = crawler.crawl_search(filters=["translation"], author="other")
+    assert _ids(store) == math_ids | {"other/tiny-llama-french"} and report.enriched == 1

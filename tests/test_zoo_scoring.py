@@ -1,0 +1,75 @@
+"""Scores rank a described task's experts above unrelated models, explain themselves and are stored."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from db import Score, Target
+from mergekit_from.errors import ConfigError
+from zoo.scoring import score_target
+from zoo_fixtures import ADAPTER, BASE, GATED, OTHER_DEPTH, OTHER_VOCAB, QUANTIZED, SECOND_LEVEL
+
+MATH = {"acme/tiny-llama-math", "acme/tiny-llama-algebra", SECOND_LEVEL, ADAPTER}
+UNRELATED = {"acme/tiny-llama-code", "acme/tiny-llama-chat", "other/tiny-llama-french", "other/tiny-llama-poems"}
+
+
+def _by_id(cands):
+    return {c.repo_id: c for c in cands}
+
+
+def test_math_experts_rank_above_unrelated_models(crawled):
+    cands = score_target(crawled, BASE, "solve grade school math word problems and algebra equations")
+    scores = _by_id(cands)
+    assert min(scores[r].score for r in MATH) > max(scores[r].score for r in UNRELATED)
+    for rid in (OTHER_VOCAB, OTHER_DEPTH, QUANTIZED):  # math cards, but not mergeable
+        assert scores[rid].score == 0 and scores[rid].compatible is False
+    assert scores[GATED].compatible is None and scores[GATED].components["access"]["value"] == "gated"
+    top = scores["acme/tiny-llama-math"].components
+    assert set(top) >= {"relation", "text", "popularity", "compatibility"}
+    assert all("why" in v for v in top.values())
+
+
+def test_another_description_changes_the_ranking(crawled):
+    cands = score_target(crawled, BASE, "write python functions from docstrings")
+    assert cands[0].repo_id == "acme/tiny-llama-code"
+
+
+def test_calibration_data_counts_and_bad_lines_name_the_line(crawled, tmp_path):
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text("\n".join(json.dumps(x) for x in [
+        {"prompt": "Translate to French: good morning", "response": "bonjour"},
+        {"prompt": "Translate to French: thank you", "response": "merci"}]) + "\n")
+    cands = score_target(crawled, BASE, "a useful assistant", calib=calib)
+    assert cands[0].repo_id == "other/tiny-llama-french"
+    assert "calibration" in cands[0].components["text"]["why"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": 1}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl:2: expected an object"):
+        score_target(crawled, BASE, "x", calib=bad)
+
+
+def test_kinship_from_local_weights(crawled, zoo_dir):
+    cands = _by_id(score_target(crawled, BASE, "solve grade school math word problems", weights_dir=zoo_dir))
+    kin = {r: c.components["kinship"]["value"] for r, c in cands.items() if "kinship" in c.components}
+    assert "acme/tiny-llama-math" in kin and ADAPTER in kin  # full models and LoRA deltas alike
+    assert OTHER_VOCAB not in kin and GATED not in kin  # only compatible candidates are compared
+    assert all(0.0 <= v <= 1.0 for v in kin.values())
+    # math-v2 was tuned from the math model, so its task vector points where the math experts' do.
+    assert kin[SECOND_LEVEL] > 0.5 > max(kin[r] for r in UNRELATED)
+
+
+def test_scores_are_stored_per_target_and_rescoring_replaces_them(crawled):
+    n = len(score_target(crawled, BASE, "math word problems"))
+    score_target(crawled, BASE, "math word problems")
+    score_target(crawled, BASE, "poems")
+    with crawled.session() as s:
+        assert s.scalar(select(func.count()).select_from(Target)) == 2
+        assert s.scalar(select(func.count()).select_from(Score)) == 2 * n
+
+
+def test_scoring_an_uncrawled_base_is_a_clear_error(store):
+    with pytest.raises(ConfigError, match="run `mergekit-from zoo crawl --base nobody/base` first"):
+        score_target(store, "nobody/base", "math")

@@ -1,0 +1,285 @@
+"""Relevance of the zoo's candidates to a merge target (a base plus a task description).
+
+Components, each in [0, 1], combined as a weighted mean and gated by compatibility
+(incompatible -> 0, unknown -> x0.5):
+
+- ``relation``: the edge kind to the base and the hops in the tree (fine-tunes closest);
+- ``text``: TF-IDF cosine between the description (plus calibration prompts and responses) and the
+  candidate's card text, tags, datasets, pipeline tag and name;
+- ``popularity``: log downloads and likes, relative to the pool;
+- ``kinship``: when weights are local, the cosine between the candidate's task vector and the mean
+  task vector of the top text-relevant candidates (the target's experts; Hu et al. 2024).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from sqlalchemy import select
+
+from db import AdapterConfig, Edge, Model, Score, Store, Target, TensorFingerprint
+from mergekit_from.errors import ConfigError
+from mergekit_from.weights import TensorIndex
+from zoo.fingerprint import ADAPTER_PREFIX, Compatibility, Fingerprint, compare
+
+SCORER_VERSION = "1"
+WEIGHTS = {"relation": 0.2, "text": 0.5, "popularity": 0.1, "kinship": 0.2}
+RELATION_PRIOR = {"finetune": 1.0, "adapter": 0.9, "merge": 0.8, "quantized": 0.1}
+HOP_DECAY = 0.75
+TEXT_FLOOR = 0.2
+N_EXPERTS = 3
+STOPWORDS = set("a an and are as at be by for from has in is it its of on or that the this to was were will with "
+                "model models fine tuned tune tuning finetuned finetune base llama tiny".split())
+TAG_PREFIXES_SKIPPED = ("base_model:", "license:", "region:", "arxiv:")
+
+
+@dataclass
+class Candidate:
+    repo_id: str
+    relation: str
+    hops: int
+    score: float
+    compatible: bool | None
+    components: dict[str, Any]
+
+
+def read_calibration(path: str | Path) -> tuple[str, str]:
+    """The text of a JSONL file of {"prompt", "response"} lines, and its sha256."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read calibration file ({exc.strerror})") from None
+    texts = []
+    for n, line in enumerate(raw.decode(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise ConfigError(f"{p}:{n}: not JSON ({exc.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) \
+                or not isinstance(obj.get("response"), str):
+            raise ConfigError(f'{p}:{n}: expected an object with string "prompt" and "response"')
+        texts += [obj["prompt"], obj["response"]]
+    if not texts:
+        raise ConfigError(f"{p}: no calibration lines")
+    return "\n".join(texts), hashlib.sha256(raw).hexdigest()
+
+
+def _tokens(text: str) -> list[str]:
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return [w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words if w not in STOPWORDS and len(w) > 1]
+
+
+def _doc(m: Model) -> str:
+    card = m.card_data or {}
+    tags = [t for t in m.tags or [] if not t.startswith(TAG_PREFIXES_SKIPPED)]
+    parts = [m.repo_id.replace("/", " ").replace("-", " "), " ".join(tags), " ".join(map(str, m.datasets or [])),
+             m.pipeline_tag or "", str(card.get("model_name") or ""), m.card_text or ""]
+    return " ".join(parts)
+
+
+def _tfidf_cosines(query: str, docs: dict[str, str]) -> dict[str, float]:
+    tokenized = {k: Counter(_tokens(v)) for k, v in docs.items()}
+    n = len(tokenized) + 1
+    df = Counter(t for c in tokenized.values() for t in c)
+    idf = {t: math.log((1 + n) / (1 + df[t])) + 1 for t in df}
+    q = Counter(_tokens(query))
+    qv = {t: c * idf.get(t, math.log(1 + n) + 1) for t, c in q.items()}
+    qn = math.sqrt(sum(v * v for v in qv.values())) or 1.0
+    out = {}
+    for k, c in tokenized.items():
+        dv = {t: (1 + math.log(cnt)) * idf[t] for t, cnt in c.items()}
+        dn = math.sqrt(sum(v * v for v in dv.values())) or 1.0
+        out[k] = sum(qv[t] * dv[t] for t in qv if t in dv) / (qn * dn)
+    return out
+
+
+def tree_paths(store: Store, base: str) -> dict[str, tuple[str, int]]:
+    """Every descendant of ``base``: (relation of its own edge, hops from the base)."""
+    with store.session() as s:
+        rows = s.execute(select(Edge.parent_id, Edge.child_id, Edge.relation)).all()
+    children: dict[str, list[tuple[str, str]]] = {}
+    for parent, child, rel in rows:
+        children.setdefault(parent, []).append((child, rel))
+    out: dict[str, tuple[str, int]] = {}
+    frontier = [base]
+    hops = 0
+    while frontier:
+        hops += 1
+        nxt = []
+        for parent in frontier:
+            for child, rel in sorted(children.get(parent, ())):
+                if child not in out and child != base:
+                    out[child] = (rel, hops)
+                    nxt.append(child)
+        frontier = nxt
+    return out
+
+
+class _LocalWeights:
+    """Task vectors of models whose weights sit in a local folder (``DIR/<repo_id>/``)."""
+
+    def __init__(self, root: Path, base: str):
+        self.root = root
+        self.base = TensorIndex.open(root / base) if TensorIndex.is_model_dir(root / base) else None
+        self._indexes: dict[str, TensorIndex] = {}
+        self._loras: dict[str, dict[str, Any]] = {}
+
+    def has(self, repo_id: str) -> bool:
+        d = self.root / repo_id
+        return self.base is not None and (TensorIndex.is_model_dir(d) or (d / "adapter_model.safetensors").is_file())
+
+    def delta(self, repo_id: str, name: str) -> torch.Tensor | None:
+        """theta - theta_base for one base tensor (LoRA: B @ A * alpha / r), or None when absent."""
+        d = self.root / repo_id
+        if TensorIndex.is_model_dir(d):
+            idx = self._index(repo_id)
+            if name not in idx.shapes or idx.shapes[name] != self.base.shapes[name]:
+                return None
+            return idx.tensor(name).float() - self.base.tensor(name).float()
+        a_name = ADAPTER_PREFIX + name.removesuffix(".weight") + ".lora_A.weight"
+        lora = self._lora(repo_id)
+        if a_name not in lora:
+            return None
+        a, b = lora[a_name], lora[a_name.replace(".lora_A.", ".lora_B.")]
+        return (b @ a) * lora["__scale__"]
+
+    def _index(self, repo_id: str) -> TensorIndex:
+        if repo_id not in self._indexes:
+            self._indexes[repo_id] = TensorIndex.open(self.root / repo_id)
+        return self._indexes[repo_id]
+
+    def _lora(self, repo_id: str) -> dict[str, Any]:
+        if repo_id not in self._loras:
+            d = self.root / repo_id
+            cfg = json.loads((d / "adapter_config.json").read_text())
+            tensors: dict[str, Any] = {k: v.float() for k, v in load_file(d / "adapter_model.safetensors").items()}
+            tensors["__scale__"] = float(cfg.get("lora_alpha", cfg.get("r", 1))) / float(cfg.get("r", 1))
+            self._loras[repo_id] = tensors
+        return self._loras[repo_id]
+
+
+def kinship(weights: _LocalWeights, candidates: list[str], experts: list[str]) -> dict[str, float]:
+    """Cosine of each candidate's task vector with the mean of the experts' (leave-one-out)."""
+    dots = dict.fromkeys(candidates, 0.0)
+    c_norm = dict.fromkeys(candidates, 0.0)
+    m_norm = dict.fromkeys(candidates, 0.0)
+    for name in weights.base.shapes:
+        deltas = {r: weights.delta(r, name) for r in set(candidates) | set(experts)}
+        expert_deltas = {r: deltas[r] for r in experts if deltas[r] is not None}
+        total = sum(expert_deltas.values()) if expert_deltas else None
+        for r in candidates:
+            d = deltas[r]
+            k = len(expert_deltas) - (r in expert_deltas)
+            if total is None or k == 0:
+                continue
+            mean = (total - expert_deltas[r] if r in expert_deltas else total) / k
+            if d is not None:
+                dots[r] += float((d * mean).sum())
+                c_norm[r] += float((d * d).sum())
+            m_norm[r] += float((mean * mean).sum())
+    return {r: dots[r] / math.sqrt(c_norm[r] * m_norm[r]) for r in candidates if c_norm[r] > 0 and m_norm[r] > 0}
+
+
+def _fingerprint(store_rows: dict[str, TensorFingerprint], repo_id: str) -> Fingerprint | None:
+    row = store_rows.get(repo_id)
+    return Fingerprint.from_row(row.kind, row.tensors) if row is not None else None
+
+
+def score_target(store: Store, base: str, description: str, *, calib: str | Path | None = None,
+                 weights_dir: str | Path | None = None, include_quantized: bool = False) -> list[Candidate]:
+    """Score every descendant of ``base`` for ``description``; store and return them best first."""
+    if not description.strip():
+        raise ConfigError("--target: the task description is empty")
+    query, calib_sha = description, None
+    if calib is not None:
+        calib_text, calib_sha = read_calibration(calib)
+        query = f"{description}\n{calib_text}"
+    paths = tree_paths(store, base)
+    if not paths:
+        raise ConfigError(f"no crawled descendants of {base!r} in the store; run `mergekit-from zoo crawl --base "
+                          f"{base}` first")
+    with store.session() as s:
+        models = {m.repo_id: m for m in s.scalars(select(Model).where(Model.repo_id.in_([*paths, base])))}
+        fps = {f.repo_id: f for f in s.scalars(select(TensorFingerprint).where(
+            TensorFingerprint.repo_id.in_([*paths, base])))}
+        adapters = {a.repo_id for a in s.scalars(select(AdapterConfig))}
+    base_fp = _fingerprint(fps, base)
+    compat: dict[str, Compatibility] = {}
+    for rid, (rel, _) in paths.items():
+        m = models.get(rid)
+        quantized = rel == "quantized" or bool(m and m.is_quantized)
+        compat[rid] = compare(base_fp, _fingerprint(fps, rid), quantized=quantized, allow_quantized=include_quantized)
+    cosines = _tfidf_cosines(query, {rid: _doc(models[rid]) for rid in paths if rid in models})
+    # Relative to the best match in the pool; the floor keeps a pool of non-matches near zero.
+    text_scale = max(max(cosines.values(), default=0.0), TEXT_FLOOR)
+    text = {rid: v / text_scale for rid, v in cosines.items()}
+    pops = {rid: math.log1p((models[rid].downloads or 0)) + 0.5 * math.log1p(models[rid].likes or 0)
+            for rid in paths if rid in models}
+    max_pop = max(pops.values(), default=0.0) or 1.0
+
+    kin: dict[str, float] = {}
+    if weights_dir is not None:
+        local = _LocalWeights(Path(weights_dir), base)
+        usable = [r for r in paths if compat[r].compatible and local.has(r)]
+        experts = sorted(usable, key=lambda r: -text.get(r, 0.0))[:N_EXPERTS]
+        if local.base is not None and len(experts) >= 2:
+            kin = kinship(local, usable, experts)
+
+    out = []
+    for rid, (rel, hops) in paths.items():
+        c = compat[rid]
+        comps: dict[str, Any] = {
+            "relation": {"value": RELATION_PRIOR.get(rel, 0.5) * HOP_DECAY ** (hops - 1), "weight": WEIGHTS["relation"],
+                         "why": f"{rel} of the base, {hops} hop(s) away"},
+            "text": {"value": round(text.get(rid, 0.0), 4), "weight": WEIGHTS["text"],
+                     "why": f"TF-IDF cosine {cosines.get(rid, 0.0):.3f} of card, tags, datasets and name with the "
+                            "target description" + (" and calibration data" if calib_sha else "")
+                            + " (scaled by the pool's best)"},
+            "popularity": {"value": round(pops.get(rid, 0.0) / max_pop, 4), "weight": WEIGHTS["popularity"],
+                           "why": f"{(models[rid].downloads or 0) if rid in models else 0} downloads, "
+                                  f"{(models[rid].likes or 0) if rid in models else 0} likes"},
+        }
+        if rid in kin:
+            comps["kinship"] = {"value": round(max(kin[rid], 0.0), 4), "weight": WEIGHTS["kinship"],
+                                "why": f"task-vector cosine {kin[rid]:+.3f} with the mean of the top text matches"}
+        total_w = sum(v["weight"] for v in comps.values())
+        mean = sum(v["value"] * v["weight"] for v in comps.values()) / total_w
+        gate = 1.0 if c.compatible else 0.5 if c.compatible is None else 0.0
+        comps["compatibility"] = {"value": gate, "weight": "gate", "why": c.reason,
+                                  **({"vocab_mismatch": True} if c.vocab_mismatch else {})}
+        if rid in adapters:
+            comps["relation"]["why"] += " (LoRA adapter)"
+        m = models.get(rid)
+        if m is not None and m.status in ("gated", "missing", "error"):
+            comps["access"] = {"value": m.status, "weight": "info", "why": m.error or m.status}
+        out.append(Candidate(rid, rel, hops, round(gate * mean, 6), c.compatible, comps))
+    out.sort(key=lambda c: (-c.score, c.repo_id))
+    _store(store, base, description, calib_sha, out)
+    return out
+
+
+def target_id(base: str, description: str, calib_sha: str | None) -> str:
+    return hashlib.sha256(f"{base}\n{description}\n{calib_sha or ''}".encode()).hexdigest()[:16]
+
+
+def _store(store: Store, base: str, description: str, calib_sha: str | None, cands: list[Candidate]) -> None:
+    tid = target_id(base, description, calib_sha)
+    with store.session() as s:
+        store.upsert(s, Target, [{"target_id": tid, "base_id": base, "description": description,
+                                  "calib_sha": calib_sha}])
+        s.query(Score).filter(Score.target_id == tid).delete()
+        store.upsert(s, Score, [{"target_id": tid, "repo_id": c.repo_id, "score": c.score,
+                                 "compatible": c.compatible, "components": c.components,
+                                 "scorer_version": SCORER_VERSION} for c in cands])
