@@ -29,6 +29,10 @@ class AdapterError(ModelInputError):
     """PEFT adapters that cannot be merged together."""
 
 
+class CalibrationError(MergekitFromError):
+    """Calibration data that is missing, malformed or empty (the message names file and line)."""
+
+
 def one_line(exc: BaseException) -> str:
     """A single-line description of ``exc`` for the CLI (pydantic errors condensed)."""
     try:

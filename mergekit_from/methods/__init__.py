@@ -1,7 +1,8 @@
 """The plugin's mergekit merge methods, one small module each."""
 
 from mergekit_from.methods.from_merge import from_merge
+from mergekit_from.methods.fw_merge import fw_hard, fw_soft
 
-ALL_METHODS = (from_merge,)
+ALL_METHODS = (from_merge, fw_hard, fw_soft)
 
-__all__ = ["ALL_METHODS", "from_merge"]
+__all__ = ["ALL_METHODS", "from_merge", "fw_hard", "fw_soft"]
