@@ -51,6 +51,7 @@ from mergekit_from.prepass import (
     merge_parameters,
     progress,
     read_settings,
+    ref_string,
     resolve_path,
     task_objective,
 )
@@ -143,6 +144,24 @@ def step_coefficient(t: int, step_size: float, scaling_factor: float) -> float:
     return step_size * 2.0 / (t + 2) * scaling_factor
 
 
+def lmo_picks(
+    scores: torch.Tensor, names: list[str], granularity: str, exclude: Sequence[dict[str, int]] = ()
+) -> dict[str, int]:
+    """Per tensor, the candidate the LMO picks from a [candidates, tensors] score matrix.
+
+    ``model``: the candidate with the lowest summed score, for every tensor; ``tensor``: the
+    lowest score per tensor. ``exclude`` holds earlier picks (soft: one distinct vertex per target).
+    """
+    scores = scores.clone()
+    for prior in exclude:
+        for j, name in enumerate(names):
+            scores[prior[name], j] = float("inf")
+    if granularity == "model":
+        best = int(torch.argmin(scores.sum(1)))
+        return {name: best for name in names}
+    return {name: int(b) for name, b in zip(names, torch.argmin(scores, dim=0).tolist())}
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -153,11 +172,6 @@ def _target_files(settings: CommonSettings, recipe_dir: Path) -> dict[str, Path]
     if not targets:
         raise ConfigError("targets: give at least one target task's calibration file")
     return {task: resolve_path(f, recipe_dir) for task, f in targets.items()}
-
-
-def _ref_string(path: str) -> str:
-    """How mergekit will spell a model reference for a path (``TensorEntry.id``)."""
-    return str(InputModelDefinition(model=path).model)
 
 
 @dataclass
@@ -262,7 +276,7 @@ class FWPrePass:
             with torch.no_grad():
                 for name, p in params.items():
                     p.copy_(index.tensor(name).float())
-            return index, (pool.base_ref if s.init == "base" else _ref_string(str(self.init_dir)))
+            return index, (pool.base_ref if s.init == "base" else ref_string(str(self.init_dir)))
         values: dict[str, torch.Tensor] = {}
         for name in progress(base.shapes, f"init ({s.init})", quiet=self.quiet):
             if not base.tensor(name).is_floating_point():
@@ -289,7 +303,7 @@ class FWPrePass:
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in values.items()}, str(out / "model.safetensors"), {"format": "pt"})
         (out / "config.json").write_text((Path(base.root) / "config.json").read_text())
-        return TensorIndex.open(out), _ref_string(str(out))
+        return TensorIndex.open(out), ref_string(str(out))
 
     def _scores(self, vertices: Vertices, params: dict[str, torch.nn.Parameter], grads: dict[str, torch.Tensor]):
         """Score matrix [candidates, tensors]; candidates outermost so one is read at a time."""
@@ -308,18 +322,6 @@ class FWPrePass:
                     scores[i, j] = float((g * (w - params[name].detach())).sum())
                 del w
         return scores
-
-    def _picks(self, scores: torch.Tensor, names: list[str], exclude: list[dict[str, int]]) -> dict[str, int]:
-        """Per tensor, the index of the picked candidate (the same for all under ``lmo: model``)."""
-        scores = scores.clone()
-        for prior in exclude:  # soft: one distinct vertex per target task
-            for j, name in enumerate(names):
-                scores[prior[name], j] = float("inf")
-        if self.settings.lmo == "model":
-            best = int(torch.argmin(scores.sum(1)))
-            return {name: best for name in names}
-        best = torch.argmin(scores, dim=0).tolist()
-        return {name: int(b) for name, b in zip(names, best)}
 
     def _pick_record(self, vertices: Vertices, picks: dict[str, int]) -> dict[str, Any]:
         refs = vertices.refs
@@ -388,7 +390,7 @@ class FWPrePass:
         s = self.settings
         objective, grads = self._gradient(model, params, task_batches, counts, s.objective)
         names = list(params)
-        picks = self._picks(self._scores(vertices, params, grads), names, [])
+        picks = lmo_picks(self._scores(vertices, params, grads), names, s.lmo, [])
         model.zero_grad(set_to_none=True)
         del grads
         coef = step_coefficient(t, s.step_size, s.scaling_factor)
@@ -411,7 +413,7 @@ class FWPrePass:
                 break
             value, grads = self._gradient(model, params, [task_batches[k]], [counts[k]], s.objective)
             objective += value / len(task_batches)
-            chosen.append(self._picks(self._scores(vertices, params, grads), names, chosen))
+            chosen.append(lmo_picks(self._scores(vertices, params, grads), names, s.lmo, chosen))
             del grads
         model.zero_grad(set_to_none=True)
         # K task vectors s_k − θ_t: the only candidate data held in memory at once.

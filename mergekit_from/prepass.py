@@ -70,6 +70,13 @@ def resolve_path(path: str, recipe_dir: Path) -> Path:
     return p if p.is_absolute() else recipe_dir / p
 
 
+def ref_string(path: str) -> str:
+    """How mergekit spells the model reference for a path (``str(TensorEntry.id)``)."""
+    from mergekit.config import InputModelDefinition
+
+    return str(InputModelDefinition(model=path).model)
+
+
 def _local_dir(ref, role: str) -> Path:
     if ref.lora is not None:
         raise ConfigError(f"{role} {ref}: LoRA inputs are not supported by this method; merge the adapter first")
@@ -150,7 +157,7 @@ class Pool:
 
 
 def load_skeleton(base_dir: Path, trust_remote_code: bool = False) -> torch.nn.Module:
-    """The base's architecture in fp32 with the base's weights, in eval mode."""
+    """The architecture of the model in ``base_dir``, in fp32 with its weights, in eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
