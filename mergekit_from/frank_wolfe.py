@@ -464,7 +464,7 @@ class FWPrePass:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            curve.append(float(loss))
+            curve.append(loss.item())
         return {"first": curve[0], "last": curve[-1], "min": min(curve), "every_10": curve[::10]}
 
     def _merge_config(self, plan: dict[str, Any], plan_path: Path) -> MergeConfiguration:
