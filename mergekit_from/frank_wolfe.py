@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Sequence, Union
@@ -359,11 +360,12 @@ class FWPrePass:
         names = list(params)
         steps: list[list[dict[str, Any]]] = []
         for t in progress(range(s.max_iters), self.method, quiet=self.quiet):
+            started = time.perf_counter()
             if self.soft:
                 record, moves = self._soft_iteration(t, model, params, vertices, task_batches, counts, encoded, tokenizer)
             else:
                 record, moves = self._hard_iteration(t, model, params, vertices, task_batches, counts)
-            trace.iterations.append({"iter": t, **record})
+            trace.iterations.append({"iter": t, **record, "seconds": time.perf_counter() - started})
             steps.append(moves)
             LOG.info("%s iter %d: objective %.5f", self.method, t, record["objective"])
         trace.final_objective = task_objective(model, task_batches, counts, s.objective, backward=False)
@@ -429,7 +431,7 @@ class FWPrePass:
         moves, picked = [], []
         for k, pick in enumerate(chosen):
             vertex = refs[pick[names[0]]] if s.lmo == "model" else {n: refs[i] for n, i in pick.items()}
-            moves.append({"coef": {n: float(coeffs[k, j]) for j, n in enumerate(names)}, "vertex": vertex})
+            moves.append({"coef": dict(zip(names, coeffs[k].detach().tolist())), "vertex": vertex})
             picked.append(self._pick_record(vertices, pick))
         share: dict[str, float] = {}
         for rec in picked:
@@ -440,7 +442,7 @@ class FWPrePass:
             "picks_per_target": dict(zip(list(self.samples)[: len(picked)], picked)),
             "pick_share": share,
             "inner_loss": losses,
-            "mean_coefficient": [float(coeffs[k].mean()) for k in range(len(chosen))],
+            "mean_coefficient": [float(coeffs[k].detach().mean()) for k in range(len(chosen))],
         }
         return record, moves
 
