@@ -245,6 +245,7 @@ class FWPrePass:
     def __init__(self, method: str, config: MergeConfiguration, raw: dict[str, Any], recipe_dir: Path):
         self.method = method
         self.soft = method == "fw_soft"
+        self.quiet = False
         model = SoftSettings if self.soft else HardSettings
         self.settings = read_settings(model, raw, config, section=method)
         self.pool = Pool.from_config(config, method, self.settings.skip_incompatible)
@@ -307,20 +308,25 @@ class FWPrePass:
         return TensorIndex.open(out), ref_string(str(out))
 
     def _scores(self, vertices: Vertices, params: dict[str, torch.nn.Parameter], grads: dict[str, torch.Tensor]):
-        """Score matrix [candidates, tensors]; candidates outermost so one is read at a time."""
+        """Score matrix [candidates, tensors]; candidates outermost so one is read at a time.
+
+        Dot products rather than elementwise products: no model-sized temporaries, ~3x faster.
+        """
         names = list(params)
+        flat = {n: grads[n].flatten() for n in names}
         scores = torch.zeros(len(vertices.refs), len(names), dtype=torch.float64)
         cosine = self.settings.score == "cosine"
-        gnorms = {n: float(grads[n].norm()) for n in names}
+        gnorms = {n: float(torch.linalg.vector_norm(flat[n])) for n in names}
+        g_theta = {} if cosine else {n: float(torch.dot(flat[n], params[n].detach().flatten())) for n in names}
         for i in progress(range(len(vertices.refs)), "LMO", quiet=self.quiet):
             for j, name in enumerate(names):
-                w = vertices.tensor(i, name)
-                g = grads[name]
+                w = vertices.tensor(i, name).flatten()
+                dot = float(torch.dot(flat[name], w))
                 if cosine:
-                    denom = gnorms[name] * float(w.norm())
-                    scores[i, j] = float((g * w).sum()) / denom if denom > 0 else 0.0
+                    denom = gnorms[name] * float(torch.linalg.vector_norm(w))
+                    scores[i, j] = dot / denom if denom > 0 else 0.0
                 else:
-                    scores[i, j] = float((g * (w - params[name].detach())).sum())
+                    scores[i, j] = dot - g_theta[name]  # ⟨g, s − θ⟩
                 del w
         return scores
 
@@ -349,8 +355,9 @@ class FWPrePass:
 
         model = load_skeleton(base_dir, s.trust_remote_code)
         params = merge_parameters(model, self.pool.base)
+        optimised = {id(p) for p in params.values()}
         for p in model.parameters():
-            p.requires_grad_(p in set(params.values()))
+            p.requires_grad_(id(p) in optimised)
         initial_index, initial_ref = self._initialise(params, work_dir)
         vertices = Vertices(self.pool, initial_index if s.initial_vertex else None, initial_ref)
         if s.preload_candidates:
@@ -378,9 +385,9 @@ class FWPrePass:
             "density": s.ties_density if not self.soft and s.update == "ties" else None,
             "steps": steps,
         }
-        (out_dir / PLAN_FILE).write_text(json.dumps(plan))
+        (work_dir / PLAN_FILE).write_text(json.dumps(plan))  # it names θ₀'s temporary folder
         trace.write(out_dir)
-        return self._merge_config(plan, out_dir / PLAN_FILE)
+        return self._merge_config(plan, work_dir / PLAN_FILE)
 
     def _gradient(self, model, params, batches, counts, objective) -> tuple[float, dict[str, torch.Tensor]]:
         model.zero_grad(set_to_none=True)

@@ -143,3 +143,26 @@ def test_streaming_never_holds_two_candidates(tmp_path, monkeypatch, preload):
         assert worst["models"] == 3
     else:
         assert worst == {"tensors": 1, "models": 1}
+
+
+def test_objectives_on_known_logits():
+    from mergekit_from.calibration import Batch
+    from mergekit_from.prepass import sample_losses
+
+    ids = torch.tensor([[1, 2, 3, 4]])
+    labels = torch.tensor([[-100, -100, 3, 4]])
+    prompt = torch.tensor([[1, 1, 0, 0]])
+    batch = Batch(ids, torch.ones_like(ids), labels, prompt)
+    uniform = torch.zeros(1, 4, 8)
+    assert sample_losses(uniform, batch, "entropy").item() == pytest.approx(torch.log(torch.tensor(8.0)).item())
+    assert sample_losses(uniform, batch, "cross_entropy").item() == pytest.approx(torch.log(torch.tensor(8.0)).item())
+    sharp = torch.full((1, 4, 8), -30.0)
+    sharp[0, 1, 3] = sharp[0, 2, 4] = 30.0  # positions 1 and 2 predict the labelled tokens 3 and 4
+    assert sample_losses(sharp, batch, "cross_entropy").item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_entropy_objective_runs_on_prompts(tmp_path):
+    recipe = fw_recipe("fw_hard", ["shift", "rev"], ["rev"], max_iters=2, objective="entropy", samples_per_task=8)
+    _, trace = run_fw(tmp_path, recipe)
+    assert trace["settings"]["objective"] == "entropy"
+    assert all(0 < it["objective"] < torch.log(torch.tensor(32.0)).item() for it in trace["iterations"])
