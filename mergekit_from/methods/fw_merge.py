@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from mergekit.merge_methods.base import (
@@ -22,12 +22,10 @@ from mergekit.merge_methods.base import (
     GroupMergeMethod,
     InputContract,
     MergeMethodSpec,
-    ParameterScope,
-    ParameterSpec,
     TensorGroup,
 )
 
-from mergekit_from.errors import ConfigError
+from mergekit_from.methods.side_file import side_file, side_file_spec
 
 
 @lru_cache(maxsize=4)
@@ -71,12 +69,7 @@ class FWMerge(GroupMergeMethod):
             name=self.method_name,
             pretty_name=f"FW-Merging ({self.variant} Frank-Wolfe)",
             reference_url="https://arxiv.org/abs/2503.12649",
-            parameters=(
-                ParameterSpec(
-                    "plan", Optional[str], ParameterScope.SHARED, default=None,
-                    description="set by the pre-pass of `mergekit-from yaml` (the Frank-Wolfe plan file)",
-                ),
-            ),
+            parameters=(side_file_spec("plan", "the Frank-Wolfe plan file"),),
             contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=1),
         )
 
@@ -86,9 +79,7 @@ class FWMerge(GroupMergeMethod):
         return FWPrePass(self.method_name, config, raw, recipe_dir)
 
     def merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:
-        if not parameters["plan"]:
-            raise ConfigError(f"merge_method {self.method_name!r} runs through `mergekit-from yaml` (it needs its pre-pass)")
-        plan = _load_plan(parameters["plan"])
+        plan = _load_plan(side_file(self.method_name, parameters, "plan"))
         tensors = {str(e.id): e.tensor for e in group.entries}
         return replay_plan(plan, group.metadata.name, tensors).to(group.base.tensor.dtype)
 

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 import torch
 from mergekit.merge_methods.base import (
@@ -24,12 +24,11 @@ from mergekit.merge_methods.base import (
     GroupMergeMethod,
     InputContract,
     MergeMethodSpec,
-    ParameterScope,
-    ParameterSpec,
     TensorGroup,
 )
 
-from mergekit_from.errors import ConfigError, TensorValueError
+from mergekit_from.errors import TensorValueError
+from mergekit_from.methods.side_file import side_file, side_file_spec
 from mergekit_from.weights import TensorIndex
 
 
@@ -73,12 +72,7 @@ class RegMeanMerge(GroupMergeMethod):
             name="regmean",
             pretty_name="RegMean (regression mean)",
             reference_url="https://arxiv.org/abs/2212.09849",
-            parameters=(
-                ParameterSpec(
-                    "grams", Optional[str], ParameterScope.SHARED, default=None,
-                    description="set by the pre-pass of `mergekit-from yaml` (index of the Gram files)",
-                ),
-            ),
+            parameters=(side_file_spec("grams", "the index of the Gram files"),),
             contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=1),
         )
 
@@ -88,9 +82,7 @@ class RegMeanMerge(GroupMergeMethod):
         return RegMeanPrePass(config, raw, recipe_dir)
 
     def merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:
-        if not parameters["grams"]:
-            raise ConfigError("merge_method 'regmean' runs through `mergekit-from yaml` (it needs its pre-pass)")
-        grams = _grams_index(parameters["grams"])
+        grams = _grams_index(side_file("regmean", parameters, "grams"))
         name = group.metadata.name
         entries = group.non_base
         indexes = [grams["indexes"].get(str(e.id)) for e in entries]
