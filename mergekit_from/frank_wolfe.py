@@ -72,7 +72,29 @@ Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
 class CommonSettings(BaseModel):
-    """Settings shared by fw_hard and fw_soft (recipe section or top-level ``parameters:``)."""
+    """Settings shared by fw_hard and fw_soft (recipe section or top-level ``parameters:``).
+
+    Example recipe (data paths are relative to the recipe's folder)::
+
+        merge_method: fw_hard
+        base_model: ./base
+        models: [{model: ./expert_rev}, {model: ./expert_sort}, {model: ./expert_shift}]
+        fw_hard:
+          targets: {rev: data/rev.jsonl}     # {"prompt","response"} or {"text"} lines
+          max_iters: 10
+          lmo: tensor
+
+    - targets: the tasks the merge is for; samples_per_task first lines of each (official: 100)
+    - max_length / batch_size: tokenisation cut-off and padded batch size of the objective
+    - init: task_arithmetic (λ = init_lambda) | base | from (FroM, k = from_k) | a model folder
+    - lmo: model (one pick per iteration) | tensor (one pick per stored tensor)
+    - score: cosine (official, against full weights) | inner_product (textbook ⟨g, s − θ⟩)
+    - objective: cross_entropy on responses | entropy of next-token predictions on prompts
+    - initial_vertex: θ₀ is a candidate too (the official ViT code does this)
+    - skip_incompatible: leave out pool models whose layout differs from the base (warns)
+    - preload_candidates: hold every candidate in RAM like the official code (benchmarks only)
+    - tokenizer / trust_remote_code: where to load the tokenizer from (default: the base)
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -98,6 +120,8 @@ class CommonSettings(BaseModel):
 
 
 class HardSettings(CommonSettings):
+    """Step c_t = step_size·2/(t+2)·scaling_factor; update task_arithmetic or ties (keeps ties_density)."""
+
     step_size: PositiveFloat = 0.1
     scaling_factor: PositiveFloat = 0.3
     update: Literal["task_arithmetic", "ties"] = "task_arithmetic"
@@ -105,6 +129,9 @@ class HardSettings(CommonSettings):
 
 
 class SoftSettings(CommonSettings):
+    """AdaMerging inner loop: ada_iters Adam steps (lr ada_lr) on ada_loss over ada_batch_size
+    samples per target; coefficients start at ada_first_coeff (t = 0), then ada_coeff."""
+
     init: str = "base"
     ada_iters: PositiveInt = 500
     ada_lr: PositiveFloat = 1e-3
@@ -361,7 +388,7 @@ class FWPrePass:
         initial_index, initial_ref = self._initialise(params, work_dir)
         vertices = Vertices(self.pool, initial_index if s.initial_vertex else None, initial_ref)
         if s.preload_candidates:
-            vertices.preloaded = [{n: self.pool.tensor(i, n) for n in params} for i in range(len(self.pool))]
+            vertices.preloaded = [{n: self.pool.tensor(i, n).clone() for n in params} for i in range(len(self.pool))]
 
         trace = Trace(self.method, s.model_dump(), vertices.refs, list(self.samples))
         names = list(params)

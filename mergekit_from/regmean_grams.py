@@ -30,6 +30,21 @@ GRAMS_INDEX = "grams.json"
 
 
 class RegMeanSettings(BaseModel):
+    """Recipe section ``regmean:`` (or top-level ``parameters:`` for scalars)::
+
+        merge_method: regmean
+        base_model: ./base
+        models:
+          - model: ./expert_rev
+            parameters: {calibration: data/rev.jsonl}   # or regmean.calibration below
+          - model: ./expert_sort
+        regmean:
+          calibration: {./expert_sort: data/sort.jsonl}
+          alpha: 0.9          # off-diagonal shrink (1 = none); official configs use 0.1-0.9
+
+    Each model's Grams come from the first samples_per_task lines of its own file.
+    """
+
     model_config = ConfigDict(extra="forbid")
 
     calibration: dict[str, str] = Field(default_factory=dict, description="pool model -> its task's JSONL")
