@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 
 from mergekit_from import calibration
-from mergekit_from.errors import ConfigError
+from mergekit_from.errors import ConfigError, ModelInputError
 from mergekit_from.methods.from_merge import from_coefficients
 from mergekit_from.prepass import (
     Pool,
@@ -280,6 +280,10 @@ class FWPrePass:
         files = _target_files(self.settings, recipe_dir)
         self.samples = calibration.load_tasks(files, self.settings.samples_per_task)
         self.init_dir = self._check_init(recipe_dir)
+        tok_dir = Path(self.pool.base.root)
+        if self.settings.tokenizer:
+            tok_dir = resolve_path(self.settings.tokenizer, recipe_dir)
+        self.tokenizer = calibration.load_tokenizer(tok_dir, self.settings.trust_remote_code)
 
     def _check_init(self, recipe_dir: Path) -> Path | None:
         init = self.settings.init
@@ -292,7 +296,7 @@ class FWPrePass:
             raise ConfigError(f"init: {init!r} is neither one of {'|'.join(INIT_KEYWORDS)} nor a model folder")
         problem = layout_mismatch(self.pool.base, TensorIndex.open(path))
         if problem:
-            raise ConfigError(f"init model {init} is incompatible with the base: {problem}")
+            raise ModelInputError(f"init model {init} is incompatible with the base: {problem}")
         return path
 
     # -- pieces of the optimisation ----------------------------------------------------------
@@ -375,9 +379,9 @@ class FWPrePass:
         self.quiet = options.quiet
         torch.manual_seed(s.seed)
         base_dir = Path(self.pool.base.root)
-        tokenizer = calibration.load_tokenizer(s.tokenizer or base_dir, s.trust_remote_code)
-        encoded = {t: calibration.encode(v, tokenizer, s.max_length) for t, v in self.samples.items()}
-        task_batches = [list(calibration.batches(e, s.batch_size, tokenizer.pad_token_id)) for e in encoded.values()]
+        pad = self.tokenizer.pad_token_id
+        encoded = {t: calibration.encode(v, self.tokenizer, s.max_length) for t, v in self.samples.items()}
+        task_batches = [list(calibration.batches(e, s.batch_size, pad)) for e in encoded.values()]
         counts = [len(e) for e in encoded.values()]
 
         model = load_skeleton(base_dir, s.trust_remote_code)
@@ -396,7 +400,7 @@ class FWPrePass:
         for t in progress(range(s.max_iters), self.method, quiet=self.quiet):
             started = time.perf_counter()
             if self.soft:
-                record, moves = self._soft_iteration(t, model, params, vertices, task_batches, counts, encoded, tokenizer)
+                record, moves = self._soft_iteration(t, model, params, vertices, task_batches, counts, encoded)
             else:
                 record, moves = self._hard_iteration(t, model, params, vertices, task_batches, counts)
             trace.iterations.append({"iter": t, **record, "seconds": time.perf_counter() - started})
@@ -439,7 +443,7 @@ class FWPrePass:
         record = {"objective": objective, "step": coef, **self._pick_record(vertices, picks)}
         return record, [{"coef": coef, "vertex": vertex}]
 
-    def _soft_iteration(self, t, model, params, vertices, task_batches, counts, encoded, tokenizer):
+    def _soft_iteration(self, t, model, params, vertices, task_batches, counts, encoded):
         s = self.settings
         names = list(params)
         chosen: list[dict[str, int]] = []
@@ -457,7 +461,7 @@ class FWPrePass:
             taus = [{n: vertices.tensor(pick[n], n) - params[n].detach() for n in names} for pick in chosen]
         start = s.ada_first_coeff if t == 0 else s.ada_coeff
         coeffs = torch.full((len(chosen), len(names)), float(start), requires_grad=True)
-        losses = self._adamerging(model, params, taus, coeffs, encoded, tokenizer)
+        losses = self._adamerging(model, params, taus, coeffs, encoded)
         with torch.no_grad():
             for j, n in enumerate(names):
                 params[n].add_(sum(coeffs[k, j] * taus[k][n] for k in range(len(chosen))))
@@ -480,7 +484,7 @@ class FWPrePass:
         }
         return record, moves
 
-    def _adamerging(self, model, params, taus, coeffs, encoded, tokenizer) -> dict[str, Any]:
+    def _adamerging(self, model, params, taus, coeffs, encoded) -> dict[str, Any]:
         """Adam on the per-(pick, tensor) coefficients; returns the inner loss curve."""
         s = self.settings
         names = list(params)
@@ -495,7 +499,7 @@ class FWPrePass:
             loss = torch.zeros(())
             for items in encoded.values():
                 picked = rng.sample(items, min(s.ada_batch_size, len(items)))
-                batch = calibration.collate(picked, tokenizer.pad_token_id)
+                batch = calibration.collate(picked, self.tokenizer.pad_token_id)
                 loss = loss + batch_loss(model, batch, s.ada_loss, params=merged) / len(picked)
             optimizer.zero_grad()
             loss.backward()

@@ -105,6 +105,8 @@ class RegMeanPrePass:
         self.config = self.pool.without_skipped(config)
         files = self._calibration_files(recipe_dir)
         self.samples = calibration.load_tasks(files, self.settings.samples_per_task)
+        tok_dir = resolve_path(self.settings.tokenizer, recipe_dir) if self.settings.tokenizer else self.pool.base.root
+        self.tokenizer = calibration.load_tokenizer(tok_dir, self.settings.trust_remote_code)
 
     def _calibration_files(self, recipe_dir: Path) -> dict[str, Path]:
         """Pool model reference -> its JSONL, from the section's mapping or per-model parameters."""
@@ -127,15 +129,14 @@ class RegMeanPrePass:
 
     def run(self, out_dir: Path, work_dir: Path, options: MergeOptions) -> MergeConfiguration:
         s = self.settings
-        tokenizer = calibration.load_tokenizer(s.tokenizer or self.pool.base.root, s.trust_remote_code)
         stored = set(self.pool.base.shapes)
         grams_dir = work_dir / GRAMS_DIR
         grams_dir.mkdir(parents=True)
         files = {}
         for i, ref in enumerate(progress(self.pool.refs, "RegMean Grams", quiet=options.quiet)):
-            encoded = calibration.encode(self.samples[ref], tokenizer, s.max_length)
+            encoded = calibration.encode(self.samples[ref], self.tokenizer, s.max_length)
             model = load_skeleton(Path(self.pool.indexes[i].root), s.trust_remote_code)
-            grams = model_grams(model, stored, calibration.batches(encoded, s.batch_size, tokenizer.pad_token_id))
+            grams = model_grams(model, stored, calibration.batches(encoded, s.batch_size, self.tokenizer.pad_token_id))
             del model
             folder = grams_dir / str(i)  # a TensorIndex-readable folder per model
             folder.mkdir()
