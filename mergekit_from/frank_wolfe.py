@@ -253,12 +253,15 @@ def plot_trace(trace: Trace, path: Path) -> None:
         for ref, frac in it["pick_share"].items():
             if ref in trace.pool:
                 share[trace.pool.index(ref), j] += frac
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 3 + 0.25 * len(names)), sharex=False)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 3 + 0.25 * len(names)), sharex=True)
     ax1.plot(xs, ys, marker="o")
     ax1.set_ylabel(f"objective ({trace.settings['objective']})")
-    ax1.set_title(f"{trace.method}: targets {', '.join(trace.targets)}")
-    ax2.imshow(share.numpy(), aspect="auto", cmap="Blues", vmin=0, interpolation="nearest")
+    ax1.set_title(f"{trace.method}: targets {', '.join(trace.targets)} (last point: after the last step)")
+    extent = (-0.5, len(its) - 0.5, len(names) - 0.5, -0.5)
+    ax2.imshow(share.numpy(), aspect="auto", cmap="Blues", vmin=0, interpolation="nearest", extent=extent)
     ax2.set_yticks(range(len(names)), names, fontsize=7)
+    ax2.set_xlim(-0.5, len(its) + 0.5)
+    ax2.xaxis.get_major_locator().set_params(integer=True)
     ax2.set_xlabel("iteration")
     ax2.set_ylabel("picked (share of tensors)")
     fig.tight_layout()
@@ -398,12 +401,13 @@ class FWPrePass:
         names = list(params)
         steps: list[list[dict[str, Any]]] = []
         for t in progress(range(s.max_iters), self.method, quiet=self.quiet):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             if self.soft:
                 record, moves = self._soft_iteration(t, model, params, vertices, task_batches, counts, encoded)
             else:
                 record, moves = self._hard_iteration(t, model, params, vertices, task_batches, counts)
-            trace.iterations.append({"iter": t, **record, "seconds": time.perf_counter() - started})
+            elapsed = {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}
+            trace.iterations.append({"iter": t, **record, **elapsed})
             steps.append(moves)
             LOG.info("%s iter %d: objective %.5f", self.method, t, record["objective"])
         trace.final_objective = task_objective(model, task_batches, counts, s.objective, backward=False)
