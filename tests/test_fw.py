@@ -165,3 +165,15 @@ def test_entropy_objective_runs_on_prompts(tmp_path):
     _, trace = run_fw(tmp_path, recipe)
     assert trace["settings"]["objective"] == "entropy"
     assert all(0 < it["objective"] < torch.log(torch.tensor(32.0)).item() for it in trace["iterations"])
+
+
+def test_initial_model_as_a_vertex_and_bfloat16_inputs(tmp_path):
+    recipe = fw_recipe("fw_hard", ["shift", "rev"], ["rev"], max_iters=2, lmo="tensor", initial_vertex=True)
+    out, trace = run_fw(tmp_path, recipe)
+    assert len(trace["pool"]) == 3 and trace["pool"][2].endswith("fw_initial")
+    assert objective(out, ["rev"]) == pytest.approx(trace["final_objective"], abs=1e-4)
+    recipe["dtype"] = "bfloat16"  # mergekit hands the kernel bf16 tensors; the replay still runs in fp32
+    out, trace = run_fw(tmp_path, recipe, name="bf16")
+    merged = load_file(str(out / "model.safetensors"))
+    assert all(t.dtype == torch.bfloat16 for t in merged.values())
+    assert objective(out, ["rev"]) == pytest.approx(trace["final_objective"], abs=5e-2)

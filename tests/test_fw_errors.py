@@ -150,3 +150,24 @@ def test_regmean_model_without_calibration(tmp_path):
         ],
     }
     assert f"pool model {z['expert_sort']} has no calibration data" in run_bad(tmp_path, recipe)
+
+
+def test_base_without_tokenizer(tmp_path):
+    bare = tmp_path / "bare_base"
+    bare.mkdir()
+    for f in ("model.safetensors", "config.json"):
+        (bare / f).write_bytes((zoo()["base"] / f).read_bytes())
+    recipe = fw_recipe("fw_hard", ["rev"], ["rev"])
+    recipe["base_model"] = str(bare)
+    assert run_bad(tmp_path, recipe).startswith(f"error: cannot load a tokenizer from {bare}")
+
+
+def test_kernel_without_its_prepass_says_so(tmp_path):
+    """Plain mergekit (no pre-pass) must not write a wrong merge silently."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    recipe = fw_recipe("fw_hard", ["rev"], ["rev"])
+    with pytest.raises(Exception, match="runs through `mergekit-from yaml`"):
+        run_merge(MergeConfiguration.model_validate(recipe), str(tmp_path / "out"), MergeOptions(quiet=True))
