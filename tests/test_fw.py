@@ -177,3 +177,13 @@ def test_initial_model_as_a_vertex_and_bfloat16_inputs(tmp_path):
     merged = load_file(str(out / "model.safetensors"))
     assert all(t.dtype == torch.bfloat16 for t in merged.values())
     assert objective(out, ["rev"]) == pytest.approx(trace["final_objective"], abs=5e-2)
+
+
+def test_data_paths_are_relative_to_the_recipe(tmp_path):
+    z = zoo()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "rev.jsonl").write_bytes(z["data_rev"].read_bytes())
+    recipe = fw_recipe("fw_soft", ["shift", "rev"], ["rev"], max_iters=1, ada_iters=2)
+    recipe["fw_soft"]["targets"] = ["data/rev.jsonl"]
+    _, trace = run_fw(tmp_path, recipe)
+    assert trace["targets"] == ["rev"]
