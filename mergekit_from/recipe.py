@@ -186,4 +186,11 @@ def run_recipe(config_file: str | os.PathLike, out_path: str | os.PathLike, opti
         if prepass is not None:
             config = prepass.run(tmp, Path(work), options)
         run_merge(config, str(tmp), options=options, config_source=source)
+        _unlink_card_paths(tmp / "README.md", Path(work))
     return Path(out_path)
+
+
+def _unlink_card_paths(card: Path, work: Path) -> None:
+    """The card lists the merge's inputs; a pre-pass intermediate's folder is deleted after the run."""
+    if card.is_file() and str(work) in (text := card.read_text(encoding="utf-8")):
+        card.write_text(text.replace(f"{work}{os.sep}", "(intermediate computed by the pre-pass) "), encoding="utf-8")

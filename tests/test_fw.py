@@ -50,7 +50,9 @@ def test_hard_picks_the_targets_own_expert_first_and_reduces_the_objective(tmp_p
     # The per-tensor kernel replays the pre-pass exactly: the written model has the final objective.
     assert objective(out, [target]) == pytest.approx(trace["final_objective"], abs=1e-4)
     assert (out / "fw_trace.png").stat().st_size > 0
-    assert "FW-Merging (hard" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "FW-Merging (hard" in card and "(intermediate computed by the pre-pass) fw_initial" in card
+    assert ".prepass-" not in card
     assert "fw_hard" in (out / "mergekit_config.yml").read_text()
 
 
