@@ -33,6 +33,10 @@ class HubCrawlError(MergekitFromError):
     """A Hub listing kept failing after retries; the crawl state is saved and a rerun resumes."""
 
 
+class CalibrationError(MergekitFromError):
+    """Calibration data that is missing, malformed or empty (the message names file and line)."""
+
+
 def one_line(exc: BaseException) -> str:
     """A single-line description of ``exc`` for the CLI (pydantic errors condensed)."""
     try:

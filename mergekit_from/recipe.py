@@ -210,16 +210,35 @@ def staged_output(out_path: str | os.PathLike) -> Iterator[Path]:
 
 
 def run_recipe(config_file: str | os.PathLike, out_path: str | os.PathLike, options) -> Path:
-    """Check a recipe, then run it through mergekit's ``run_merge`` into ``out_path``."""
+    """Check a recipe, then run it through mergekit's ``run_merge`` into ``out_path``.
+
+    A method that needs the whole model (FW-Merging, RegMean) has a ``prepass(config, raw,
+    recipe_dir)`` hook: it validates its own settings before anything runs, then its ``run``
+    computes inside the staged output (side files such as traces land next to the model) and
+    returns the configuration that mergekit merges. ``mergekit_config.yml`` keeps the user's recipe.
+    """
     from mergekit.merge import run_merge
 
     config, source = load_recipe(config_file)
+    hook = getattr(resolve_method(config.merge_method), "prepass", None)
+    prepass = hook(config, yaml.safe_load(source), Path(config_file).resolve().parent) if hook else None
+    if prepass is not None:
+        config = prepass.config
     check_recipe(config)
     config = absolutize_paths(config)
     if options.lora_merge_cache is None and any(r.lora for r in _references(config)):
         # mergekit refuses base+lora inputs without a cache dir; give it a standard one.
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mergekit-from" / "lora-merge"
         options = options.model_copy(update={"lora_merge_cache": str(cache)})
-    with staged_output(out_path) as tmp:
+    with staged_output(out_path) as tmp, tempfile.TemporaryDirectory(prefix=".prepass-", dir=tmp.parent) as work:
+        if prepass is not None:
+            config = prepass.run(tmp, Path(work), options)
         run_merge(config, str(tmp), options=options, config_source=source)
+        _unlink_card_paths(tmp / "README.md", Path(work))
     return Path(out_path)
+
+
+def _unlink_card_paths(card: Path, work: Path) -> None:
+    """The card lists the merge's inputs; a pre-pass intermediate's folder is deleted after the run."""
+    if card.is_file() and str(work) in (text := card.read_text(encoding="utf-8")):
+        card.write_text(text.replace(f"{work}{os.sep}", "(intermediate computed by the pre-pass) "), encoding="utf-8")

@@ -1,7 +1,9 @@
 """The plugin's mergekit merge methods, one small module each."""
 
 from mergekit_from.methods.from_merge import from_merge
+from mergekit_from.methods.fw_merge import fw_hard, fw_soft
+from mergekit_from.methods.regmean import regmean
 
-ALL_METHODS = (from_merge,)
+ALL_METHODS = (from_merge, fw_hard, fw_soft, regmean)
 
-__all__ = ["ALL_METHODS", "from_merge"]
+__all__ = ["ALL_METHODS", "from_merge", "fw_hard", "fw_soft", "regmean"]

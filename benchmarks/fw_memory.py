@@ -1,0 +1,168 @@
+"""Peak memory and speed of fw_hard against the pool size, streamed vs load-everything.
+
+Builds a base Llama (hidden 512, 6 layers, vocab 8192: 27.4M parameters, fp32, with the tests'
+char-level tokenizer) and up to 32 candidates (the base plus Gaussian noise), then runs the same
+fw_hard recipe with pools of N = 4, 8, 16, 32 candidates, each as a fresh
+`mergekit-from yaml` process, twice per N:
+
+- ``streamed``: this project's pre-pass (candidates read tensor by tensor from safetensors);
+- ``preloaded``: ``preload_candidates: true``, the official code's behaviour (every candidate in RAM).
+
+Peak RSS is measured from outside the process: the kernel's ``ru_maxrss`` of the waited child
+(``os.wait4``). Seconds per FW iteration (median over iterations, wall and process CPU; CPU time is the steadier one when
+other jobs share the cores) come from the run's ``fw_trace.json``. Writes
+DIR/fw_memory.json (``peak_rss_mb`` per N and ``ratio_32_over_4``, for both variants; target
+for ``streamed``: ratio <= 1.15) and DIR/fw_memory.png.
+
+    python benchmarks/fw_memory.py --out out/fw_memory [--sizes 4 8 16 32] [--iters 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # the tiny zoo's char-level tokenizer and task samples
+
+
+def build_pool(root: Path, n: int, quick: bool) -> tuple[Path, list[Path], int]:
+    import torch
+    from fw_fixtures import make_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base_dir = root / "base"
+    shape = dict(vocab_size=8192, hidden_size=512, intermediate_size=1376, num_hidden_layers=6)
+    if quick:
+        shape = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+    cfg = LlamaConfig(**shape, num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    marker = root / f"done-{n}"
+    if not marker.exists():
+        torch.manual_seed(0)
+        base = LlamaForCausalLM(cfg)
+        base.save_pretrained(base_dir)
+        make_tokenizer().save_pretrained(base_dir)
+        for i in range(n):
+            torch.manual_seed(100 + i)
+            with torch.no_grad():
+                for p in base.parameters():
+                    p.add_(torch.randn_like(p), alpha=1e-3)
+            base.save_pretrained(root / f"cand{i}")  # a random walk: distinct, same layout
+            print(f"candidate {i + 1}/{n}", flush=True)
+        marker.write_text("ok")
+    params = sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())
+    return base_dir, [root / f"cand{i}" for i in range(n)], params
+
+
+def run_once(recipe: Path, out: Path, threads: int) -> tuple[float, float]:
+    """(peak RSS in MB of the child, wall seconds); raises if the merge failed."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "mergekit_from.cli", "yaml", str(recipe), str(out), "--quiet"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{output.decode()[-2000:]}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[4, 8, 16, 32])
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--quick", action="store_true", help="tiny models (CI smoke run)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads in the child (1 keeps timings steady when other jobs share the cores)")
+    ap.add_argument("--models-dir", type=Path, help="where the pool is built/reused (default OUT/models)")
+    args = ap.parse_args()
+    import yaml
+    from fw_fixtures import task_samples, write_jsonl
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    models = args.models_dir or args.out / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    base, cands, params = build_pool(models, max(args.sizes), args.quick)
+    data = write_jsonl(args.out / "rev.jsonl", task_samples("rev", args.samples, seed=3))
+
+    results: dict[str, dict[str, dict]] = {"streamed": {}, "preloaded": {}}
+    for n in args.sizes:
+        for variant in results:
+            recipe = {
+                "merge_method": "fw_hard",
+                "base_model": str(base),
+                "models": [{"model": str(c)} for c in cands[:n]],
+                "dtype": "float32",
+                "fw_hard": {"targets": {"rev": str(data)}, "max_iters": args.iters, "samples_per_task": args.samples,
+                            "preload_candidates": variant == "preloaded"},
+            }
+            path = args.out / f"fw_{variant}_{n}.yml"
+            path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+            out = args.out / f"merged_{variant}_{n}"
+            rss, wall = run_once(path, out, args.threads)
+            trace = json.loads((out / "fw_trace.json").read_text())
+            its = trace["iterations"]  # median: the first iteration also pays torch's warm-up
+            per_iter = statistics.median(it["seconds"] for it in its)
+            cpu_iter = statistics.median(it["cpu_seconds"] for it in its)
+            results[variant][str(n)] = {"peak_rss_mb": rss, "wall_s": wall, "seconds_per_iteration": per_iter,
+                                        "cpu_seconds_per_iteration": cpu_iter}
+            print(f"{variant:9s} N={n:2d}: peak RSS {rss:7.1f} MB, {per_iter:.2f} s/iteration "
+                  f"({cpu_iter:.2f} CPU s), wall {wall:.1f} s", flush=True)
+
+    def summary(rows: dict[str, dict]) -> dict:
+        rss = {k: round(v["peak_rss_mb"], 1) for k, v in rows.items()}
+        lo, hi = str(min(args.sizes)), str(max(args.sizes))
+        return {
+            "peak_rss_mb": rss,
+            f"ratio_{hi}_over_{lo}": round(rss[hi] / rss[lo], 3),
+            "seconds_per_iteration": {k: round(v["seconds_per_iteration"], 3) for k, v in rows.items()},
+            "cpu_seconds_per_iteration": {k: round(v["cpu_seconds_per_iteration"], 3) for k, v in rows.items()},
+            "wall_s": {k: round(v["wall_s"], 1) for k, v in rows.items()},
+        }
+
+    report = {
+        **summary(results["streamed"]),
+        "load_everything_reference": summary(results["preloaded"]),
+        "setup": {"params_per_model": params, "dtype": "float32", "max_iters": args.iters,
+                  "samples_per_task": args.samples, "sizes": args.sizes, "quick": args.quick, "torch_threads": args.threads,
+                  "rss_measured_by": "os.wait4 ru_maxrss of the mergekit-from yaml child process"},
+    }
+    (args.out / "fw_memory.json").write_text(json.dumps(report, indent=1))
+    plot(results, args.out / "fw_memory.png")
+    print(json.dumps(report, indent=1))
+
+
+def plot(results: dict[str, dict[str, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for variant, rows in results.items():
+        ns = [int(k) for k in rows]
+        ax1.plot(ns, [r["peak_rss_mb"] for r in rows.values()], marker="o", label=variant)
+        ax2.plot(ns, [r["seconds_per_iteration"] for r in rows.values()], marker="o", label=f"{variant} (wall)")
+        ax2.plot(ns, [r["cpu_seconds_per_iteration"] for r in rows.values()], marker="x", ls=":",
+                 label=f"{variant} (CPU)")
+    ax1.set(xlabel="candidates in the pool", ylabel="peak RSS (MB)", title="fw_hard peak memory")
+    ax2.set(xlabel="candidates in the pool", ylabel="seconds / FW iteration", title="fw_hard speed")
+    ax1.legend()
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

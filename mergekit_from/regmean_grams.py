@@ -1,0 +1,149 @@
+"""RegMean's pre-pass (Jin et al., ICLR 2023): Gram matrices of every linear layer's inputs.
+
+Each pool model runs on its *own* task's calibration data (the recipe maps model -> JSONL);
+forward hooks on every ``nn.Linear`` whose weight is a stored tensor accumulate Σ xᵀx over
+real tokens, and the saved Gram is the running mean per token, as in the official code
+(bloomberg/dataless-model-merging ``compute_grams``), except that padding positions are left
+out. Models are processed one at a time: at most one model and its Grams are in memory. The
+per-tensor kernel in :mod:`mergekit_from.methods.regmean` solves the merge inside mergekit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import torch
+from mergekit.config import MergeConfiguration
+from mergekit.options import MergeOptions
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import save_file
+
+from mergekit_from import calibration
+from mergekit_from.errors import ConfigError
+from mergekit_from.prepass import Pool, load_skeleton, progress, read_settings, ref_string, resolve_path
+from mergekit_from.weights import SINGLE
+
+GRAMS_DIR = "regmean_grams"
+GRAMS_INDEX = "grams.json"
+
+
+class RegMeanSettings(BaseModel):
+    """Recipe section ``regmean:`` (or top-level ``parameters:`` for scalars)::
+
+        merge_method: regmean
+        base_model: ./base
+        models:
+          - model: ./expert_rev
+            parameters: {calibration: data/rev.jsonl}   # or regmean.calibration below
+          - model: ./expert_sort
+        regmean:
+          calibration: {./expert_sort: data/sort.jsonl}
+          alpha: 0.9          # off-diagonal shrink (1 = none); official configs use 0.1-0.9
+
+    Each model's Grams come from the first samples_per_task lines of its own file.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    calibration: dict[str, str] = Field(default_factory=dict, description="pool model -> its task's JSONL")
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.9
+    samples_per_task: Annotated[int, Field(gt=0)] = 100
+    max_length: Annotated[int, Field(gt=0)] = 256
+    batch_size: Annotated[int, Field(gt=0)] = 8
+    skip_incompatible: bool = False
+    tokenizer: Optional[str] = None
+    trust_remote_code: bool = False
+
+
+class GramAccumulator:
+    """Forward hooks that keep Σ xᵀx and the token count per linear layer."""
+
+    def __init__(self, model: torch.nn.Module, stored: set[str]):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.tokens: dict[str, int] = {}
+        self.mask: torch.Tensor | None = None  # [B, L] real-token mask of the current batch
+        self.handles = [
+            module.register_forward_hook(self._hook(f"{name}.weight"))
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and f"{name}.weight" in stored
+        ]
+
+    def _hook(self, key: str):
+        def hook(_module, inputs, _output):
+            x = inputs[0].detach().float()
+            x = x[self.mask.bool()] if self.mask is not None else x.reshape(-1, x.shape[-1])
+            gram = x.T @ x
+            if key in self.sums:
+                self.sums[key].add_(gram)
+            else:
+                self.sums[key] = gram
+            self.tokens[key] = self.tokens.get(key, 0) + x.shape[0]
+
+        return hook
+
+    def means(self) -> dict[str, torch.Tensor]:
+        for h in self.handles:
+            h.remove()
+        return {k: (s / max(self.tokens[k], 1)).contiguous() for k, s in self.sums.items()}
+
+
+def model_grams(model: torch.nn.Module, stored: set[str], batches) -> dict[str, torch.Tensor]:
+    acc = GramAccumulator(model, stored)
+    with torch.no_grad():
+        for batch in batches:
+            acc.mask = batch.attention_mask
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return acc.means()
+
+
+class RegMeanPrePass:
+    def __init__(self, config: MergeConfiguration, raw: dict[str, Any], recipe_dir: Path):
+        self.settings = read_settings(RegMeanSettings, raw, config, section="regmean")
+        self.pool = Pool.from_config(config, "regmean", self.settings.skip_incompatible)
+        self.config = self.pool.without_skipped(config)
+        files = self._calibration_files(recipe_dir)
+        self.samples = calibration.load_tasks(files, self.settings.samples_per_task)
+        tok_dir = resolve_path(self.settings.tokenizer, recipe_dir) if self.settings.tokenizer else self.pool.base.root
+        self.tokenizer = calibration.load_tokenizer(tok_dir, self.settings.trust_remote_code)
+
+    def _calibration_files(self, recipe_dir: Path) -> dict[str, Path]:
+        """Pool model reference -> its JSONL, from the section's mapping or per-model parameters."""
+        given = {ref_string(k): v for k, v in self.settings.calibration.items()}
+        for m in self.config.models or ():
+            value = (m.parameters or {}).get("calibration")
+            if value is not None:
+                if not isinstance(value, str):
+                    raise ConfigError(f"models[{m.model}].parameters.calibration must be a file path")
+                given.setdefault(str(m.model), value)
+        unknown = sorted(set(given) - set(self.pool.refs) - set(self.pool.skipped))
+        if unknown:
+            raise ConfigError(f"regmean calibration: {unknown[0]!r} is not a pool model")
+        files = {}
+        for ref in self.pool.refs:
+            if ref not in given:
+                raise ConfigError(f"regmean: pool model {ref} has no calibration data (map it in regmean.calibration)")
+            files[ref] = resolve_path(given[ref], recipe_dir)
+        return files
+
+    def run(self, out_dir: Path, work_dir: Path, options: MergeOptions) -> MergeConfiguration:
+        s = self.settings
+        stored = set(self.pool.base.shapes)
+        grams_dir = work_dir / GRAMS_DIR
+        grams_dir.mkdir(parents=True)
+        files = {}
+        for i, ref in enumerate(progress(self.pool.refs, "RegMean Grams", quiet=options.quiet)):
+            encoded = calibration.encode(self.samples[ref], self.tokenizer, s.max_length)
+            model = load_skeleton(Path(self.pool.indexes[i].root), s.trust_remote_code)
+            grams = model_grams(model, stored, calibration.batches(encoded, s.batch_size, self.tokenizer.pad_token_id))
+            del model
+            folder = grams_dir / str(i)  # a TensorIndex-readable folder per model
+            folder.mkdir()
+            save_file(grams, str(folder / SINGLE))
+            files[ref] = str(folder)
+            del grams
+        index = grams_dir / GRAMS_INDEX
+        index.write_text(json.dumps({"alpha": s.alpha, "models": files}))
+        parameters = {**(self.config.parameters or {}), "grams": str(index)}
+        return self.config.model_copy(update={"parameters": parameters})
