@@ -188,23 +188,27 @@ def check_recipe(config: MergeConfiguration) -> MergeMethod:
 
 @contextlib.contextmanager
 def staged_output(out_path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out_path``; move it into place only on success."""
+    """Yield a staging folder for ``out_path``; move it into place only on success.
+
+    The staging folder has the final name (inside a hidden sibling holder), so whatever the
+    writer derives from the folder's name, such as mergekit's card title, is already right.
+    """
     out = Path(out_path).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the result should look like a plain mkdir
+    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = holder / out.name
+    tmp.mkdir()
     try:
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(holder, ignore_errors=True)
         raise
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         out.rename(old)
     tmp.rename(out)
+    shutil.rmtree(holder, ignore_errors=True)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

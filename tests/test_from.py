@@ -203,3 +203,5 @@ def test_relative_local_paths_merge_offline(tiny, tmp_path, monkeypatch):
     assert_close(merged, closed_form(_sd(tiny["base"]), [_sd(tiny["a"]), _sd(tiny["b"])], k=2.0))
     card = (tmp_path / "out" / "README.md").read_text()
     assert "FroM (Frobenius-norm adaptive merging)" in card
+    assert "\n# out\n" in card  # titled with the output's name, not the staging folder's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.yml"]  # no staging leftovers
