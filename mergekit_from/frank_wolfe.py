@@ -28,12 +28,13 @@ than of size 1 (the per-sample mean loss is the same); the initial model is a ve
 from __future__ import annotations
 
 import json
+import math
 import logging
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Sequence, Union
+from typing import Annotated, Any, Callable, Literal, Optional, Sequence, Union
 
 import torch
 from mergekit.config import InputModelDefinition, MergeConfiguration
@@ -172,6 +173,35 @@ def step_coefficient(t: int, step_size: float, scaling_factor: float) -> float:
     return step_size * 2.0 / (t + 2) * scaling_factor
 
 
+def effective_coefficients(
+    plan: dict[str, Any], base_ref: str, initial: Callable[[str], dict[str, float]], numels: dict[str, int]
+) -> dict[str, float]:
+    """Each source's coefficient on its task vector in the result, θ = base + Σ_i a_i τ_i.
+
+    Per tensor, a starts at θ₀'s coefficients (``initial(name)``) and every step
+    θ ← θ + Σ c (s − θ) makes a ← (1 − Σ c)·a + Σ c·e_s; the per-tensor values are averaged
+    weighted by tensor size. Under TIES updates the trimmed directions make these nominal.
+    """
+    from mergekit_from.methods.fw_merge import per_tensor
+
+    totals: dict[str, float] = {}
+    size = sum(numels[n] for n in plan["tensors"])
+    for name in plan["tensors"]:
+        theta0 = initial(name)
+        a = dict(theta0)
+        for moves in plan["steps"]:
+            cs = [(per_tensor(m["coef"], name), per_tensor(m["vertex"], name)) for m in moves]
+            keep = 1.0 - sum(c for c, _ in cs)
+            a = {r: keep * v for r, v in a.items()}
+            for c, vertex in cs:
+                vec = theta0 if vertex == plan["initial"] else {} if vertex == base_ref else {vertex: 1.0}
+                for r, x in vec.items():
+                    a[r] = a.get(r, 0.0) + c * x
+        for r, v in a.items():
+            totals[r] = totals.get(r, 0.0) + v * numels[name] / size
+    return {r: round(v, 6) for r, v in sorted(totals.items())}
+
+
 def lmo_picks(
     scores: torch.Tensor, names: list[str], granularity: str, exclude: Sequence[dict[str, int]] = ()
 ) -> dict[str, int]:
@@ -231,6 +261,7 @@ class Trace:
     targets: list[str]
     iterations: list[dict[str, Any]] = field(default_factory=list)
     final_objective: float | None = None
+    coefficients: dict[str, float] = field(default_factory=dict)
 
     def write(self, out_dir: Path) -> None:
         (out_dir / TRACE_FILE).write_text(json.dumps(self.__dict__, indent=1))
@@ -283,6 +314,7 @@ class FWPrePass:
         files = _target_files(self.settings, recipe_dir)
         self.samples = calibration.load_tasks(files, self.settings.samples_per_task)
         self.init_dir = self._check_init(recipe_dir)
+        self._init_weights: dict[str, list[float]] = {}  # θ₀'s per-tensor source weights (TA / FroM init)
         tok_dir = Path(self.pool.base.root)
         if self.settings.tokenizer:
             tok_dir = resolve_path(self.settings.tokenizer, recipe_dir)
@@ -324,6 +356,7 @@ class FWPrePass:
             else:
                 norms = torch.tensor([float((pool.tensor(i, name) - b).norm()) for i in range(len(pool))])
                 weights = from_coefficients(norms, torch.ones(len(pool)), s.from_k).tolist()
+            self._init_weights[name] = weights
             acc = b.clone()
             for i, w in enumerate(weights):
                 if w:
@@ -340,6 +373,14 @@ class FWPrePass:
         save_file({k: v.contiguous() for k, v in values.items()}, str(out / "model.safetensors"), {"format": "pt"})
         (out / "config.json").write_text((Path(base.root) / "config.json").read_text())
         return TensorIndex.open(out), ref_string(str(out))
+
+    def _initial_coefficients(self, name: str) -> dict[str, float]:
+        """θ₀'s coefficients on the sources' task vectors for tensor ``name``."""
+        if self.settings.init == "base":
+            return {}
+        if self.init_dir is not None:
+            return {ref_string(str(self.init_dir)): 1.0}
+        return dict(zip(self.pool.refs, self._init_weights[name]))
 
     def _scores(self, vertices: Vertices, params: dict[str, torch.nn.Parameter], grads: dict[str, torch.Tensor]):
         """Score matrix [candidates, tensors]; candidates outermost so one is read at a time.
@@ -421,6 +462,8 @@ class FWPrePass:
             "steps": steps,
         }
         (work_dir / PLAN_FILE).write_text(json.dumps(plan))  # it names θ₀'s temporary folder
+        numels = {n: math.prod(shape) for n, shape in self.pool.base.shapes.items()}
+        trace.coefficients = effective_coefficients(plan, self.pool.base_ref, self._initial_coefficients, numels)
         trace.write(out_dir)
         return self._merge_config(plan, work_dir / PLAN_FILE)
 

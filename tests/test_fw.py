@@ -189,3 +189,29 @@ def test_data_paths_are_relative_to_the_recipe(tmp_path):
     recipe["fw_soft"]["targets"] = ["data/rev.jsonl"]
     _, trace = run_fw(tmp_path, recipe)
     assert trace["targets"] == ["rev"]
+
+
+def test_effective_coefficients_recurrence():
+    from mergekit_from.frank_wolfe import effective_coefficients
+
+    plan = {"initial": "theta0", "tensors": ["w", "v"],
+            "steps": [[{"coef": 0.5, "vertex": "A"}], [{"coef": {"w": 0.2, "v": 0.0}, "vertex": {"w": "base", "v": "B"}}]]}
+    coeffs = effective_coefficients(plan, "base", lambda name: {"A": 0.3, "B": 0.3}, {"w": 3, "v": 1})
+    # after step 1 (both tensors): A 0.15 + 0.5 = 0.65, B 0.15; step 2 on w: x0.8 towards the base
+    assert coeffs == {"A": pytest.approx(0.75 * 0.52 + 0.25 * 0.65), "B": pytest.approx(0.75 * 0.12 + 0.25 * 0.15)}
+
+
+def test_trace_coefficients_reproduce_the_written_model(tmp_path):
+    """With per-model picks and task-arithmetic steps, θ − base = Σ a_i τ_i exactly."""
+    pool = ["shift", "rev", "sort"]
+    recipe = fw_recipe("fw_hard", pool, ["rev"], max_iters=3, step_size=1.0)
+    out, trace = run_fw(tmp_path, recipe)
+    coeffs = trace["coefficients"]
+    assert set(coeffs) == {expert(t) for t in pool}
+    z = zoo()
+    base = load_file(str(z["base"] / "model.safetensors"))
+    merged = load_file(str(out / "model.safetensors"))
+    experts = {expert(t): load_file(str(z[f"expert_{t}"] / "model.safetensors")) for t in pool}
+    for name, b in base.items():
+        expected = b + sum(c * (experts[r][name] - b) for r, c in coeffs.items())
+        torch.testing.assert_close(merged[name], expected, atol=2e-5, rtol=0)

@@ -35,7 +35,8 @@ def _load_plan(path: str) -> dict[str, Any]:
     return plan
 
 
-def _per_tensor(value: Any, name: str) -> Any:
+def per_tensor(value: Any, name: str) -> Any:
+    """A plan entry's value for tensor ``name`` (plain values hold for every tensor)."""
     return value[name] if isinstance(value, dict) else value
 
 
@@ -49,7 +50,7 @@ def replay_plan(plan: dict[str, Any], name: str, tensors: dict[str, torch.Tensor
     for moves in plan["steps"]:
         theta = fw_step(
             theta,
-            [(_per_tensor(m["coef"], name), tensors[_per_tensor(m["vertex"], name)]) for m in moves],
+            [(per_tensor(m["coef"], name), tensors[per_tensor(m["vertex"], name)]) for m in moves],
             plan["density"],
         )
     return theta
