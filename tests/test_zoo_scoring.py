@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from db import Score, Target
-from mergekit_from.errors import ConfigError
+from mergekit_from.errors import CalibrationError, ConfigError
 from zoo.scoring import score_target
 from zoo_fixtures import ADAPTER, BASE, GATED, OTHER_DEPTH, OTHER_VOCAB, QUANTIZED, SECOND_LEVEL
 
@@ -47,7 +47,7 @@ def test_calibration_data_counts_and_bad_lines_name_the_line(crawled, tmp_path):
     assert "calibration" in cands[0].components["text"]["why"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": 1}\n')
-    with pytest.raises(ConfigError, match=r"bad.jsonl:2: expected an object"):
+    with pytest.raises(CalibrationError, match=r"bad.jsonl:2: key 'prompt' is missing or not a string"):
         score_target(crawled, BASE, "x", calib=bad)
 
 

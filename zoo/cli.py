@@ -169,14 +169,15 @@ def show_cmd(repo_id: str, db_url: str | None) -> None:
 @zoo.command("score")
 @click.option("--base", required=True, help="The target's base model.")
 @click.option("--target", "description", required=True, help="Free-text description of the task.")
-@click.option("--calib", type=click.Path(dir_okay=False), help='Calibration JSONL of {"prompt", "response"} lines.')
+@click.option("--calib", type=click.Path(dir_okay=False), multiple=True,
+              help='Calibration JSONL of {"prompt", "response"} (or {"text"}) lines; repeat for several targets.')
 @click.option("--weights", "weights_dir", type=click.Path(exists=True, file_okay=False),
               help="Folder of local model folders (<repo_id>/) for weight-space kinship.")
 @click.option("--include-quantized", is_flag=True, help="Do not exclude quantized models.")
 @DB_OPTION
 @click.option("--top", type=click.IntRange(min=1), default=None, help="Show the best N only.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, with every component.")
-def score_cmd(base: str, description: str, calib: str | None, weights_dir: str | None, include_quantized: bool,
+def score_cmd(base: str, description: str, calib: tuple[str, ...], weights_dir: str | None, include_quantized: bool,
               db_url: str | None, top: int | None, as_json: bool) -> None:
     """Score the crawled descendants of --base for --target; scores are stored per target."""
     from zoo.scoring import score_target

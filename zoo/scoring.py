@@ -20,13 +20,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file
 from sqlalchemy import select
 
 from db import AdapterConfig, Edge, Model, Score, Store, Target, TensorFingerprint
+from mergekit_from.calibration import read_jsonl
 from mergekit_from.errors import ConfigError
 from mergekit_from.weights import TensorIndex
 from zoo.fingerprint import ADAPTER_PREFIX, Compatibility, Fingerprint, compare
@@ -52,28 +53,14 @@ class Candidate:
     components: dict[str, Any]
 
 
-def read_calibration(path: str | Path) -> tuple[str, str]:
-    """The text of a JSONL file of {"prompt", "response"} lines, and its sha256."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read calibration file ({exc.strerror})") from None
-    texts = []
-    for n, line in enumerate(raw.decode(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            raise ConfigError(f"{p}:{n}: not JSON ({exc.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) \
-                or not isinstance(obj.get("response"), str):
-            raise ConfigError(f'{p}:{n}: expected an object with string "prompt" and "response"')
-        texts += [obj["prompt"], obj["response"]]
-    if not texts:
-        raise ConfigError(f"{p}: no calibration lines")
-    return "\n".join(texts), hashlib.sha256(raw).hexdigest()
+def read_calibration(paths: str | Path | Sequence[str | Path]) -> tuple[str, str]:
+    """The text of calibration JSONL files (prompts, responses, texts) and a sha256 of their bytes."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    texts, digest = [], hashlib.sha256()
+    for p in paths:
+        texts += [t for sample in read_jsonl(p) for t in (sample.prompt, sample.response) if t]
+        digest.update(Path(p).read_bytes())
+    return "\n".join(texts), digest.hexdigest()
 
 
 def _tokens(text: str) -> list[str]:
@@ -197,13 +184,14 @@ def _fingerprint(store_rows: dict[str, TensorFingerprint], repo_id: str) -> Fing
     return Fingerprint.from_row(row.kind, row.tensors) if row is not None else None
 
 
-def score_target(store: Store, base: str, description: str, *, calib: str | Path | None = None,
+def score_target(store: Store, base: str, description: str, *,
+                 calib: str | Path | Sequence[str | Path] | None = None,
                  weights_dir: str | Path | None = None, include_quantized: bool = False) -> list[Candidate]:
     """Score every descendant of ``base`` for ``description``; store and return them best first."""
     if not description.strip():
         raise ConfigError("--target: the task description is empty")
     query, calib_sha = description, None
-    if calib is not None:
+    if calib:
         calib_text, calib_sha = read_calibration(calib)
         query = f"{description}\n{calib_text}"
     paths = tree_paths(store, base)
