@@ -108,10 +108,12 @@ def methods_cmd(as_json: bool) -> None:
 
 def _register_subcommands() -> None:
     """Subcommands that live in their own modules (one line each)."""
+    from mergekit_from.auto import auto_cmd
     from mergekit_from.demo import demo_cmd
     from mergekit_from.lora import lora_cmd
     from zoo.cli import zoo
 
+    main.add_command(auto_cmd)
     main.add_command(demo_cmd)
     main.add_command(lora_cmd)
     main.add_command(zoo)

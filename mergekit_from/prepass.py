@@ -26,6 +26,7 @@ from mergekit.config import MergeConfiguration
 from mergekit.options import MergeOptions
 from pydantic import BaseModel, ValidationError
 
+from mergekit_from import calibration
 from mergekit_from.calibration import IGNORE, Batch
 from mergekit_from.errors import ConfigError, ModelInputError, one_line
 from mergekit_from.weights import TensorIndex
@@ -222,6 +223,19 @@ def task_objective(
                     loss.backward()
             total += loss.item()
     return total
+
+
+def calibration_losses(model_dir: Path, files: dict[str, Path], tokenizer_dir: Path, limit: int = 100,
+                       batch_size: int = 8) -> dict[str, float]:
+    """Mean response cross-entropy per task of the model in ``model_dir`` on its calibration files."""
+    tokenizer = calibration.load_tokenizer(tokenizer_dir)
+    model = load_skeleton(Path(model_dir))
+    losses = {}
+    for task, samples in calibration.load_tasks(files, limit).items():
+        encoded = calibration.encode(samples, tokenizer)
+        batches = list(calibration.batches(encoded, batch_size, tokenizer.pad_token_id))
+        losses[task] = task_objective(model, [batches], [len(encoded)], "cross_entropy", backward=False)
+    return losses
 
 
 def progress(iterable: Iterable, desc: str, total: int | None = None, quiet: bool = False):

@@ -1,0 +1,382 @@
+"""`mergekit-from auto`: name a base model and what you want, get the merge the Hub's pool allows.
+
+One way through: Hub -> crawler -> store -> scorer -> shortlist -> download -> recipe ->
+mergekit (the `mergekit-from yaml` code path) -> card -> optional push. The recipe that ran is
+the output's ``mergekit_config.yml``; the run is recorded in the store's ``merge_runs`` table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+from sqlalchemy import select
+
+from mergekit_from.errors import ConfigError, MergekitFromError, ModelInputError, one_line
+from mergekit_from.release import Release, Source, model_card, push_folder
+
+METHODS = ("fw_hard", "fw_soft", "from")
+DATA_METHODS = ("fw_hard", "fw_soft")
+# What a snapshot may bring: weights as safetensors, configs, tokenizer, card. Never code.
+SAFE_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "tokenizer*", "*.model", "*.tiktoken",
+              "vocab*", "merges.txt", "README.md"]
+PICKLE_FILES = ["*.bin", "*.pt", "*.pth"]
+
+
+@dataclass
+class AutoRequest:
+    base: str
+    target: str
+    out: Path
+    calib: tuple[str, ...] = ()  # FILE (task = file stem) or TASK=FILE
+    endpoint: str | None = None
+    db_url: str | None = None
+    pool_size: int = 8
+    method: str = "fw_hard"
+    settings: dict[str, Any] = field(default_factory=dict)  # method settings overriding the defaults
+    push_to_hub: str | None = None
+    allow_pickle: bool = False
+    refresh: bool = False
+    max_age_hours: float = 24.0
+    cache_dir: Path | None = None  # Hugging Face cache (None: the standard one)
+    quiet: bool = False
+
+
+@dataclass
+class PoolModel:
+    repo_id: str
+    sha: str | None
+    score: float
+    components: dict[str, Any]
+    path: Path | None = None
+
+
+@dataclass
+class AutoResult:
+    out: Path
+    run_id: int
+    pool: list[PoolModel]
+    coefficients: dict[str, float]
+    pick_share: dict[str, float]
+    evaluation: dict[str, dict[str, float]] | None
+    pushed: str | None
+    seconds: float
+
+
+def _say(req: AutoRequest, msg: str) -> None:
+    if not req.quiet:
+        click.echo(msg, err=True)
+
+
+def check_request(req: AutoRequest) -> dict[str, Path]:
+    """Everything checkable before any network call; returns {task: calibration file}."""
+    from mergekit_from.calibration import read_jsonl
+
+    if req.method not in METHODS:
+        raise ConfigError(f"--method {req.method!r}: expected one of {', '.join(METHODS)}")
+    if req.pool_size < 1:
+        raise ConfigError(f"--pool-size must be >= 1, got {req.pool_size}")
+    if req.method in DATA_METHODS and not req.calib:
+        raise ConfigError(f"--method {req.method} needs calibration data (--calib FILE); "
+                          "use --method from for a data-free merge")
+    files: dict[str, Path] = {}
+    for item in req.calib:
+        task, sep, path = str(item).partition("=")
+        if not sep:
+            task, path = Path(item).stem, str(item)
+        read_jsonl(path)  # fail now, naming file and line, rather than after the downloads
+        if task in files:
+            raise ConfigError(f"--calib: two files for task {task!r} ({files[task]} and {path})")
+        files[task] = Path(path)
+    if req.push_to_hub:
+        from huggingface_hub import get_token
+
+        if not get_token():
+            raise ConfigError(f"--push-to-hub {req.push_to_hub}: no token; set HF_TOKEN or run `hf auth login`")
+    return files
+
+
+def probe_base(api: HfApi, base: str) -> str | None:
+    """The base's current commit; fails fast, in one line, when the Hub is unreachable or the
+    base does not exist there."""
+    try:
+        return api.model_info(base, expand=["sha"]).sha
+    except RepositoryNotFoundError:
+        raise ModelInputError(f"base model {base!r} not found on {api.endpoint}") from None
+    except GatedRepoError:
+        raise ModelInputError(f"base model {base!r} is gated on {api.endpoint}: set HF_TOKEN with access") from None
+    except HfHubHTTPError as exc:
+        raise MergekitFromError(f"the Hub at {api.endpoint} answered {one_line(exc)}") from None
+    except Exception as exc:  # transport errors from the HTTP client
+        raise MergekitFromError(f"cannot reach the Hub at {api.endpoint}: {one_line(exc)}") from None
+
+
+def ensure_crawled(req: AutoRequest, store, crawler) -> None:
+    """Crawl the base's model tree unless the store holds a fresh crawl of it."""
+    from db import Edge, Model
+
+    with store.session() as s:
+        stamps = s.scalars(select(Model.updated_at).join(Edge, Edge.child_id == Model.repo_id)
+                           .where(Edge.parent_id == req.base)).all()
+    newest = max(stamps, default=None)
+    if newest is not None and newest.tzinfo is None:
+        newest = newest.replace(tzinfo=timezone.utc)
+    fresh = newest is not None and datetime.now(timezone.utc) - newest < timedelta(hours=req.max_age_hours)
+    if fresh and not req.refresh:
+        _say(req, f"store has a crawl of {req.base} from {newest:%Y-%m-%d %H:%M} UTC; not crawling again")
+        return
+    _say(req, f"crawling the model tree of {req.base} on {crawler.endpoint}")
+    report = crawler.crawl_tree(req.base, recursive=True)
+    _say(req, f"listed {report.listed} models, enriched {report.enriched}")
+
+
+def shortlist(store, candidates, k: int) -> tuple[list[PoolModel], list[dict[str, str]]]:
+    """The top ``k`` candidates that can be merged as full weights; the rest with the reason."""
+    from db import Model
+
+    with store.session() as s:
+        rows = {m.repo_id: m for m in s.scalars(select(Model).where(Model.repo_id.in_([c.repo_id for c in candidates])))}
+    pool, excluded = [], []
+    for c in candidates:
+        m = rows.get(c.repo_id)
+        why = None
+        if m is not None and m.status in ("gated", "missing", "error"):
+            why = f"not readable ({m.status})"
+        elif c.compatible is not True:
+            why = c.components.get("compatibility", {}).get("why") or "compatibility unknown"
+        elif m is not None and m.is_adapter:
+            why = "LoRA adapter (FW pools take full weights; fold it with mergekit's base+lora first)"
+        elif m is not None and m.is_quantized:
+            why = "quantized"
+        elif len(pool) >= k:
+            why = f"outside the top {k} (score {c.score:.3f})"
+        if why:
+            excluded.append({"repo_id": c.repo_id, "why": why})
+        else:
+            pool.append(PoolModel(c.repo_id, m.sha if m else None, c.score, c.components))
+    return pool, excluded
+
+
+def download(repo_id: str, sha: str | None, req: AutoRequest) -> Path:
+    """The repo's snapshot at ``sha`` in the Hugging Face cache: safetensors, configs, tokenizer."""
+    patterns = SAFE_FILES + (PICKLE_FILES if req.allow_pickle else [])
+    try:
+        path = Path(snapshot_download(repo_id, revision=sha, endpoint=req.endpoint, cache_dir=req.cache_dir,
+                                      allow_patterns=patterns))
+    except Exception as exc:  # noqa: BLE001 - one line naming the repo
+        raise ModelInputError(f"cannot download {repo_id}@{sha}: {one_line(exc)}") from None
+    if not any(path.glob("*.safetensors")):
+        hint = "" if req.allow_pickle else " (pickled weights are only read with --allow-pickle)"
+        raise ModelInputError(f"{repo_id}@{sha} has no safetensors weights{hint}")
+    return path
+
+
+def build_recipe(req: AutoRequest, base_path: Path, pool: list[PoolModel], tasks: list[str]) -> str:
+    """The recipe as text: a provenance header, then an ordinary mergekit recipe."""
+    recipe: dict[str, Any] = {
+        "merge_method": req.method,
+        "base_model": str(base_path),
+        "models": [{"model": str(m.path)} for m in pool],
+    }
+    if req.method in DATA_METHODS:
+        recipe[req.method] = {"targets": {t: f"calibration/{t}.jsonl" for t in tasks}, **req.settings}
+    else:
+        recipe["parameters"] = {"k": 2.0, **req.settings}
+    header = [f"# Written by `mergekit-from auto` for: {req.target}", f"# base: {req.base}"]
+    header += [f"# pool: {m.repo_id}@{m.sha} (score {m.score:.3f}) -> {m.path}" for m in pool]
+    return "\n".join(header) + "\n" + yaml.safe_dump(recipe, sort_keys=False)
+
+
+def from_coefficients_of(base_path: Path, pool: list[PoolModel], k: float) -> dict[str, float]:
+    """FroM's per-source weight, averaged over tensors by size (one streaming pass over the pool)."""
+    import torch
+
+    from mergekit_from.methods.from_merge import from_coefficients
+    from mergekit_from.weights import TensorIndex
+
+    base = TensorIndex.open(base_path)
+    indexes = [TensorIndex.open(m.path) for m in pool]
+    totals = torch.zeros(len(pool), dtype=torch.float64)
+    size = 0
+    for name, shape in base.shapes.items():
+        b = base.tensor(name)
+        if not b.is_floating_point():
+            continue
+        norms = torch.tensor([float((ix.tensor(name).float() - b.float()).norm()) for ix in indexes])
+        n = math.prod(shape)
+        totals += from_coefficients(norms, torch.ones(len(pool)), k) * n
+        size += n
+    return {m.repo_id: round(float(v / size), 6) for m, v in zip(pool, totals)}
+
+
+def run_auto(req: AutoRequest) -> AutoResult:
+    from db import MergeRun, open_store
+    from zoo.crawler import Crawler
+    from zoo.scoring import score_target
+
+    started = time.perf_counter()
+    files = check_request(req)
+    api = HfApi(endpoint=req.endpoint)
+    endpoint = api.endpoint.rstrip("/")
+    base_sha = probe_base(api, req.base)
+    store = open_store(req.db_url)
+    crawler = Crawler(store, req.endpoint, progress=not req.quiet)
+    ensure_crawled(req, store, crawler)
+
+    candidates = score_target(store, req.base, req.target, calib=list(files.values()) or None)
+    pool, excluded = shortlist(store, candidates, req.pool_size)
+    if not pool:
+        reasons = "; ".join(f"{e['repo_id']}: {e['why']}" for e in excluded[:3])
+        raise ModelInputError(f"no compatible candidates for {req.base} among {len(candidates)} crawled "
+                              f"descendants{' (' + reasons + ')' if reasons else ''}")
+    _say(req, "pool: " + ", ".join(f"{m.repo_id} ({m.score:.3f})" for m in pool))
+
+    inputs = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(req).items()}
+    with store.session() as s:
+        run = MergeRun(method=req.method, inputs=inputs, pool=[m.repo_id for m in pool], status="running",
+                       details={"excluded": excluded})
+        s.add(run)
+        s.flush()
+        run_id = run.run_id
+    try:
+        result = _merge(req, files, base_sha, pool, excluded, endpoint, run_id)
+    except BaseException as exc:
+        with store.session() as s:
+            row = s.get(MergeRun, run_id)
+            row.status, row.details = "failed", {**(row.details or {}), "error": one_line(exc)}
+            row.finished_at = datetime.now(timezone.utc)
+        raise
+    result.seconds = time.perf_counter() - started
+    with store.session() as s:
+        row = s.get(MergeRun, run_id)
+        row.status, row.output = "done", str(result.out)
+        row.picks = [{"repo_id": r, "coefficient": c, "pick_share": result.pick_share.get(r)}
+                     for r, c in result.coefficients.items()]
+        row.details = {**(row.details or {}), "evaluation": result.evaluation, "pushed": result.pushed,
+                       "seconds": result.seconds}
+        row.finished_at = datetime.now(timezone.utc)
+    store.close()
+    return result
+
+
+def _merge(req: AutoRequest, files: dict[str, Path], base_sha: str | None, pool: list[PoolModel],
+           excluded: list[dict[str, str]], endpoint: str, run_id: int) -> AutoResult:
+    """Download, write the recipe, merge through `mergekit-from yaml`'s path, evaluate, card, push."""
+    from mergekit.options import MergeOptions
+
+    from mergekit_from.prepass import calibration_losses
+    from mergekit_from.recipe import run_recipe, staged_output
+
+    base_path = download(req.base, base_sha, req)
+    for m in pool:
+        _say(req, f"downloading {m.repo_id}@{(m.sha or '')[:12]}")
+        m.path = download(m.repo_id, m.sha, req)
+    recipe_text = build_recipe(req, base_path, pool, list(files))
+    with staged_output(req.out) as stage:
+        recipe_dir = stage.parent / "recipe"
+        (recipe_dir / "calibration").mkdir(parents=True)
+        for task, path in files.items():
+            shutil.copy(path, recipe_dir / "calibration" / f"{task}.jsonl")
+        (recipe_dir / "mergekit_config.yml").write_text(recipe_text)
+        run_recipe(recipe_dir / "mergekit_config.yml", stage, MergeOptions(quiet=req.quiet))
+        shutil.copytree(recipe_dir / "calibration", stage / "calibration")
+
+        coefficients, share = _coefficients(req, stage, base_path, pool)
+        evaluation = None
+        if files:
+            _say(req, "evaluating on the calibration data")
+            calib = {t: stage / "calibration" / f"{t}.jsonl" for t in files}
+            evaluation = {"base": calibration_losses(base_path, calib, base_path),
+                          "merged": calibration_losses(stage, calib, base_path)}
+            (stage / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
+        recipe = yaml.safe_load(recipe_text)
+        settings = recipe.get(req.method) or recipe.get("parameters")
+        release = Release(
+            base=Source(req.base, base_sha),
+            sources=[Source(m.repo_id, m.sha, m.score, coefficients.get(m.repo_id), share.get(m.repo_id),
+                            m.components) for m in pool],
+            method=req.method, settings=settings, target=req.target, recipe=recipe_text, endpoint=endpoint,
+            evaluation=evaluation, excluded=excluded, run_id=run_id,
+        )
+        (stage / "README.md").write_text(model_card(release))
+        (stage / "auto_run.json").write_text(json.dumps(
+            {"run_id": run_id, "base": asdict(release.base), "sources": [asdict(s) for s in release.sources],
+             "excluded": excluded, "method": req.method, "settings": settings, "evaluation": evaluation},
+            indent=1, default=str))
+    pushed = None
+    if req.push_to_hub:
+        _say(req, f"pushing to {req.push_to_hub}")
+        pushed = push_folder(req.out, req.push_to_hub, req.endpoint)
+    return AutoResult(req.out, run_id, pool, coefficients, share, evaluation, pushed, 0.0)
+
+
+def _coefficients(req, out: Path, base_path: Path, pool: list[PoolModel]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per source repo: its coefficient in the merge, and (FW) its share of the picks."""
+    by_path = {str(m.path): m.repo_id for m in pool}
+    if req.method == "from":
+        k = float(req.settings.get("k", 2.0))
+        return from_coefficients_of(base_path, pool, k), {}
+    trace = json.loads((out / "fw_trace.json").read_text())
+    coefficients = {by_path.get(r, r): v for r, v in trace.get("coefficients", {}).items()}
+    share: dict[str, float] = {}
+    for it in trace["iterations"]:
+        for r, v in it.get("pick_share", {}).items():
+            share[by_path.get(r, r)] = share.get(by_path.get(r, r), 0.0) + v / len(trace["iterations"])
+    return ({m.repo_id: coefficients.get(m.repo_id, 0.0) for m in pool},
+            {m.repo_id: round(share.get(m.repo_id, 0.0), 4) for m in pool})
+
+
+def _parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
+
+
+@click.command("auto")
+@click.option("--base", required=True, help="Base model repo id on the Hub.")
+@click.option("--target", required=True, help="What the merge is for, in words.")
+@click.option("--calib", multiple=True, metavar="[TASK=]FILE",
+              help='Calibration JSONL per target task ({"prompt","response"} lines); TASK defaults to the file stem.')
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co).")
+@click.option("--db", "db_url", default=None, help="Zoo store URL (default: the per-user SQLite store).")
+@click.option("--pool-size", type=int, default=8, show_default=True, help="Top-K compatible candidates to merge.")
+@click.option("--method", type=click.Choice(METHODS), default="fw_hard", show_default=True)
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Method setting (e.g. max_iters=5, lmo=tensor, k=4); repeat.")
+@click.option("--refresh", is_flag=True, help="Crawl again even if the store has a fresh crawl.")
+@click.option("--allow-pickle", is_flag=True, help="Also download pickled weights (.bin/.pt). Unsafe.")
+@click.option("--push-to-hub", default=None, metavar="REPO", help="Upload the result (needs HF_TOKEN).")
+@click.option("--quiet", is_flag=True)
+def auto_cmd(base, target, calib, out, endpoint, db_url, pool_size, method, settings, refresh, allow_pickle,
+             push_to_hub, quiet) -> None:
+    """Crawl, score, shortlist, download and merge the best pool of BASE's fine-tunes for TARGET."""
+    req = AutoRequest(base=base, target=target, out=out, calib=calib, endpoint=endpoint, db_url=db_url,
+                      pool_size=pool_size, method=method, settings=_parse_settings(settings), push_to_hub=push_to_hub,
+                      allow_pickle=allow_pickle, refresh=refresh, quiet=quiet)
+    result = run_auto(req)
+    click.echo(f"merged {len(result.pool)} candidates with {method} into {result.out} in {result.seconds:.0f}s "
+               f"(run {result.run_id})")
+    for m in result.pool:
+        share = result.pick_share.get(m.repo_id)
+        click.echo(f"  {m.repo_id:<40} score {m.score:.3f}  coefficient {result.coefficients.get(m.repo_id, 0):+.4f}"
+                   + (f"  picks {share:.2f}" if share is not None else ""))
+    if result.evaluation:
+        for label, row in result.evaluation.items():
+            click.echo(f"  loss {label:<7} " + "  ".join(f"{t} {v:.3f}" for t, v in row.items()))
+    if result.pushed:
+        click.echo(f"pushed: {result.pushed}")
