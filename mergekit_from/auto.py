@@ -358,16 +358,18 @@ def _parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--method", type=click.Choice(METHODS), default="fw_hard", show_default=True)
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Method setting (e.g. max_iters=5, lmo=tensor, k=4); repeat.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Hugging Face cache for the downloads (default: the standard cache).")
 @click.option("--refresh", is_flag=True, help="Crawl again even if the store has a fresh crawl.")
 @click.option("--allow-pickle", is_flag=True, help="Also download pickled weights (.bin/.pt). Unsafe.")
 @click.option("--push-to-hub", default=None, metavar="REPO", help="Upload the result (needs HF_TOKEN).")
 @click.option("--quiet", is_flag=True)
-def auto_cmd(base, target, calib, out, endpoint, db_url, pool_size, method, settings, refresh, allow_pickle,
-             push_to_hub, quiet) -> None:
+def auto_cmd(base, target, calib, out, endpoint, db_url, pool_size, method, settings, cache_dir, refresh,
+             allow_pickle, push_to_hub, quiet) -> None:
     """Crawl, score, shortlist, download and merge the best pool of BASE's fine-tunes for TARGET."""
     req = AutoRequest(base=base, target=target, out=out, calib=calib, endpoint=endpoint, db_url=db_url,
                       pool_size=pool_size, method=method, settings=_parse_settings(settings), push_to_hub=push_to_hub,
-                      allow_pickle=allow_pickle, refresh=refresh, quiet=quiet)
+                      allow_pickle=allow_pickle, refresh=refresh, cache_dir=cache_dir, quiet=quiet)
     result = run_auto(req)
     click.echo(f"merged {len(result.pool)} candidates with {method} into {result.out} in {result.seconds:.0f}s "
                f"(run {result.run_id})")

@@ -163,6 +163,12 @@ class HubServer:
               " to access it. Please log in."
         raise HubError(403 if token else 401, "GatedRepo", msg)
 
+    def check_write(self, authorization: str | None) -> None:
+        """With access tokens configured, writes need one of them (as on the Hub); without, anyone writes."""
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        if self.access_tokens and token not in self.access_tokens:
+            raise HubError(401, None, "Invalid credentials in Authorization header")
+
     def list_models(self, query: dict[str, list[str]]) -> tuple[list[dict[str, Any]], str | None]:
         filters = [f for v in query.get("filter", []) for f in v.split(",") if f]
         author = (query.get("author") or [None])[0]
@@ -497,6 +503,7 @@ class _Handler(BaseHTTPRequestHandler):
         hub = self.hub
         if hub.read_only:
             raise HubError(403, None, "This zoo server is read-only")
+        hub.check_write(self.headers.get("Authorization"))
         if (query.get("create_pr") or ["0"])[0] in ("1", "true"):
             raise HubError(400, None, "Pull requests are not supported by this server")
         if segs == ["api", "validate-yaml"]:  # upload_folder checks README.md cards first
