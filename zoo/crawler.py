@@ -76,12 +76,12 @@ def _when(value: str | datetime | None) -> datetime | None:
 
 @contextmanager
 def short_lived_allocations() -> Iterator[None]:
-    """Pause the cyclic garbage collector around work that allocates many containers which
-    reference counting frees on its own (a listing page: ~10 per model).
+    """Pause the cyclic garbage collector around CPU-bound work whose many containers reference
+    counting frees on its own (a listing page parsed, turned into rows and written: ~10 per model).
 
-    Otherwise they outlive a few young collections, count towards a full one, and a full
+    Otherwise they outlive a few young collections and count towards a full one, and a full
     collection walks every object of the process: ~0.1 s each once torch and mergekit are
-    imported, several per 10,000 listed models. Cycles made meanwhile wait for the next collection.
+    imported, one or two per 10,000 listed models. Cycles made meanwhile wait for the next one.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -143,14 +143,14 @@ def model_row(fields: dict[str, Any], updated_at: datetime | None = None) -> dic
     return row
 
 
-def tag_edges(repo_id: str, tags: Iterable[str]) -> list[dict[str, Any]]:
+def tag_edges(repo_id: str, tags: Iterable[str], observed_at: datetime | None = None) -> list[dict[str, Any]]:
     """``base_model:<relation>:<parent>`` tags as edges."""
     edges = []
     for tag in tags:
         parts = tag.split(":", 2)
         if len(parts) == 3 and parts[0] == "base_model" and parts[1] in RELATIONS:
             edges.append({"child_id": repo_id, "parent_id": parts[2], "relation": parts[1], "source": "tag",
-                          "observed_at": now()})
+                          "observed_at": observed_at or now()})
     return edges
 
 
@@ -206,7 +206,8 @@ class Crawler:
         return hashlib.sha256(json.dumps([self.endpoint, params], sort_keys=True).encode()).hexdigest()[:32]
 
     def _fetch_page(self, url: str, query: dict[str, Any] | None, headers: dict[str, str]
-                    ) -> tuple[list[dict[str, Any]], str | None]:
+                    ) -> tuple[bytes, str | None]:
+        """One listing page's JSON body and its next-page URL."""
         def fetch():  # noqa: ANN202
             r = get_session().get(url, params=query, headers=headers)
             hf_raise_for_status(r)
@@ -220,23 +221,21 @@ class Crawler:
         limit = parse_ratelimit_headers(r.headers)
         if limit is not None and limit.remaining == 0:  # the window is spent: wait it out before asking
             self.throttle.pause(limit.reset_in_seconds)
-        return r.json(), (r.links.get("next", {}).get("url") if r.links else None)
+        return r.content, (r.links.get("next", {}).get("url") if r.links else None)
 
-    def _store_page(self, key: str, url: str, query: dict[str, Any] | None, headers: dict[str, str]
-                    ) -> tuple[int, str | None]:
-        """Fetch one listing page and commit its rows, edges and next-page URL in one transaction."""
-        items, next_url = self._fetch_page(url, query, headers)
+    def _store_page(self, key: str, body: bytes, next_url: str | None) -> int:
+        """Commit one listing page's rows, edges and next-page URL in one transaction."""
         rows, edges, stamp = [], [], now()
-        for item in items:
+        for item in json.loads(body):
             rows.append(model_row(item, stamp))
-            edges += tag_edges(item["id"], item.get("tags") or [])
+            edges += tag_edges(item["id"], item.get("tags") or [], stamp)
         with self.store.session() as s:
             self.store.upsert(s, Model, rows)
             self.store.upsert(s, Edge, edges)
             s.execute(update(CrawlState).where(CrawlState.query_key == key).values(
                 next_url=next_url, pages_done=CrawlState.pages_done + 1,
                 items_done=CrawlState.items_done + len(rows), finished=next_url is None, updated_at=stamp))
-        return len(rows), next_url
+        return len(rows)
 
     def list_query(self, params: dict[str, Any], *, max_models: int | None = None,
                    report: CrawlReport | None = None) -> int:
@@ -257,9 +256,10 @@ class Crawler:
         bar = tqdm(desc=desc, unit="model", disable=not self.progress, leave=False)
         try:
             while url is not None and (max_models is None or listed < max_models):
+                body, next_url = self._fetch_page(url, query, headers)
                 with short_lived_allocations():
-                    n, url = self._store_page(key, url, query, headers)
-                query = None  # the next URL carries the query
+                    n = self._store_page(key, body, next_url)
+                url, query = next_url, None  # the next URL carries the query
                 listed += n
                 bar.update(n)
                 if report is not None:
