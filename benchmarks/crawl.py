@@ -114,17 +114,19 @@ def time_crawl(endpoint: str, path: Path) -> tuple[float, int, int]:
 
 
 def interleaved(endpoint: str, tmp: Path, repeats: int, label: str) -> dict:
-    """Bare and crawl runs alternated, so drift on a shared machine hits both alike."""
+    """Bare and crawl runs alternated (ABBA: who goes first swaps every repeat), so drift on a
+    shared machine hits both alike."""
     runs: dict[str, list] = {"bare_s": [], "crawl_s": [], "full_gc_bare": [], "full_gc_crawl": []}
     for run in range(repeats):
-        s, full, n_bare = time_bare(endpoint)
-        runs["bare_s"].append(round(s, 3))
-        runs["full_gc_bare"].append(full)
-        s, full, n_crawl = time_crawl(endpoint, tmp / f"timed-{label}-{run}.sqlite")
-        runs["crawl_s"].append(round(s, 3))
-        runs["full_gc_crawl"].append(full)
-        print(f"{label} run {run}: bare {runs['bare_s'][-1]:.2f}s ({n_bare} models), "
-              f"crawl {runs['crawl_s'][-1]:.2f}s ({n_crawl})", flush=True)
+        sides = {"bare": lambda: time_bare(endpoint),
+                 "crawl": lambda: time_crawl(endpoint, tmp / f"timed-{label.replace(' ', '-')}-{run}.sqlite")}
+        listed = {}
+        for side in (("bare", "crawl") if run % 2 == 0 else ("crawl", "bare")):
+            s, full, listed[side] = sides[side]()
+            runs[f"{side}_s"].append(round(s, 3))
+            runs[f"full_gc_{side}"].append(full)
+        print(f"{label} run {run}: bare {runs['bare_s'][-1]:.2f}s ({listed['bare']} models), "
+              f"crawl {runs['crawl_s'][-1]:.2f}s ({listed['crawl']})", flush=True)
     bare, crawl = statistics.median(runs["bare_s"]), statistics.median(runs["crawl_s"])
     return {**runs, "bare_s_median": round(bare, 3), "crawl_s_median": round(crawl, 3),
             "ratio": round(crawl / bare, 3),
@@ -204,7 +206,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ["HF_TOKEN"] = ""
-    folder = args.out / "hub"
+    folder = args.out / f"hub-{args.models}"  # one folder per size: a smaller N must not list leftovers
     t0 = time.perf_counter()
     build_folder(folder, args.models)
     print(f"folder of {args.models} models ready in {time.perf_counter() - t0:.1f}s", flush=True)
