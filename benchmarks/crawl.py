@@ -1,6 +1,6 @@
 """Crawl benchmark: the zoo crawler vs a bare ``list_models`` iteration, then kill -9 and resume.
 
-    python benchmarks/crawl.py --out out/bench-crawl [--models 10000] [--page-size 1000] [--repeats 7]
+    python benchmarks/crawl.py --out out/bench-crawl [--models 10000] [--page-size 1000] [--repeats 9]
 
 Builds a local Hub folder of N metadata-only model folders (README card with ``base_model:`` and
 tags, config.json), serves it with ``mergekit-from zoo serve`` in its own process, and times, in
@@ -202,7 +202,7 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--models", type=int, default=10_000)
     ap.add_argument("--page-size", type=int, default=1000)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=9)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ["HF_TOKEN"] = ""

@@ -239,7 +239,12 @@ class Crawler:
 
     def list_query(self, params: dict[str, Any], *, max_models: int | None = None,
                    report: CrawlReport | None = None) -> int:
-        """Run (or resume) one listing query; every page and its state commit together."""
+        """Run (or resume) one listing query; every page and its state commit together.
+
+        Pages are fetched and stored one after the other. A thread fetching the next page while
+        this one is written was measured slower on a busy machine: both ends spent more CPU, and
+        responses took twice as long to deliver (the reader waits for the GIL after each 64 KiB read).
+        """
         params = {**params, "expand": LIST_EXPAND}
         key = self._state_key(params)
         with self.store.session() as s:
