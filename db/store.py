@@ -141,6 +141,10 @@ class Store:
 def open_store(url: str | None = None) -> Store:
     """Open (creating if needed) the store at ``url`` and migrate it to the newest schema."""
     url = url or default_url()
-    engine = _sqlite_engine(url) if url.startswith("sqlite") else create_engine(url, json_serializer=json_dumps)
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        engine = _sqlite_engine(url)
+    else:  # not every dialect takes a JSON serializer (the two that upsert natively do)
+        engine = create_engine(url, **({"json_serializer": json_dumps} if backend == "postgresql" else {}))
     upgrade(engine)
     return Store(engine)
