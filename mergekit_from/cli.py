@@ -105,6 +105,10 @@ def methods_cmd(as_json: bool) -> None:
 
 def _register_subcommands() -> None:
     """Subcommands that live in their own modules (one line each)."""
+    from mergekit_from.taskzoo.cli import eval_cmd, taskzoo_cmd
+
+    main.add_command(taskzoo_cmd)
+    main.add_command(eval_cmd)
 
 
 _register_subcommands()
