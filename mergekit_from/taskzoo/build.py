@@ -265,7 +265,6 @@ class _Builder:
                     desc=f"lora {task}", probe=self._probe(model, task), target=self.spec.target_acc)
         acc = self._acc(model, self.tokenizer, [task])
         base_entry = self.models["base"]
-        model.peft_config["default"].base_model_name_or_path = base_entry["repo_id"]
         entry = {"path": f"models/{name}", "repo_id": f"{REPO_PREFIX}/{name}", "kind": "lora",
                  "base_model": base_entry["repo_id"], "base": "base", "task": task,
                  "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -277,6 +276,11 @@ class _Builder:
         self._save(name, model, self.tokenizer, _card(entry["repo_id"], base_model=entry["base_model"],
                                                        tags=[f"task:{task}", "lora"], library="peft", body=body),
                    entry)
+        # Name the base by its repo id, as Hub adapters do (set after saving: peft would look it up online).
+        config_path = self.root / entry["path"] / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = base_entry["repo_id"]
+        config_path.write_text(json.dumps(config, indent=2))
         self.progress.update(1)
 
     def misfit(self, name: str, shape: ModelShape, vocab: CharVocab, task: str, why: str) -> None:
