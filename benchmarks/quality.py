@@ -113,6 +113,7 @@ class Bench:
         self.options = MergeOptions(random_seed=0, lora_merge_cache=str(zoo.root / "lora-merge-cache"),
                                     quiet=True, write_model_card=True)
         self.seconds: dict[str, float] = {"merge": 0.0, "eval": 0.0}
+        self.done: dict[str, dict[str, float]] = {}  # recipe text -> accuracy (grids repeat plain runs)
 
     def eval(self, model_dir: Path, tasks: tuple[str, ...], **kw) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -124,15 +125,19 @@ class Bench:
         from mergekit_from.recipe import run_recipe
 
         slug = "".join(c if c.isalnum() or c in ".=-" else "_" for c in run.label)
+        text = yaml.safe_dump(run.recipe(str(self.zoo.base), setting.models(self.zoo)), sort_keys=False)
+        if text in self.done:
+            return self.done[text]
         recipe = self.work / "recipes" / setting.name / f"{slug}.yaml"
         recipe.parent.mkdir(parents=True, exist_ok=True)
-        recipe.write_text(yaml.safe_dump(run.recipe(str(self.zoo.base), setting.models(self.zoo)), sort_keys=False))
+        recipe.write_text(text)
         merged = self.work / "merged" / setting.name / slug
         t0 = time.perf_counter()
         run_recipe(recipe, merged, self.options)
         self.seconds["merge"] += time.perf_counter() - t0
         acc = self.eval(merged, setting.tasks)
         shutil.rmtree(merged)  # recipes stay; merges are cheap to redo and 5 MB each
+        self.done[text] = acc
         return acc
 
     def setting(self, setting: Setting, base_acc: dict[str, float], bar) -> dict[str, Any]:
@@ -224,6 +229,21 @@ def write_plot(path: Path, data: dict[str, Any]) -> None:
     plt.close(fig)
 
 
+def compare(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Largest difference, in points, between two results' accuracies and normalized means."""
+    worst = 0.0
+    for name, sa in a["settings"].items():
+        sb = b["settings"].get(name)
+        if sb is None:
+            continue
+        for label, ma in sa["methods"].items():
+            mb = sb["methods"][label]
+            diffs = [abs(ma["normalized_mean"] - mb["normalized_mean"])]
+            diffs += [abs(ma["acc"][t] - mb["acc"][t]) for t in ma["acc"]]
+            worst = max(worst, 100 * max(diffs))
+    return worst
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
@@ -232,9 +252,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n", type=int, default=None, help="test examples per task (default 200, quick 64)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default=None, help="comma-separated setting names to run (default all)")
+    ap.add_argument("--compare", type=Path, default=None,
+                    help="an earlier quality.json: print the largest difference (determinism check)")
     args = ap.parse_args(argv)
 
     import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -259,6 +284,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_markdown(args.out / "quality.md", data)
     write_plot(args.out / "quality.png", data)
     print((args.out / "quality.md").read_text())
+    if args.compare:
+        data["meta"]["max_diff_points_vs_previous"] = compare(data, json.loads(args.compare.read_text()))
+        print(f"largest difference to {args.compare}: {data['meta']['max_diff_points_vs_previous']:.2f} points")
+        (args.out / "quality.json").write_text(json.dumps(data, indent=1))
     return data
 
 

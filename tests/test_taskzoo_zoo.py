@@ -158,7 +158,7 @@ def test_quality_benchmark_quick(quick_zoo, tmp_path):
     sys.modules["quality"] = quality  # dataclasses look their module up there
     spec.loader.exec_module(quality)
     data = quality.main(["--out", str(tmp_path), "--quick", "--zoo", str(quick_zoo.root), "--n", "16",
-                         "--only", "fft2"])
+                         "--only", "fft2,lora2"])
     saved = json.loads((tmp_path / "quality.json").read_text())
     assert saved["settings"] == data["settings"]
     st = saved["settings"]["fft2"]
@@ -168,5 +168,8 @@ def test_quality_benchmark_quick(quick_zoo, tmp_path):
         expected = sum(m["acc"][t] / st["experts"][t] for t in st["tasks"]) / len(st["tasks"])
         assert m["normalized_mean"] == pytest.approx(expected, abs=1e-4)
     assert st["methods"]["task_arithmetic (λ tuned on test)"]["params"]["tuned_on"] == "test"
+    lora = saved["settings"]["lora2"]
+    assert lora["experts"] == {t: quick_zoo.accuracy(f"lora-{t}")[t] for t in lora["tasks"]}
+    assert "task_arithmetic (λ tuned on test)" in lora["methods"]
     assert (tmp_path / "quality.md").read_text().startswith("# Merge quality")
     assert (tmp_path / "quality.png").stat().st_size > 0

@@ -70,11 +70,12 @@ FULL = ZooSpec(
     targets=TARGET_TASKS,
     shape=ModelShape(160, 448, 4, 4),
     pretrain=TrainSchedule(steps=1200, lr=3e-3, batch_size=128, warmup=100),
-    second_pretrain=TrainSchedule(steps=600, lr=3e-3, batch_size=128, warmup=100),
-    finetune=TrainSchedule(steps=400, lr=1e-4, batch_size=32, warmup=10, cosine=False),
-    lora=TrainSchedule(steps=400, lr=1e-3, batch_size=32, warmup=10, cosine=False),
-    misfit=TrainSchedule(steps=300, lr=3e-3, batch_size=64, warmup=30),
+    second_pretrain=TrainSchedule(steps=300, lr=3e-3, batch_size=128, warmup=50),
+    finetune=TrainSchedule(steps=500, lr=3e-4, batch_size=32, warmup=10, cosine=False),
+    lora=TrainSchedule(steps=500, lr=2e-3, batch_size=32, warmup=10, cosine=False),
+    misfit=TrainSchedule(steps=150, lr=3e-3, batch_size=64, warmup=20),
     misfit_hidden=ModelShape(128, 384, 4, 4),
+    target_acc=0.95,
 )
 
 QUICK = ZooSpec(
@@ -169,6 +170,20 @@ def _card(repo_id: str, *, base_model: str | None, tags: list[str], library: str
     lines += [f"- {t}" for t in ["mergekit-from-taskzoo", *tags]]
     lines += ["---", "", f"# {repo_id}", "", body.strip(), ""]
     return "\n".join(lines)
+
+
+DATA_README = """# Task zoo data
+
+`<task>/calibration.jsonl` and `<task>/test.jsonl` hold one JSON object per line:
+
+    {"prompt": "reverse:abcd=", "response": "dcba"}
+
+A model sees the token sequence `<s>` + prompt + response + `</s>` (one token per character; the
+tokenizer in any model folder adds `<s>`). Calibration examples are for data-informed merge methods
+(RegMean, FW-Merging): feed `<s>` + prompt + response and collect activations. The calibration,
+test and training splits never share an input string, for any task. Test examples are what
+`mergekit-from eval` scores (greedy decoding, exact match of the response followed by `</s>`).
+"""
 
 
 class _Builder:
@@ -306,6 +321,8 @@ class _Builder:
 
     def export_data(self) -> dict[str, Any]:
         spec, tasks = self.spec, {}
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        (self.root / "data" / "README.md").write_text(DATA_README)
         for task in spec.tasks:
             folder = self.root / "data" / task
             folder.mkdir(parents=True, exist_ok=True)
@@ -337,8 +354,11 @@ def build_zoo(out: str | Path | None = None, quick: bool = False, *, force: bool
     root.mkdir(parents=True, exist_ok=True)
     spec_file.write_text(json.dumps(spec_json, indent=1))  # partial builds resume only with the same spec
     torch.set_num_threads(threads or int(os.environ.get("MERGEKIT_FROM_THREADS", "1")))
+    from transformers.utils import logging as hf_logging
 
-    t0 = time.perf_counter()
+    hf_logging.disable_progress_bar()  # one bar for the build, one per training run
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
     steps = 2 + len(spec.tasks) + len(spec.targets) + 1 + 2
     with tqdm(total=steps, desc=f"taskzoo {spec.name}", unit="model") as bar:
         b = _Builder(root, spec, bar)
@@ -363,6 +383,7 @@ def build_zoo(out: str | Path | None = None, quick: bool = False, *, force: bool
         "tokenizer": "models/base",
         "models": b.models,
         "build_seconds": round(time.perf_counter() - t0, 1),
+        "build_cpu_seconds": round(time.process_time() - cpu0, 1),  # wall time depends on who else runs
         "threads": torch.get_num_threads(),
     }
     tmp = root / (MANIFEST + ".tmp")

@@ -52,6 +52,9 @@ def eval_cmd(model_dir: str, tasks: str, n: int, tokenizer_dir: str | None, base
         raise ConfigError("--tasks: give at least one task name")
     for name in names:
         get_task(name)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # keep stdout/stderr to the results
     torch.set_num_threads(1)
     acc = evaluate(model_dir, names, n, tokenizer_dir=tokenizer_dir, base_dir=base_dir)
     mean = sum(acc.values()) / len(acc)
