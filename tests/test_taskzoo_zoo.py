@@ -169,7 +169,7 @@ def test_quality_benchmark_quick(quick_zoo, tmp_path):
         assert m["normalized_mean"] == pytest.approx(expected, abs=1e-4)
     assert st["methods"]["task_arithmetic (λ tuned on test)"]["params"]["tuned_on"] == "test"
     lora = saved["settings"]["lora2"]
-    assert lora["experts"] == {t: quick_zoo.accuracy(f"lora-{t}")[t] for t in lora["tasks"]}
+    assert lora["experts"] == {t: evaluate(quick_zoo.expert(t, "lora"), [t], 16)[t] for t in lora["tasks"]}
     assert "task_arithmetic (λ tuned on test)" in lora["methods"]
     assert (tmp_path / "quality.md").read_text().startswith("# Merge quality")
     assert (tmp_path / "quality.png").stat().st_size > 0
