@@ -173,3 +173,21 @@ def test_quality_benchmark_quick(quick_zoo, tmp_path):
     assert "task_arithmetic (λ tuned on test)" in lora["methods"]
     assert (tmp_path / "quality.md").read_text().startswith("# Merge quality")
     assert (tmp_path / "quality.png").stat().st_size > 0
+
+
+def test_rebuild_with_other_settings_reuses_what_still_matches(quick_zoo, tmp_path):
+    import dataclasses
+    import shutil
+
+    from mergekit_from.taskzoo import QUICK
+
+    root = tmp_path / "zoo"
+    shutil.copytree(quick_zoo.root, root)
+    base_weights = root / "models" / "base" / "model.safetensors"
+    before = base_weights.stat().st_mtime_ns
+    spec = dataclasses.replace(QUICK, misfit=dataclasses.replace(QUICK.misfit, steps=7))
+    zoo = build_zoo(root, spec=spec)
+    assert base_weights.stat().st_mtime_ns == before  # base and experts reused
+    assert zoo.manifest["models"]["fft-ends"] == quick_zoo.manifest["models"]["fft-ends"]
+    assert zoo.manifest["models"]["vocab-wide"]["train"]["steps"] == 7  # misfits retrained
+    assert zoo.manifest["spec"]["misfit"]["steps"] == 7

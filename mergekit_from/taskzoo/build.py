@@ -17,9 +17,9 @@ interrupted build resumes with the models that finished.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,11 +71,12 @@ FULL = ZooSpec(
     shape=ModelShape(160, 448, 4, 4),
     pretrain=TrainSchedule(steps=1200, lr=3e-3, batch_size=128, warmup=100),
     second_pretrain=TrainSchedule(steps=300, lr=3e-3, batch_size=128, warmup=50),
-    finetune=TrainSchedule(steps=500, lr=3e-4, batch_size=32, warmup=10, cosine=False),
-    lora=TrainSchedule(steps=500, lr=2e-3, batch_size=32, warmup=10, cosine=False),
+    finetune=TrainSchedule(steps=600, lr=3e-4, batch_size=32, warmup=10, cosine=False),
+    lora=TrainSchedule(steps=600, lr=2e-3, batch_size=32, warmup=10, cosine=False),
     misfit=TrainSchedule(steps=150, lr=3e-3, batch_size=64, warmup=20),
     misfit_hidden=ModelShape(128, 384, 4, 4),
-    target_acc=0.95,
+    target_acc=0.96,
+    probe_n=200,  # a 64-example probe stopped `shift` at 0.95 probe / 0.875 test
 )
 
 QUICK = ZooSpec(
@@ -192,11 +193,13 @@ class _Builder:
         self.vocab = CharVocab()
         self.tokenizer = self.vocab.hf_tokenizer()
         self.models: dict[str, dict[str, Any]] = {}
+        self.recipes: dict[str, dict[str, Any]] = {}
 
     def _acc(self, model, tokenizer, tasks) -> dict[str, float]:
         return evaluate_loaded(model, tokenizer, tasks, self.spec.eval_n, seed=self.spec.seed)
 
     def _save(self, name: str, model, tokenizer, card: str, entry: dict[str, Any]) -> None:
+        entry["recipe"] = self.recipes[name]
         with staged_output(self.root / "models" / name) as tmp:
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
@@ -204,13 +207,21 @@ class _Builder:
             (tmp / "zoo_entry.json").write_text(json.dumps(entry, indent=1))
         self.models[name] = entry
 
-    def _cached(self, name: str) -> bool:
-        entry = self.root / "models" / name / "zoo_entry.json"
-        if entry.is_file():
-            self.models[name] = json.loads(entry.read_text())
-            self.progress.update(1)
-            return True
+    def _cached(self, name: str, recipe: dict[str, Any]) -> bool:
+        """Reuse a finished model folder if it was trained from exactly this recipe (and base)."""
+        recipe = json.loads(json.dumps(recipe, default=lambda o: asdict(o)))
+        self.recipes[name] = recipe
+        entry_file = self.root / "models" / name / "zoo_entry.json"
+        if entry_file.is_file():
+            entry = json.loads(entry_file.read_text())
+            if entry.get("recipe") == recipe:
+                self.models[name] = entry
+                self.progress.update(1)
+                return True
         return False
+
+    def _recipe(self, **parts: Any) -> dict[str, Any]:
+        return {"seed": self.spec.seed, "eval_n": self.spec.eval_n, **parts}
 
     def _load(self, name: str):
         from transformers import AutoModelForCausalLM
@@ -222,7 +233,8 @@ class _Builder:
         return lambda: accuracy(model, self.tokenizer, pairs)
 
     def pretrain(self, name: str, seed: int, schedule: TrainSchedule, note: str) -> None:
-        if self._cached(name):
+        if self._cached(name, self._recipe(shape=self.spec.shape, tasks=self.spec.tasks, schedule=schedule,
+                                           model_seed=seed, chars=self.vocab.chars)):
             return
         spec = self.spec
         t0 = time.perf_counter()
@@ -243,7 +255,8 @@ class _Builder:
         self.progress.update(1)
 
     def finetune(self, name: str, base: str, task: str) -> None:
-        if self._cached(name):
+        if self._cached(name, self._recipe(base=self.recipes[base], task=task, schedule=self.spec.finetune,
+                                           probe_n=self.spec.probe_n, target=self.spec.target_acc)):
             return
         t0 = time.perf_counter()
         model = self._load(base)
@@ -268,7 +281,9 @@ class _Builder:
         from peft import LoraConfig, get_peft_model
 
         name = f"lora-{task}"
-        if self._cached(name):
+        if self._cached(name, self._recipe(base=self.recipes["base"], task=task, schedule=self.spec.lora,
+                                           rank=self.spec.lora_rank, probe_n=self.spec.probe_n,
+                                           target=self.spec.target_acc)):
             return
         t0 = time.perf_counter()
         base = self._load("base")
@@ -300,7 +315,7 @@ class _Builder:
 
     def misfit(self, name: str, shape: ModelShape, vocab: CharVocab, task: str, why: str) -> None:
         """A model trained from scratch on one task whose tensors cannot merge with base's family."""
-        if self._cached(name):
+        if self._cached(name, self._recipe(shape=shape, chars=vocab.chars, task=task, schedule=self.spec.misfit)):
             return
         t0 = time.perf_counter()
         model = new_model(shape, vocab, self.spec.seed + 101)
@@ -342,17 +357,15 @@ def build_zoo(out: str | Path | None = None, quick: bool = False, *, force: bool
     spec = spec or (QUICK if quick else FULL)
     root = Path(out).expanduser() if out else default_zoo_dir(quick)
     spec_json = json.loads(json.dumps(asdict(spec)))
-    spec_file = root / "spec.json"
-    if spec_file.is_file() and json.loads(spec_file.read_text()) != spec_json and not force:
-        raise ModelInputError(f"{root}: holds a zoo built with other settings; pass --force to rebuild it")
     if (root / MANIFEST).is_file() and not force:
-        return load_manifest(root)
-    if force and spec_file.is_file():
-        import shutil
-
+        zoo = load_manifest(root)
+        if zoo.manifest["spec"] == spec_json:
+            return zoo
+    if force and root.is_dir():
         shutil.rmtree(root)
+    # Otherwise (re)build: every model folder whose recipe still matches is reused as it is.
+    (root / MANIFEST).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
-    spec_file.write_text(json.dumps(spec_json, indent=1))  # partial builds resume only with the same spec
     torch.set_num_threads(threads or int(os.environ.get("MERGEKIT_FROM_THREADS", "1")))
     from transformers.utils import logging as hf_logging
 
@@ -375,6 +388,9 @@ def build_zoo(out: str | Path | None = None, quick: bool = False, *, force: bool
                  f"hidden size {hidden}, not {spec.shape.hidden_size}")
         b.misfit("vocab-wide", spec.shape, CharVocab(WIDE_CHARS), spec.targets[0],
                  f"a {CharVocab(WIDE_CHARS).size}-token vocabulary, not {b.vocab.size}")
+    for stale in sorted((root / "models").iterdir()):
+        if stale.name not in b.models:  # left over from a build with other settings
+            shutil.rmtree(stale)
     manifest = {
         "format": FORMAT_VERSION,
         "spec": spec_json,
