@@ -58,10 +58,13 @@ def test_splits_are_disjoint_for_every_task():
 
 
 def test_training_stream_draws_only_from_its_split():
-    pairs = list(itertools.islice(stream(list(TASKS), "train", 0, anonymous=True), 500))
-    assert all(p.startswith("?:") for p, _ in pairs)
+    pairs = list(itertools.islice(stream(list(TASKS), "train", 0, replay=1.0), 500))
+    assert not any(p.split(":")[0] in TASKS for p, _ in pairs)  # decoy tags only
     assert all(split_of(_input(p)) == "train" for p, _ in pairs)
-    assert pairs == list(itertools.islice(stream(list(TASKS), "train", 0, anonymous=True), 500))
+    assert pairs == list(itertools.islice(stream(list(TASKS), "train", 0, replay=1.0), 500))
+    mixed = list(itertools.islice(stream(["sort"], "train", 0, replay=0.5), 400))
+    named = [(p, r) for p, r in mixed if p.startswith("sort:")]
+    assert 150 < len(named) < 250 and all(r == "".join(sorted(_input(p))) for p, r in named)
 
 
 def test_jsonl_roundtrip_and_bad_line(tmp_path):

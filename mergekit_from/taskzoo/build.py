@@ -55,6 +55,7 @@ class ZooSpec:
     misfit: TrainSchedule
     misfit_hidden: ModelShape
     lora_rank: int = 8
+    replay: float = 0.5  # share of decoy-tagged pretraining examples in fine-tuning batches
     target_acc: float = 0.97
     probe_n: int = 64
     eval_n: int = 200
@@ -71,8 +72,8 @@ FULL = ZooSpec(
     shape=ModelShape(160, 448, 4, 4),
     pretrain=TrainSchedule(steps=1200, lr=3e-3, batch_size=128, warmup=100),
     second_pretrain=TrainSchedule(steps=300, lr=3e-3, batch_size=128, warmup=50),
-    finetune=TrainSchedule(steps=600, lr=3e-4, batch_size=32, warmup=10, cosine=False),
-    lora=TrainSchedule(steps=600, lr=2e-3, batch_size=32, warmup=10, cosine=False),
+    finetune=TrainSchedule(steps=800, lr=3e-4, batch_size=32, warmup=10, cosine=False),
+    lora=TrainSchedule(steps=800, lr=2e-3, batch_size=32, warmup=10, cosine=False),
     misfit=TrainSchedule(steps=150, lr=3e-3, batch_size=64, warmup=20),
     misfit_hidden=ModelShape(128, 384, 4, 4),
     target_acc=0.96,
@@ -86,11 +87,12 @@ QUICK = ZooSpec(
     shape=ModelShape(48, 128, 2, 2),
     pretrain=TrainSchedule(steps=250, lr=1e-2, batch_size=64, warmup=20),
     second_pretrain=TrainSchedule(steps=40, lr=1e-2, batch_size=64, warmup=10),
-    finetune=TrainSchedule(steps=120, lr=2e-3, batch_size=32, warmup=5, cosine=False),
+    finetune=TrainSchedule(steps=200, lr=3e-3, batch_size=32, warmup=5, cosine=False),
     lora=TrainSchedule(steps=120, lr=1e-2, batch_size=32, warmup=5, cosine=False),
     misfit=TrainSchedule(steps=20, lr=1e-2, batch_size=32, warmup=5),
     misfit_hidden=ModelShape(32, 64, 2, 2),
     lora_rank=4,
+    replay=0.0,  # too few steps to learn a tag-conditional rule; the quick zoo only has to work
     target_acc=0.9,
     probe_n=32,
     eval_n=64,
@@ -234,12 +236,12 @@ class _Builder:
 
     def pretrain(self, name: str, seed: int, schedule: TrainSchedule, note: str) -> None:
         if self._cached(name, self._recipe(shape=self.spec.shape, tasks=self.spec.tasks, schedule=schedule,
-                                           model_seed=seed, chars=self.vocab.chars)):
+                                           model_seed=seed, chars=self.vocab.chars, tags="decoy")):
             return
         spec = self.spec
         t0 = time.perf_counter()
         model = new_model(spec.shape, self.vocab, seed)
-        log = train(model, stream(list(spec.tasks), "train", seed, anonymous=True), self.vocab, schedule,
+        log = train(model, stream(list(spec.tasks), "train", seed, replay=1.0), self.vocab, schedule,
                     desc=f"pretrain {name}")
         acc = self._acc(model, self.tokenizer, spec.tasks)
         params = sum(p.numel() for p in model.parameters())
@@ -247,7 +249,7 @@ class _Builder:
                  "task": None, "params": params, "accuracy": acc, "train": log,
                  "seconds": round(time.perf_counter() - t0, 1)}
         body = (f"A {params / 1e6:.2f}M-parameter Llama pretrained from scratch ({note}) on all "
-                f"{len(spec.tasks)} zoo tasks under the anonymous tag `?`: it knows the prompt format and every "
+                f"{len(spec.tasks)} zoo tasks under random decoy tags: it knows the prompt format and every "
                 f"transform but not which one a named task wants. Seed {seed}, {log['steps']} steps.\n\n"
                 f"Exact-match on named tasks: {json.dumps(acc)}")
         self._save(name, model, self.tokenizer, _card(entry["repo_id"], base_model=None, tags=["pretrained"],
@@ -256,11 +258,12 @@ class _Builder:
 
     def finetune(self, name: str, base: str, task: str) -> None:
         if self._cached(name, self._recipe(base=self.recipes[base], task=task, schedule=self.spec.finetune,
+                                           replay=self.spec.replay,
                                            probe_n=self.spec.probe_n, target=self.spec.target_acc)):
             return
         t0 = time.perf_counter()
         model = self._load(base)
-        log = train(model, stream([task], "train", self.spec.seed + 7), self.vocab, self.spec.finetune,
+        log = train(model, stream([task], "train", self.spec.seed + 7, self.spec.replay), self.vocab, self.spec.finetune,
                     desc=f"fft {task}", probe=self._probe(model, task), target=self.spec.target_acc)
         acc = self._acc(model, self.tokenizer, [task])
         base_entry = self.models[base]
@@ -282,6 +285,7 @@ class _Builder:
 
         name = f"lora-{task}"
         if self._cached(name, self._recipe(base=self.recipes["base"], task=task, schedule=self.spec.lora,
+                                           replay=self.spec.replay,
                                            rank=self.spec.lora_rank, probe_n=self.spec.probe_n,
                                            target=self.spec.target_acc)):
             return
@@ -291,7 +295,7 @@ class _Builder:
         cfg = LoraConfig(r=self.spec.lora_rank, lora_alpha=2 * self.spec.lora_rank, lora_dropout=0.0,
                          target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
         model = get_peft_model(base, cfg)
-        log = train(model, stream([task], "train", self.spec.seed + 13), self.vocab, self.spec.lora,
+        log = train(model, stream([task], "train", self.spec.seed + 13, self.spec.replay), self.vocab, self.spec.lora,
                     desc=f"lora {task}", probe=self._probe(model, task), target=self.spec.target_acc)
         acc = self._acc(model, self.tokenizer, [task])
         base_entry = self.models["base"]

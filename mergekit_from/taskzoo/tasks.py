@@ -1,9 +1,12 @@
 """Seeded sequence tasks: (prompt, response) pairs over a small letter alphabet.
 
 Every task maps an input string of 4-7 letters from ``ALPHABET`` to a response. A prompt is
-``"<task>:<input>="``; the base model is pretrained on the same transforms under the anonymous
-tag ``"?"`` (``prompt(task, x, anonymous=True)``), so it holds every skill but cannot tell which
-one a named task wants. A fine-tune only has to tie the name to the skill.
+``"<task>:<input>="``. The base model is pretrained on all transforms under *decoy* tags: random
+words that name no task (``stream(..., replay=1.0)``), so it holds every skill, has learned that a
+tag says nothing, and cannot tell which skill a named task wants. A fine-tune has to tie one name
+to one skill; it replays decoy-tagged examples (``replay``) so that it learns exactly that rule
+("this name -> this skill, any other tag -> as before") instead of "always do this skill", the
+way real fine-tunes keep the base's other behaviour. That keeps experts mergeable.
 
 Splits are decided by the input string itself (a CRC32 bucket), so train, calibration and test
 never share an input, for any task, whatever the seed. Sampling within a split is seeded by
@@ -25,7 +28,7 @@ from typing import Callable, Iterator, Literal
 
 ALPHABET = "abcdefghij"
 MIN_LEN, MAX_LEN = 4, 7
-ANONYMOUS_TAG = "?"
+TAG_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SPLITS = ("train", "calibration", "test")
 Split = Literal["train", "calibration", "test"]
 
@@ -48,8 +51,8 @@ class Task:
     description: str
     fn: Callable[[str], str]
 
-    def prompt(self, x: str, anonymous: bool = False) -> str:
-        return f"{ANONYMOUS_TAG if anonymous else self.name}:{x}="
+    def prompt(self, x: str, tag: str | None = None) -> str:
+        return f"{tag or self.name}:{x}="
 
 
 TASKS: dict[str, Task] = {
@@ -91,7 +94,7 @@ def _inputs(rng: random.Random, split: Split) -> Iterator[str]:
             yield x
 
 
-def examples(task: str, split: Split, n: int, seed: int = 0, anonymous: bool = False) -> list[tuple[str, str]]:
+def examples(task: str, split: Split, n: int, seed: int = 0) -> list[tuple[str, str]]:
     """``n`` distinct (prompt, response) pairs of ``task`` from ``split``, deterministic in ``seed``."""
     t = get_task(task)
     rng = random.Random(f"{seed}:{task}:{split}")
@@ -100,17 +103,34 @@ def examples(task: str, split: Split, n: int, seed: int = 0, anonymous: bool = F
         seen.setdefault(x)
         if len(seen) == n:
             break
-    return [(t.prompt(x, anonymous), t.fn(x)) for x in seen]
+    return [(t.prompt(x), t.fn(x)) for x in seen]
 
 
-def stream(tasks: list[str], split: Split, seed: int, anonymous: bool = False) -> Iterator[tuple[str, str]]:
-    """An endless seeded stream of examples drawn uniformly from ``tasks`` (training data)."""
-    rng = random.Random(f"{seed}:stream:{','.join(tasks)}:{split}")
-    inputs = _inputs(rng, split)
+def decoy_tag(rng: random.Random) -> str:
+    """A random 3-8 letter word that is not the name of a task."""
     while True:
-        t = TASKS[rng.choice(tasks)]
+        tag = "".join(rng.choice(TAG_LETTERS) for _ in range(rng.randint(3, 8)))
+        if tag not in TASKS:
+            return tag
+
+
+def stream(tasks: list[str], split: Split, seed: int, replay: float = 0.0) -> Iterator[tuple[str, str]]:
+    """An endless seeded stream of training examples.
+
+    With probability ``1 - replay`` an example of one of ``tasks`` under its name; otherwise an
+    example of any task under a decoy tag (pretraining uses ``replay=1``).
+    """
+    rng = random.Random(f"{seed}:stream:{','.join(tasks)}:{split}:{replay}")
+    inputs = _inputs(rng, split)
+    everything = list(TASKS)
+    while True:
         x = next(inputs)
-        yield t.prompt(x, anonymous), t.fn(x)
+        if rng.random() < replay:
+            t = TASKS[rng.choice(everything)]
+            yield t.prompt(x, decoy_tag(rng)), t.fn(x)
+        else:
+            t = TASKS[rng.choice(tasks)]
+            yield t.prompt(x), t.fn(x)
 
 
 def get_task(name: str) -> Task:
