@@ -37,6 +37,7 @@ from mergekit_from.taskzoo import Zoo, build_zoo, evaluate  # noqa: E402
 
 FROM_KS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 TA_LAMBDAS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+FROM_LAMBDAS = (1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ METHODS: list[Run | Tuned] = [
     Run("ties", "ties", {"density": 0.5}),
     Run("dare_ties", "dare_ties", {"density": 0.5}),
     *(Run(f"from k={k:g}", "from", {"k": k}) for k in FROM_KS),
+    # FroM is a convex combination (like linear); its lambda scales the merged task vector the way
+    # task arithmetic's does, so it gets the same tuned-on-test treatment at the default k.
+    Tuned("from k=2 (λ tuned on test)", Run("from k=2", "from", {"k": 2.0}), "lambda", FROM_LAMBDAS),
 ]
 
 
