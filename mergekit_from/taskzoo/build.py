@@ -17,6 +17,7 @@ interrupted build resumes with the models that finished.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -56,13 +57,13 @@ class ZooSpec:
     misfit_hidden: ModelShape
     lora_rank: int = 8
     replay: float = 0.5  # share of decoy-tagged pretraining examples in fine-tuning batches
+    longer_finetune: dict[str, int] = field(default_factory=dict)  # step caps for slow learners
     target_acc: float = 0.97
     probe_n: int = 64
     eval_n: int = 200
     n_calibration: int = 256
     n_test: int = 200
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 FULL = ZooSpec(
@@ -78,6 +79,7 @@ FULL = ZooSpec(
     misfit_hidden=ModelShape(128, 384, 4, 4),
     target_acc=0.96,
     probe_n=200,  # a 64-example probe stopped `shift` at 0.95 probe / 0.875 test
+    longer_finetune={"swap": 1200},  # 800 steps left it at 0.91 probe / 0.89 test
 )
 
 QUICK = ZooSpec(
@@ -257,13 +259,16 @@ class _Builder:
         self.progress.update(1)
 
     def finetune(self, name: str, base: str, task: str) -> None:
-        if self._cached(name, self._recipe(base=self.recipes[base], task=task, schedule=self.spec.finetune,
+        schedule = self.spec.finetune
+        if task in self.spec.longer_finetune:
+            schedule = dataclasses.replace(schedule, steps=self.spec.longer_finetune[task])
+        if self._cached(name, self._recipe(base=self.recipes[base], task=task, schedule=schedule,
                                            replay=self.spec.replay,
                                            probe_n=self.spec.probe_n, target=self.spec.target_acc)):
             return
         t0 = time.perf_counter()
         model = self._load(base)
-        log = train(model, stream([task], "train", self.spec.seed + 7, self.spec.replay), self.vocab, self.spec.finetune,
+        log = train(model, stream([task], "train", self.spec.seed + 7, self.spec.replay), self.vocab, schedule,
                     desc=f"fft {task}", probe=self._probe(model, task), target=self.spec.target_acc)
         acc = self._acc(model, self.tokenizer, [task])
         base_entry = self.models[base]
