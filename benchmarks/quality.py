@@ -222,12 +222,15 @@ def write_plot(path: Path, data: dict[str, Any]) -> None:
             ys = [sets[s]["methods"][label]["normalized_mean"] for s in names]
             ax.plot(xs, ys, marker="o", color=cmap(i % 20), label=label,
                     linestyle="--" if "tuned" in label else "-")
+        floor = [normalized_mean(sets[s]["base"], sets[s]["experts"]) for s in names]
+        ax.plot(xs, floor, color="black", linestyle=":", label="base model (no merge)")
         ax.set_title(f"{kind.upper()} experts")
         ax.set_xlabel("experts merged")
         ax.set_xticks(xs)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("normalized accuracy (merged / expert)")
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    handles, names = axes[0][-1].get_legend_handles_labels()
+    axes[0][-1].legend(handles, names, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
