@@ -4,11 +4,14 @@ tiny HF model folders served by a local Hub with a fresh zoo store."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import mergekit_from` does, before torch loads
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
