@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from mergekit_from.errors import ConfigError
+from mergekit_from.errors import CalibrationError, ConfigError
 from mergekit_from.taskzoo.tasks import (
     SPLITS,
     TARGET_TASKS,
@@ -72,8 +72,11 @@ def test_jsonl_roundtrip_and_bad_line(tmp_path):
     write_jsonl(tmp_path / "c.jsonl", pairs)
     assert read_jsonl(tmp_path / "c.jsonl") == pairs
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n')
-    with pytest.raises(ConfigError, match=r"bad\.jsonl:1"):
+    with pytest.raises(CalibrationError, match=r"bad\.jsonl:1: key 'response' is missing"):
         read_jsonl(tmp_path / "bad.jsonl")
+    (tmp_path / "text.jsonl").write_text('{"text": "a"}\n')
+    with pytest.raises(CalibrationError, match=r"text\.jsonl: task files need"):
+        read_jsonl(tmp_path / "text.jsonl")
 
 
 def test_hf_tokenizer_matches_char_vocab(tmp_path):

@@ -149,16 +149,13 @@ def write_jsonl(path: Path, pairs: list[tuple[str, str]]) -> None:
 
 
 def read_jsonl(path: Path) -> list[tuple[str, str]]:
-    """Read a calibration/test JSONL file; a malformed line names the file and line."""
-    from mergekit_from.errors import ConfigError
+    """(prompt, response) pairs of a calibration/test file, read by the shared strict reader
+    (a malformed line names the file and line)."""
+    from mergekit_from.calibration import read_jsonl as read_samples
 
-    pairs = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            pairs.append((str(obj["prompt"]), str(obj["response"])))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{path}:{i}: expected {{\"prompt\": ..., \"response\": ...}} ({exc})") from None
+    pairs = [(s.prompt, s.response) for s in read_samples(path)]
+    if any(r is None for _, r in pairs):
+        from mergekit_from.errors import CalibrationError
+
+        raise CalibrationError(f"{path}: task files need {{\"prompt\", \"response\"}} lines, not {{\"text\"}}")
     return pairs
