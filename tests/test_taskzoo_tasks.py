@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from mergekit_from.errors import CalibrationError, ConfigError
+from mergekit_from.errors import CalibrationError
 from mergekit_from.taskzoo.tasks import (
     SPLITS,
     TARGET_TASKS,
