@@ -111,12 +111,15 @@ def _register_subcommands() -> None:
     from mergekit_from.auto import auto_cmd
     from mergekit_from.demo import demo_cmd
     from mergekit_from.lora import lora_cmd
+    from mergekit_from.taskzoo.cli import eval_cmd, taskzoo_cmd
     from zoo.cli import zoo
 
     main.add_command(auto_cmd)
     main.add_command(demo_cmd)
     main.add_command(lora_cmd)
     main.add_command(zoo)
+    main.add_command(taskzoo_cmd)
+    main.add_command(eval_cmd)
 
 
 _register_subcommands()

@@ -1,115 +1,151 @@
-"""`mergekit-from demo`: the embedded default, fully offline.
+"""`mergekit-from demo`: the embedded default, fully offline, end to end.
 
-Trains a tiny Llama base and three fine-tunes of it here (each on its own synthetic
-next-token rule), merges the fine-tunes through the real `mergekit-from yaml` path with FroM
-and with mergekit's `linear` and `task_arithmetic`, and prints every model's loss on every
-rule. Everything it writes lands in ``--out``: models, recipes, merges and ``demo.json``.
+1. builds (or reuses) the task zoo: a pretrained base, experts per task, LoRA adapters, misfits;
+2. serves it on a local Hub on 127.0.0.1 with distractors: irrelevant experts, LoRA adapters, a
+   mislabelled model of another vocabulary, a quantized-tagged copy and a gated repo;
+3. crawls that Hub into a fresh SQLite store;
+4. runs `auto` for a 4-task target from its description and calibration data, once with FroM
+   and once with FW-Merging;
+5. evaluates base, each target's expert and both merges, and prints the table.
+
+Everything it writes (Hub folder, store, Hugging Face cache, merges with cards, ``demo.json``)
+lands in ``--out``; the task zoo itself stays in its cache.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import click
-import torch
-import yaml
-from tqdm import tqdm
 
-VOCAB, SEQ = 64, 24
-# Three next-token rules on the same vocabulary: each fine-tune learns one.
-RULES = {"shift1": lambda x: (x + 1) % VOCAB, "shift7": lambda x: (x + 7) % VOCAB, "double": lambda x: (2 * x) % VOCAB}
+N_TARGETS = 4
+ORG = "demo"
 
 
-def _batch(rule, n: int, g: torch.Generator) -> torch.Tensor:
-    seq = [torch.randint(0, VOCAB, (n,), generator=g)]
-    for _ in range(SEQ - 1):
-        seq.append(rule(seq[-1]))
-    return torch.stack(seq, dim=1)
+def _link_files(src: Path, dst: Path, skip: tuple[str, ...] = ("README.md",)) -> None:
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in skip:
+            (dst / f.name).symlink_to(f.resolve())
 
 
-def _train(model, rules, steps: int, lr: float, seed: int, desc: str) -> None:
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for _ in tqdm(range(steps), desc=desc, leave=False):
-        x = torch.cat([_batch(r, 32 // len(rules), g) for r in rules])
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+def _card(repo_id: str, lines: list[str], body: str) -> str:
+    return "\n".join(["---", *lines, "---", "", f"# {repo_id}", "", body, ""])
 
 
-@torch.no_grad()
-def _losses(model_dir: Path) -> dict[str, float]:
-    from transformers import LlamaForCausalLM
+def build_hub(zoo, hub: Path, targets: list[str]) -> dict[str, Any]:
+    """A Hub folder: every zoo model under its repo id, plus the distractors. Returns what was added."""
+    if hub.exists():
+        shutil.rmtree(hub)
+    for name, entry in zoo.manifest["models"].items():
+        dst = hub / entry["repo_id"]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(zoo.model_dir(name))
+    base_id = zoo.manifest["models"]["base"]["repo_id"]
+    first, irrelevant = targets[0], next(t for t in zoo.tasks if t not in targets)
+    wide = next((n for n, e in zoo.manifest["models"].items() if e["kind"] == "misfit" and "vocab" in n), None)
+    added: dict[str, Any] = {"gated": {}}
 
-    model = LlamaForCausalLM.from_pretrained(model_dir).eval()
-    g = torch.Generator().manual_seed(1234)
-    return {name: float(model(input_ids=(x := _batch(rule, 64, g)), labels=x).loss) for name, rule in RULES.items()}
+    quantized = f"{ORG}/fft-{first}-q4"
+    _link_files(zoo.expert(first), hub / quantized)
+    (hub / quantized / "README.md").write_text(_card(quantized, [
+        f"base_model: {base_id}", "base_model_relation: quantized", "tags:", "- 4-bit", f"- task:{first}"],
+        f"A 4-bit quantized copy of the {first} expert ({zoo.manifest['tasks'][first]['description']})."))
+    added["quantized"] = quantized
+
+    gated = f"{ORG}/fft-{irrelevant}-gated"
+    _link_files(zoo.expert(irrelevant), hub / gated)
+    (hub / gated / "README.md").write_text(_card(gated, [f"base_model: {base_id}", "tags:", f"- task:{irrelevant}"],
+                                                 f"A gated fine-tune for {irrelevant}."))
+    added["gated"] = {gated: "manual"}
+
+    if wide is not None:  # a model of another vocabulary whose card claims the base
+        mislabelled = f"{ORG}/{wide}-{first}"
+        _link_files(zoo.model_dir(wide), hub / mislabelled)
+        (hub / mislabelled / "README.md").write_text(_card(mislabelled, [
+            f"base_model: {base_id}", "tags:", f"- task:{first}"],
+            f"Fine-tuned for {first} ({zoo.manifest['tasks'][first]['description']}) with an extended tokenizer."))
+        added["other_vocabulary"] = mislabelled
+    return added
 
 
-def build_models(root: Path) -> tuple[Path, dict[str, Path]]:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                      num_key_value_heads=4, num_hidden_layers=2, tie_word_embeddings=False)
-    base = LlamaForCausalLM(cfg)
-    # The base sees a mixture of all rules, as a pretrained model holds many skills.
-    _train(base, list(RULES.values()), steps=40, lr=3e-3, seed=0, desc="pretraining base")
-    base.save_pretrained(root / "base")
-    experts = {}
-    for i, (name, rule) in enumerate(RULES.items()):
-        ft = LlamaForCausalLM.from_pretrained(root / "base")
-        _train(ft, [rule], steps=60, lr=1e-3, seed=10 + i, desc=f"fine-tuning {name}")
-        experts[name] = root / f"ft-{name}"
-        ft.save_pretrained(experts[name])
-    return root / "base", experts
+def describe(zoo, targets: list[str]) -> str:
+    return "A model that can " + "; ".join(f"{t} ({zoo.manifest['tasks'][t]['description']})" for t in targets)
 
 
-def _recipe(method: str, base: Path, experts: dict[str, Path], params: dict) -> dict:
-    per_model = {"weight": 1.0} if method in ("linear", "task_arithmetic") else {}
-    return {
-        "merge_method": method,
-        **({} if method == "linear" else {"base_model": str(base)}),
-        "models": [{"model": str(p), **({"parameters": per_model} if per_model else {})} for p in experts.values()],
-        "parameters": params,
-        "dtype": "float32",
+def run_demo(out: Path, quick: bool, method: str, settings: dict[str, Any], pool_size: int) -> dict[str, Any]:
+    from mergekit_from.auto import AutoRequest, run_auto
+    from mergekit_from.taskzoo import build_zoo, evaluate
+    from zoo.hub_server import HubServer
+
+    start = time.perf_counter()
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    click.echo("[1/5] task zoo", err=True)
+    zoo = build_zoo(quick=quick)
+    targets = zoo.targets[:N_TARGETS]
+    click.echo(f"[2/5] serving {zoo.root} on a local Hub with distractors", err=True)
+    added = build_hub(zoo, out / "hub", targets)
+    db = out / "zoo.sqlite"
+    for stale in out.glob("zoo.sqlite*"):
+        stale.unlink()
+    base_id = zoo.manifest["models"]["base"]["repo_id"]
+    target = describe(zoo, targets)
+    calib = tuple(f"{t}={zoo.calibration(t)}" for t in targets)
+    results: dict[str, Any] = {}
+    with HubServer(out / "hub", gated=added["gated"]) as hub:
+        for step, (label, m) in enumerate((("FroM", "from"), ("FW", method)), start=3):
+            click.echo(f"[{step}/5] auto --method {m}" + (" (crawls the Hub first)" if step == 3 else ""), err=True)
+            req = AutoRequest(base=base_id, target=target, out=out / f"merged-{m}", calib=calib, endpoint=hub.endpoint,
+                              db_url=f"sqlite:///{db}", pool_size=pool_size, method=m,
+                              settings=settings if m != "from" else {}, cache_dir=out / "hf-cache")
+            results[label] = run_auto(req)
+    click.echo("[5/5] evaluating (exact match on the test split)", err=True)
+    n = zoo.manifest["spec"].get("eval_n", 200)
+    rows = {"base": evaluate(zoo.base, targets, n=n)}
+    for t in targets:
+        rows[f"expert {t}"] = evaluate(zoo.expert(t), targets, n=n, tokenizer_dir=zoo.base)
+    for label, r in results.items():
+        rows[f"{label} merge ({r.out.name.removeprefix('merged-')})"] = evaluate(r.out, targets, n=n)
+    fw = results["FW"]
+    summary = {
+        "target": target, "targets": targets, "base": base_id, "accuracy": rows,
+        "pool": {label: [m.repo_id for m in r.pool] for label, r in results.items()},
+        "fw_pick_share": fw.pick_share, "coefficients": {label: r.coefficients for label, r in results.items()},
+        "distractors": added, "wall_s": time.perf_counter() - start,
     }
+    (out / "demo.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    targets = summary["targets"]
+    click.echo(f"\ntarget: {summary['target']}\n")
+    click.echo(f"{'model':<28}" + "".join(f"{t:>10}" for t in targets) + f"{'mean':>10}")
+    for label, acc in summary["accuracy"].items():
+        vals = [acc[t] for t in targets]
+        click.echo(f"{label:<28}" + "".join(f"{v:>10.3f}" for v in vals) + f"{sum(vals) / len(vals):>10.3f}")
+    click.echo("\nFW pool and picks (share of iterations):")
+    for repo, share in sorted(summary["fw_pick_share"].items(), key=lambda kv: -kv[1]):
+        coef = summary["coefficients"]["FW"].get(repo, 0.0)
+        click.echo(f"  {repo:<36} picks {share:.2f}  coefficient {coef:+.3f}")
+    click.echo(f"\ndone in {summary['wall_s']:.0f}s")
 
 
 @click.command("demo")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True)
-def demo_cmd(out: Path) -> None:
-    """Build tiny models here, FroM-merge them via the YAML path, print a loss table."""
-    from mergekit.options import MergeOptions
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"),
+              show_default=True)
+@click.option("--quick", is_flag=True, help="Use the quick task zoo (seconds to build; for tests).")
+@click.option("--method", type=click.Choice(["fw_hard", "fw_soft"]), default="fw_hard", show_default=True)
+@click.option("--pool-size", type=int, default=8, show_default=True)
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="FW setting; repeat.")
+def demo_cmd(out: Path, quick: bool, method: str, pool_size: int, settings: tuple[str, ...]) -> None:
+    """Offline end to end: task zoo -> local Hub -> crawl -> auto (FroM, FW) -> evaluation table."""
+    from mergekit_from.auto import parse_settings
 
-    from mergekit_from.recipe import run_recipe
-
-    start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    base, experts = build_models(out / "models")
-    merges = {
-        "from (k=2)": _recipe("from", base, experts, {"k": 2.0}),
-        "linear": _recipe("linear", base, experts, {}),
-        "task_arithmetic (λ=0.3)": _recipe("task_arithmetic", base, experts, {"lambda": 0.3}),
-    }
-    options = MergeOptions(copy_tokenizer=False, quiet=True)
-    rows = {"base": _losses(base)} | {f"expert {n}": _losses(p) for n, p in experts.items()}
-    for label, recipe in tqdm(merges.items(), desc="merging"):
-        slug = label.split(" ")[0]
-        cfg = out / f"{slug}.yml"
-        cfg.write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
-        run_recipe(cfg, out / f"merged-{slug}", options)
-        rows[label] = _losses(out / f"merged-{slug}")
-
-    names = list(RULES)
-    click.echo(f"\nloss per rule (lower is better); merges written to {out}")
-    click.echo(f"{'model':<26}" + "".join(f"{n:>10}" for n in names) + f"{'mean':>10}")
-    for label, losses in rows.items():
-        vals = [losses[n] for n in names]
-        click.echo(f"{label:<26}" + "".join(f"{v:>10.3f}" for v in vals) + f"{sum(vals) / len(vals):>10.3f}")
-    (out / "demo.json").write_text(json.dumps({"loss": rows, "wall_s": time.perf_counter() - start}, indent=2))
-    click.echo(f"\ndone in {time.perf_counter() - start:.0f}s; table in {out / 'demo.json'}")
+    summary = run_demo(out, quick, method, parse_settings(settings), pool_size)
+    print_table(summary)

@@ -1,0 +1,417 @@
+"""Build the task zoo once and cache it: base models, experts, adapters, misfits, data, manifest.
+
+Layout of a zoo folder (every model folder is a plain HF folder a Hub would serve unchanged)::
+
+    manifest.json                  written last: its presence means the zoo is complete
+    data/<task>/calibration.jsonl  {"prompt": ..., "response": ...} per line (see tasks.py)
+    data/<task>/test.jsonl         the evaluator's test examples, for reference
+    models/base/                   the pretrained base (safetensors, config, tokenizer, README)
+    models/fft-<task>/             a full fine-tune of base per task
+    models/lora-<task>/            a PEFT LoRA adapter on base per target task
+    models/base-b/, models/base-b-fft-<task>/   a second, independently pretrained base and an expert
+    models/hidden-<n>/, models/vocab-wide/       models that must never be merged with base's family
+
+Each model folder is built in a temporary sibling and renamed into place when complete, so an
+interrupted build resumes with the models that finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mergekit_from.errors import ModelInputError
+from mergekit_from.recipe import staged_output
+from mergekit_from.taskzoo.evaluate import accuracy, evaluate_loaded
+from mergekit_from.taskzoo.tasks import TARGET_TASKS, TASKS, examples, stream, write_jsonl
+from mergekit_from.taskzoo.tokenizer import WIDE_CHARS, CharVocab
+from mergekit_from.taskzoo.training import ModelShape, TrainSchedule, new_model, train
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+REPO_PREFIX = "taskzoo"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """Everything that determines a zoo; the manifest records it and a rebuild must match it."""
+
+    name: str
+    tasks: tuple[str, ...]
+    targets: tuple[str, ...]
+    shape: ModelShape
+    pretrain: TrainSchedule
+    second_pretrain: TrainSchedule
+    finetune: TrainSchedule
+    lora: TrainSchedule
+    misfit: TrainSchedule
+    misfit_hidden: ModelShape
+    lora_rank: int = 8
+    replay: float = 0.5  # share of decoy-tagged pretraining examples in fine-tuning batches
+    longer_finetune: dict[str, int] = field(default_factory=dict)  # step caps for slow learners
+    target_acc: float = 0.97
+    probe_n: int = 64
+    eval_n: int = 200
+    n_calibration: int = 256
+    n_test: int = 200
+    seed: int = 0
+
+
+FULL = ZooSpec(
+    name="full",
+    tasks=tuple(TASKS),
+    targets=TARGET_TASKS,
+    shape=ModelShape(160, 448, 4, 4),
+    pretrain=TrainSchedule(steps=1200, lr=3e-3, batch_size=128, warmup=100),
+    second_pretrain=TrainSchedule(steps=300, lr=3e-3, batch_size=128, warmup=50),
+    finetune=TrainSchedule(steps=800, lr=3e-4, batch_size=32, warmup=10, cosine=False),
+    lora=TrainSchedule(steps=800, lr=2e-3, batch_size=32, warmup=10, cosine=False),
+    misfit=TrainSchedule(steps=150, lr=3e-3, batch_size=64, warmup=20),
+    misfit_hidden=ModelShape(128, 384, 4, 4),
+    target_acc=0.96,
+    probe_n=200,  # a 64-example probe stopped `shift` at 0.95 probe / 0.875 test
+    longer_finetune={"swap": 1200},  # 800 steps left it at 0.91 probe / 0.89 test
+)
+
+QUICK = ZooSpec(
+    name="quick",
+    tasks=("ends", "maxchar", "evens", "rotr"),
+    targets=("ends", "maxchar"),
+    shape=ModelShape(48, 128, 2, 2),
+    pretrain=TrainSchedule(steps=250, lr=1e-2, batch_size=64, warmup=20),
+    second_pretrain=TrainSchedule(steps=40, lr=1e-2, batch_size=64, warmup=10),
+    finetune=TrainSchedule(steps=200, lr=3e-3, batch_size=32, warmup=5, cosine=False),
+    lora=TrainSchedule(steps=120, lr=1e-2, batch_size=32, warmup=5, cosine=False),
+    misfit=TrainSchedule(steps=20, lr=1e-2, batch_size=32, warmup=5),
+    misfit_hidden=ModelShape(32, 64, 2, 2),
+    lora_rank=4,
+    replay=0.0,  # too few steps to learn a tag-conditional rule; the quick zoo only has to work
+    target_acc=0.9,
+    probe_n=32,
+    eval_n=64,
+    n_calibration=64,
+    n_test=64,
+)
+
+
+def default_zoo_dir(quick: bool = False) -> Path:
+    """``$MERGEKIT_FROM_TASKZOO`` or ``~/.cache/mergekit-from/taskzoo`` (``-quick`` for the quick zoo)."""
+    env = os.environ.get("MERGEKIT_FROM_TASKZOO")
+    root = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mergekit-from" / "taskzoo"
+    return root.with_name(root.name + "-quick") if quick else root
+
+
+@dataclass(frozen=True)
+class Zoo:
+    """A built zoo: its folder and manifest, with helpers that return absolute paths."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.manifest["tasks"])
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.manifest["target_tasks"])
+
+    def model_dir(self, name: str) -> Path:
+        try:
+            return self.root / self.manifest["models"][name]["path"]
+        except KeyError:
+            raise ModelInputError(f"{self.root}: no model {name!r} in the zoo") from None
+
+    @property
+    def base(self) -> Path:
+        return self.model_dir("base")
+
+    def expert(self, task: str, kind: str = "fft") -> Path:
+        return self.model_dir(f"{kind}-{task}")
+
+    def calibration(self, task: str) -> Path:
+        return self.root / self.manifest["tasks"][task]["calibration"]
+
+    def accuracy(self, name: str) -> dict[str, float]:
+        return self.manifest["models"][name]["accuracy"]
+
+
+def load_manifest(root: str | Path) -> Zoo:
+    root = Path(root).expanduser()
+    path = root / MANIFEST
+    if not path.is_file():
+        raise ModelInputError(f"{root}: not a built task zoo (no {MANIFEST}); run `mergekit-from taskzoo build`")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT_VERSION:
+        raise ModelInputError(f"{path}: zoo format {manifest.get('format')!r}, expected {FORMAT_VERSION}; rebuild it")
+    return Zoo(root.resolve(), manifest)
+
+
+def find_in_zoo(root: Path, repo_id: str) -> Path | None:
+    """The folder of ``repo_id`` in the zoo at ``root`` (or its parent), if any."""
+    for candidate in (root, root.parent):
+        if (candidate / MANIFEST).is_file():
+            zoo = load_manifest(candidate)
+            for name, entry in zoo.manifest["models"].items():
+                if entry["repo_id"] == repo_id:
+                    return zoo.model_dir(name)
+    return None
+
+
+def _card(repo_id: str, *, base_model: str | None, tags: list[str], library: str, body: str) -> str:
+    lines = ["---"]
+    if base_model:
+        lines.append(f"base_model: {base_model}")
+    lines += [f"library_name: {library}", "pipeline_tag: text-generation", "license: apache-2.0", "tags:"]
+    lines += [f"- {t}" for t in ["mergekit-from-taskzoo", *tags]]
+    lines += ["---", "", f"# {repo_id}", "", body.strip(), ""]
+    return "\n".join(lines)
+
+
+DATA_README = """# Task zoo data
+
+`<task>/calibration.jsonl` and `<task>/test.jsonl` hold one JSON object per line:
+
+    {"prompt": "reverse:abcd=", "response": "dcba"}
+
+A model sees the token sequence `<s>` + prompt + response + `</s>` (one token per character; the
+tokenizer in any model folder adds `<s>`). Calibration examples are for data-informed merge methods
+(RegMean, FW-Merging): feed `<s>` + prompt + response and collect activations. The calibration,
+test and training splits never share an input string, for any task. Test examples are what
+`mergekit-from eval` scores (greedy decoding, exact match of the response followed by `</s>`).
+"""
+
+
+class _Builder:
+    def __init__(self, root: Path, spec: ZooSpec, progress):
+        self.root, self.spec, self.progress = root, spec, progress
+        self.vocab = CharVocab()
+        self.tokenizer = self.vocab.hf_tokenizer()
+        self.models: dict[str, dict[str, Any]] = {}
+        self.recipes: dict[str, dict[str, Any]] = {}
+
+    def _acc(self, model, tokenizer, tasks) -> dict[str, float]:
+        return evaluate_loaded(model, tokenizer, tasks, self.spec.eval_n, seed=self.spec.seed)
+
+    def _save(self, name: str, model, tokenizer, card: str, entry: dict[str, Any]) -> None:
+        entry["recipe"] = self.recipes[name]
+        with staged_output(self.root / "models" / name) as tmp:
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            (tmp / "README.md").write_text(card)
+            (tmp / "zoo_entry.json").write_text(json.dumps(entry, indent=1))
+        self.models[name] = entry
+
+    def _cached(self, name: str, recipe: dict[str, Any]) -> bool:
+        """Reuse a finished model folder if it was trained from exactly this recipe (and base)."""
+        recipe = json.loads(json.dumps(recipe, default=lambda o: asdict(o)))
+        self.recipes[name] = recipe
+        entry_file = self.root / "models" / name / "zoo_entry.json"
+        if entry_file.is_file():
+            entry = json.loads(entry_file.read_text())
+            if entry.get("recipe") == recipe:
+                self.models[name] = entry
+                self.progress.update(1)
+                return True
+        return False
+
+    def _recipe(self, **parts: Any) -> dict[str, Any]:
+        return {"seed": self.spec.seed, "eval_n": self.spec.eval_n, **parts}
+
+    def _load(self, name: str):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(self.root / "models" / name), dtype=torch.float32).eval()
+
+    def _probe(self, model, task: str):
+        pairs = examples(task, "calibration", self.spec.probe_n, seed=self.spec.seed + 1)
+        return lambda: accuracy(model, self.tokenizer, pairs)
+
+    def pretrain(self, name: str, seed: int, schedule: TrainSchedule, note: str) -> None:
+        if self._cached(name, self._recipe(shape=self.spec.shape, tasks=self.spec.tasks, schedule=schedule,
+                                           model_seed=seed, chars=self.vocab.chars, tags="decoy")):
+            return
+        spec = self.spec
+        t0 = time.perf_counter()
+        model = new_model(spec.shape, self.vocab, seed)
+        log = train(model, stream(list(spec.tasks), "train", seed, replay=1.0), self.vocab, schedule,
+                    desc=f"pretrain {name}")
+        acc = self._acc(model, self.tokenizer, spec.tasks)
+        params = sum(p.numel() for p in model.parameters())
+        entry = {"path": f"models/{name}", "repo_id": f"{REPO_PREFIX}/{name}", "kind": "base", "base_model": None,
+                 "task": None, "params": params, "accuracy": acc, "train": log,
+                 "seconds": round(time.perf_counter() - t0, 1)}
+        body = (f"A {params / 1e6:.2f}M-parameter Llama pretrained from scratch ({note}) on all "
+                f"{len(spec.tasks)} zoo tasks under random decoy tags: it knows the prompt format and every "
+                f"transform but not which one a named task wants. Seed {seed}, {log['steps']} steps.\n\n"
+                f"Exact-match on named tasks: {json.dumps(acc)}")
+        self._save(name, model, self.tokenizer, _card(entry["repo_id"], base_model=None, tags=["pretrained"],
+                                                       library="transformers", body=body), entry)
+        self.progress.update(1)
+
+    def finetune(self, name: str, base: str, task: str) -> None:
+        schedule = self.spec.finetune
+        if task in self.spec.longer_finetune:
+            schedule = dataclasses.replace(schedule, steps=self.spec.longer_finetune[task])
+        if self._cached(name, self._recipe(base=self.recipes[base], task=task, schedule=schedule,
+                                           replay=self.spec.replay,
+                                           probe_n=self.spec.probe_n, target=self.spec.target_acc)):
+            return
+        t0 = time.perf_counter()
+        model = self._load(base)
+        log = train(model, stream([task], "train", self.spec.seed + 7, self.spec.replay), self.vocab, schedule,
+                    desc=f"fft {task}", probe=self._probe(model, task), target=self.spec.target_acc)
+        acc = self._acc(model, self.tokenizer, [task])
+        base_entry = self.models[base]
+        entry = {"path": f"models/{name}", "repo_id": f"{REPO_PREFIX}/{name}", "kind": "fft",
+                 "base_model": base_entry["repo_id"], "base": base, "task": task,
+                 "params": base_entry["params"], "accuracy": acc, "train": log,
+                 "seconds": round(time.perf_counter() - t0, 1)}
+        body = (f"Full fine-tune of `{base_entry['repo_id']}` on the task `{task}` ({TASKS[task].description}). "
+                f"Prompt `{task}:<input>=`, greedy decoding. AdamW lr {self.spec.finetune.lr}, batch "
+                f"{self.spec.finetune.batch_size}, {log['steps']} steps (stopped at probe accuracy "
+                f"{self.spec.target_acc}).\n\nExact-match on the test split: {acc[task]:.3f}")
+        self._save(name, model, self.tokenizer, _card(entry["repo_id"], base_model=entry["base_model"],
+                                                       tags=[f"task:{task}", "full-fine-tune"],
+                                                       library="transformers", body=body), entry)
+        self.progress.update(1)
+
+    def lora(self, task: str) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        name = f"lora-{task}"
+        if self._cached(name, self._recipe(base=self.recipes["base"], task=task, schedule=self.spec.lora,
+                                           replay=self.spec.replay,
+                                           rank=self.spec.lora_rank, probe_n=self.spec.probe_n,
+                                           target=self.spec.target_acc)):
+            return
+        t0 = time.perf_counter()
+        base = self._load("base")
+        torch.manual_seed(self.spec.seed + 11)
+        cfg = LoraConfig(r=self.spec.lora_rank, lora_alpha=2 * self.spec.lora_rank, lora_dropout=0.0,
+                         target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
+        model = get_peft_model(base, cfg)
+        log = train(model, stream([task], "train", self.spec.seed + 13, self.spec.replay), self.vocab, self.spec.lora,
+                    desc=f"lora {task}", probe=self._probe(model, task), target=self.spec.target_acc)
+        acc = self._acc(model, self.tokenizer, [task])
+        base_entry = self.models["base"]
+        entry = {"path": f"models/{name}", "repo_id": f"{REPO_PREFIX}/{name}", "kind": "lora",
+                 "base_model": base_entry["repo_id"], "base": "base", "task": task,
+                 "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                 "accuracy": acc, "train": log, "seconds": round(time.perf_counter() - t0, 1)}
+        body = (f"LoRA adapter (PEFT, rank {self.spec.lora_rank}, alpha {2 * self.spec.lora_rank}, on "
+                f"{', '.join(LORA_TARGETS)}) for `{base_entry['repo_id']}` on the task `{task}` "
+                f"({TASKS[task].description}). {log['steps']} steps at lr {self.spec.lora.lr}. Merge it with "
+                f"mergekit as `<base folder>+<this folder>`.\n\nExact-match on the test split: {acc[task]:.3f}")
+        self._save(name, model, self.tokenizer, _card(entry["repo_id"], base_model=entry["base_model"],
+                                                       tags=[f"task:{task}", "lora"], library="peft", body=body),
+                   entry)
+        # Name the base by its repo id, as Hub adapters do (set after saving: peft would look it up online).
+        config_path = self.root / entry["path"] / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = base_entry["repo_id"]
+        config_path.write_text(json.dumps(config, indent=2))
+        self.progress.update(1)
+
+    def misfit(self, name: str, shape: ModelShape, vocab: CharVocab, task: str, why: str) -> None:
+        """A model trained from scratch on one task whose tensors cannot merge with base's family."""
+        if self._cached(name, self._recipe(shape=shape, chars=vocab.chars, task=task, schedule=self.spec.misfit)):
+            return
+        t0 = time.perf_counter()
+        model = new_model(shape, vocab, self.spec.seed + 101)
+        tokenizer = vocab.hf_tokenizer()
+        log = train(model, stream([task], "train", self.spec.seed + 17), vocab, self.spec.misfit,
+                    desc=f"misfit {name}")
+        acc = self._acc(model, tokenizer, [task])
+        entry = {"path": f"models/{name}", "repo_id": f"{REPO_PREFIX}/{name}", "kind": "misfit",
+                 "base_model": None, "task": task, "params": sum(p.numel() for p in model.parameters()),
+                 "incompatible": why, "accuracy": acc, "train": log,
+                 "seconds": round(time.perf_counter() - t0, 1)}
+        body = (f"Trained from scratch on the task `{task}` for {log['steps']} steps. It must never be merged with "
+                f"`{REPO_PREFIX}/base` or its fine-tunes: {why}.\n\nExact-match on the test split: {acc[task]:.3f}")
+        self._save(name, model, tokenizer, _card(entry["repo_id"], base_model=None,
+                                                 tags=[f"task:{task}", "from-scratch"], library="transformers",
+                                                 body=body), entry)
+        self.progress.update(1)
+
+    def export_data(self) -> dict[str, Any]:
+        spec, tasks = self.spec, {}
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        (self.root / "data" / "README.md").write_text(DATA_README)
+        for task in spec.tasks:
+            folder = self.root / "data" / task
+            folder.mkdir(parents=True, exist_ok=True)
+            write_jsonl(folder / "calibration.jsonl", examples(task, "calibration", spec.n_calibration, seed=spec.seed))
+            write_jsonl(folder / "test.jsonl", examples(task, "test", spec.n_test, seed=spec.seed))
+            tasks[task] = {"description": TASKS[task].description, "target": task in spec.targets,
+                           "calibration": f"data/{task}/calibration.jsonl", "test": f"data/{task}/test.jsonl",
+                           "n_calibration": spec.n_calibration, "n_test": spec.n_test}
+        return tasks
+
+
+def build_zoo(out: str | Path | None = None, quick: bool = False, *, force: bool = False,
+              threads: int | None = None, spec: ZooSpec | None = None) -> Zoo:
+    """Build the zoo into ``out`` (default :func:`default_zoo_dir`) or reuse a complete one there."""
+    from tqdm.auto import tqdm
+
+    spec = spec or (QUICK if quick else FULL)
+    root = Path(out).expanduser() if out else default_zoo_dir(quick)
+    spec_json = json.loads(json.dumps(asdict(spec)))
+    if (root / MANIFEST).is_file() and not force:
+        zoo = load_manifest(root)
+        if zoo.manifest["spec"] == spec_json:
+            return zoo
+    if force and root.is_dir():
+        shutil.rmtree(root)
+    # Otherwise (re)build: every model folder whose recipe still matches is reused as it is.
+    (root / MANIFEST).unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads or int(os.environ.get("MERGEKIT_FROM_THREADS", "1")))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar for the build, one per training run
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    steps = 2 + len(spec.tasks) + len(spec.targets) + 1 + 2
+    with tqdm(total=steps, desc=f"taskzoo {spec.name}", unit="model") as bar:
+        b = _Builder(root, spec, bar)
+        tasks = b.export_data()
+        b.pretrain("base", spec.seed, spec.pretrain, "the zoo's base")
+        for task in spec.tasks:
+            b.finetune(f"fft-{task}", "base", task)
+        for task in spec.targets:
+            b.lora(task)
+        b.pretrain("base-b", spec.seed + 1000, spec.second_pretrain, "a second, independent base")
+        b.finetune(f"base-b-fft-{spec.targets[0]}", "base-b", spec.targets[0])
+        hidden = spec.misfit_hidden.hidden_size
+        b.misfit(f"hidden-{hidden}", spec.misfit_hidden, b.vocab, spec.targets[0],
+                 f"hidden size {hidden}, not {spec.shape.hidden_size}")
+        b.misfit("vocab-wide", spec.shape, CharVocab(WIDE_CHARS), spec.targets[0],
+                 f"a {CharVocab(WIDE_CHARS).size}-token vocabulary, not {b.vocab.size}")
+    for stale in sorted((root / "models").iterdir()):
+        if stale.name not in b.models:  # left over from a build with other settings
+            shutil.rmtree(stale)
+    manifest = {
+        "format": FORMAT_VERSION,
+        "spec": spec_json,
+        "tasks": tasks,
+        "target_tasks": list(spec.targets),
+        "tokenizer": "models/base",
+        "models": b.models,
+        "build_seconds": round(time.perf_counter() - t0, 1),
+        "build_cpu_seconds": round(time.process_time() - cpu0, 1),  # wall time depends on who else runs
+        "threads": torch.get_num_threads(),
+    }
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.rename(root / MANIFEST)
+    return load_manifest(root)

@@ -1,0 +1,89 @@
+"""Task generators, splits and the character tokenizer (no model needed)."""
+
+import itertools
+
+import pytest
+
+from mergekit_from.errors import ConfigError
+from mergekit_from.taskzoo.tasks import (
+    SPLITS,
+    TARGET_TASKS,
+    TASKS,
+    examples,
+    read_jsonl,
+    split_of,
+    stream,
+    write_jsonl,
+)
+from mergekit_from.taskzoo.tokenizer import CharVocab
+
+
+def _input(prompt: str) -> str:
+    return prompt.split(":", 1)[1].rstrip("=")
+
+
+def test_sixteen_distinct_tasks_eight_targets():
+    assert len(TASKS) >= 16 and len(TARGET_TASKS) == 8
+    probe = ["abcdefg", "jihgfed", "aabbcij", "cacb"]
+    # no two tasks compute the same function on a few probe inputs
+    outputs = {name: tuple(t.fn(x) for x in probe) for name, t in TASKS.items()}
+    assert len(set(outputs.values())) == len(outputs)
+
+
+def test_known_outputs():
+    assert TASKS["reverse"].fn("abcd") == "dcba"
+    assert TASKS["shift"].fn("hij") == "abc"  # +3 wraps within a..j
+    assert TASKS["swap"].fn("abcde") == "badce"
+    assert TASKS["dedupe"].fn("abacb") == "abc"
+    assert TASKS["rotate"].fn("abcde") == "cdeab"
+    assert TASKS["distinct"].fn("aabb") == "2"
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_generators_are_deterministic_and_seeded(task):
+    a = examples(task, "test", 40, seed=3)
+    assert a == examples(task, "test", 40, seed=3)
+    assert a != examples(task, "test", 40, seed=4)
+    assert len({p for p, _ in a}) == 40
+    assert all(TASKS[task].fn(_input(p)) == r for p, r in a)
+
+
+def test_splits_are_disjoint_for_every_task():
+    for task in TASKS:
+        inputs = {s: {_input(p) for p, _ in examples(task, s, 300)} for s in SPLITS}
+        for s in SPLITS:
+            assert all(split_of(x) == s for x in inputs[s])
+        for a, b in itertools.combinations(SPLITS, 2):
+            assert not inputs[a] & inputs[b], (task, a, b)
+
+
+def test_training_stream_draws_only_from_its_split():
+    pairs = list(itertools.islice(stream(list(TASKS), "train", 0, replay=1.0), 500))
+    assert not any(p.split(":")[0] in TASKS for p, _ in pairs)  # decoy tags only
+    assert all(split_of(_input(p)) == "train" for p, _ in pairs)
+    assert pairs == list(itertools.islice(stream(list(TASKS), "train", 0, replay=1.0), 500))
+    mixed = list(itertools.islice(stream(["sort"], "train", 0, replay=0.5), 400))
+    named = [(p, r) for p, r in mixed if p.startswith("sort:")]
+    assert 150 < len(named) < 250 and all(r == "".join(sorted(_input(p))) for p, r in named)
+
+
+def test_jsonl_roundtrip_and_bad_line(tmp_path):
+    pairs = examples("sort", "calibration", 5)
+    write_jsonl(tmp_path / "c.jsonl", pairs)
+    assert read_jsonl(tmp_path / "c.jsonl") == pairs
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n')
+    with pytest.raises(ConfigError, match=r"bad\.jsonl:1"):
+        read_jsonl(tmp_path / "bad.jsonl")
+
+
+def test_hf_tokenizer_matches_char_vocab(tmp_path):
+    from transformers import AutoTokenizer
+
+    vocab = CharVocab()
+    vocab.save(tmp_path)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    text = "reverse:abcd=dcba"
+    ids = tok(text)["input_ids"]
+    assert ids == [vocab.bos_id, *vocab.encode(text)]
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert (tok.pad_token_id, tok.eos_token_id) == (vocab.pad_id, vocab.eos_id)

@@ -1,0 +1,193 @@
+"""The quick zoo end to end: build, model folders, evaluator, a FroM merge, the CLI, the benchmark."""
+
+import json
+import sys
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from mergekit_from.cli import main
+from mergekit_from.taskzoo import build_zoo, evaluate, load_manifest, load_model, read_jsonl
+from mergekit_from.taskzoo.evaluate import accuracy, predict
+from mergekit_from.taskzoo.tasks import examples
+
+
+@pytest.fixture(scope="session")
+def quick_zoo(tmp_path_factory):
+    """The quick task zoo, built once per test session (about 20 s on one core)."""
+    return build_zoo(tmp_path_factory.mktemp("taskzoo"), quick=True)
+
+
+def _card_metadata(folder):
+    text = (folder / "README.md").read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_quick_zoo_folders_are_hub_style(quick_zoo):
+    zoo = quick_zoo
+    assert load_manifest(zoo.root).manifest == zoo.manifest
+    models = zoo.manifest["models"]
+    for task in zoo.tasks:
+        assert f"fft-{task}" in models
+        assert read_jsonl(zoo.calibration(task)) == examples(task, "calibration", len(read_jsonl(zoo.calibration(task))))
+    for task in zoo.targets:
+        adapter = zoo.expert(task, "lora")
+        assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+        assert _card_metadata(adapter)["base_model"] == "taskzoo/base"
+    for name, entry in models.items():
+        folder = zoo.model_dir(name)
+        assert (folder / "tokenizer.json").is_file() and (folder / "README.md").is_file()
+        meta = _card_metadata(folder)
+        assert meta.get("base_model") == entry["base_model"]
+        if entry["task"]:
+            assert f"task:{entry['task']}" in meta["tags"]
+        if entry["kind"] != "lora":
+            assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+    assert models["base-b-fft-" + zoo.targets[0]]["base_model"] == "taskzoo/base-b"
+    assert {e["kind"] for e in models.values()} == {"base", "fft", "lora", "misfit"}
+
+
+def test_misfits_cannot_merge_with_base(quick_zoo):
+    from mergekit_from.errors import ModelInputError
+    from mergekit_from.weights import TensorIndex
+
+    base = TensorIndex.open(quick_zoo.base)
+    with pytest.raises(ModelInputError, match="incompatible"):
+        base.check_compatible(TensorIndex.open(quick_zoo.model_dir("hidden-32")), label="hidden-32")
+    wide = json.loads((quick_zoo.model_dir("vocab-wide") / "config.json").read_text())["vocab_size"]
+    assert wide > json.loads((quick_zoo.base / "config.json").read_text())["vocab_size"]
+    assert "incompatible" in quick_zoo.manifest["models"]["vocab-wide"]
+
+
+def test_experts_beat_base_and_manifest_numbers_reproduce(quick_zoo):
+    zoo = quick_zoo
+    base = zoo.accuracy("base")
+    for task in zoo.targets:
+        expert = zoo.accuracy(f"fft-{task}")[task]
+        assert expert > base[task] + 0.3, (task, expert, base[task])
+        n = zoo.manifest["spec"]["eval_n"]
+        assert evaluate(zoo.expert(task), [task], n)[task] == expert  # fresh load, same number
+
+
+def _greedy_by_hand(model, tokenizer, prompt, limit):
+    """One prompt, no batching, no cache, no generate(): argmax token by token."""
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    out = []
+    with torch.no_grad():
+        for _ in range(limit):
+            nxt = int(model(input_ids=ids).logits[0, -1].argmax())
+            if nxt == tokenizer.eos_token_id:
+                break
+            out.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+    return tokenizer.decode(out)
+
+
+def test_evaluator_equals_hand_count(quick_zoo):
+    task = quick_zoo.targets[0]
+    model, tok = load_model(quick_zoo.expert(task))
+    pairs = examples(task, "test", 12)
+    # corrupt a third of the references so that the count is neither 0 nor 12 by construction
+    pairs = [(p, r if i % 3 else r + "a") for i, (p, r) in enumerate(pairs)]
+    by_hand = sum(_greedy_by_hand(model, tok, p, 10) == r for p, r in pairs)
+    assert 0 < by_hand < len(pairs)
+    assert accuracy(model, tok, pairs, batch_size=5) == by_hand / len(pairs)
+    preds = predict(model, tok, [p for p, _ in pairs], 10, batch_size=7)
+    assert preds == [_greedy_by_hand(model, tok, p, 10) for p, _ in pairs]
+
+
+def _from_recipe(tmp_path, zoo, weights):
+    recipe = {
+        "merge_method": "from",
+        "base_model": str(zoo.base),
+        "models": [{"model": str(zoo.expert(t)), "parameters": {"weight": w}} for t, w in zip(zoo.targets, weights)],
+        "parameters": {"k": 2.0},
+        "dtype": "float32",
+    }
+    path = tmp_path / f"from-{'-'.join(map(str, weights))}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_from_merge_of_two_experts_evaluates_end_to_end(quick_zoo, tmp_path):
+    from mergekit.options import MergeOptions
+
+    from mergekit_from.recipe import run_recipe
+
+    zoo, tasks = quick_zoo, quick_zoo.targets[:2]
+    options = MergeOptions(copy_tokenizer=False, quiet=True)
+    merged = run_recipe(_from_recipe(tmp_path, zoo, [1.0, 1.0]), tmp_path / "merged", options)
+    assert not (merged / "tokenizer.json").exists()
+    with pytest.raises(Exception, match="no tokenizer"):
+        evaluate(merged, tasks, 16)
+    acc = evaluate(merged, tasks, 16, tokenizer_dir=zoo.base)
+    assert set(acc) == set(tasks) and all(0.0 <= a <= 1.0 for a in acc.values())
+    # a prior of 0 drops the second expert: the merge is exactly the first expert again
+    only_first = run_recipe(_from_recipe(tmp_path, zoo, [1.0, 0.0]), tmp_path / "only-first", options)
+    assert evaluate(only_first, tasks, 16, tokenizer_dir=zoo.base) == evaluate(zoo.expert(tasks[0]), tasks, 16)
+
+
+def test_eval_cli(quick_zoo):
+    runner = CliRunner()
+    task = quick_zoo.targets[0]
+    res = runner.invoke(main, ["eval", str(quick_zoo.expert(task)), "--tasks", task, "--n", "16", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["accuracy"] == evaluate(quick_zoo.expert(task), [task], 16)
+    res = runner.invoke(main, ["eval", str(quick_zoo.expert(task, "lora")), "--tasks", task, "--n", "16"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["eval", str(quick_zoo.base), "--tasks", "nosuchtask"])
+    assert res.exit_code == 2 and "unknown task 'nosuchtask'" in res.output
+
+
+def test_build_reuses_the_cached_zoo(quick_zoo):
+    res = CliRunner().invoke(main, ["taskzoo", "build", "--quick", "--out", str(quick_zoo.root)])
+    assert res.exit_code == 0, res.output
+    assert str(quick_zoo.root) in res.output
+
+
+def test_quality_benchmark_quick(quick_zoo, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("quality", Path(__file__).parents[1] / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    sys.modules["quality"] = quality  # dataclasses look their module up there
+    spec.loader.exec_module(quality)
+    data = quality.main(["--out", str(tmp_path), "--quick", "--zoo", str(quick_zoo.root), "--n", "16",
+                         "--only", "fft2,lora2"])
+    saved = json.loads((tmp_path / "quality.json").read_text())
+    assert saved["settings"] == data["settings"]
+    st = saved["settings"]["fft2"]
+    assert st["tasks"] == quick_zoo.targets[:2]
+    for label, m in st["methods"].items():
+        assert set(m) == {"method", "params", "acc", "normalized_mean"}
+        expected = sum(m["acc"][t] / st["experts"][t] for t in st["tasks"]) / len(st["tasks"])
+        assert m["normalized_mean"] == pytest.approx(expected, abs=1e-4)
+    assert st["methods"]["task_arithmetic (λ tuned on test)"]["params"]["tuned_on"] == "test"
+    lora = saved["settings"]["lora2"]
+    assert lora["experts"] == {t: evaluate(quick_zoo.expert(t, "lora"), [t], 16)[t] for t in lora["tasks"]}
+    assert "task_arithmetic (λ tuned on test)" in lora["methods"]
+    assert (tmp_path / "quality.md").read_text().startswith("# Merge quality")
+    assert (tmp_path / "quality.png").stat().st_size > 0
+
+
+def test_rebuild_with_other_settings_reuses_what_still_matches(quick_zoo, tmp_path):
+    import dataclasses
+    import shutil
+
+    from mergekit_from.taskzoo import QUICK
+
+    root = tmp_path / "zoo"
+    shutil.copytree(quick_zoo.root, root)
+    base_weights = root / "models" / "base" / "model.safetensors"
+    before = base_weights.stat().st_mtime_ns
+    spec = dataclasses.replace(QUICK, misfit=dataclasses.replace(QUICK.misfit, steps=7))
+    zoo = build_zoo(root, spec=spec)
+    assert base_weights.stat().st_mtime_ns == before  # base and experts reused
+    assert zoo.manifest["models"]["fft-ends"] == quick_zoo.manifest["models"]["fft-ends"]
+    assert zoo.manifest["models"]["vocab-wide"]["train"]["steps"] == 7  # misfits retrained
+    assert zoo.manifest["spec"]["misfit"]["steps"] == 7
