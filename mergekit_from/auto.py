@@ -336,7 +336,7 @@ def _coefficients(req, out: Path, base_path: Path, pool: list[PoolModel]) -> tup
             {m.repo_id: round(share.get(m.repo_id, 0.0), 4) for m in pool})
 
 
-def _parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
+def parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
     settings = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -368,7 +368,7 @@ def auto_cmd(base, target, calib, out, endpoint, db_url, pool_size, method, sett
              allow_pickle, push_to_hub, quiet) -> None:
     """Crawl, score, shortlist, download and merge the best pool of BASE's fine-tunes for TARGET."""
     req = AutoRequest(base=base, target=target, out=out, calib=calib, endpoint=endpoint, db_url=db_url,
-                      pool_size=pool_size, method=method, settings=_parse_settings(settings), push_to_hub=push_to_hub,
+                      pool_size=pool_size, method=method, settings=parse_settings(settings), push_to_hub=push_to_hub,
                       allow_pickle=allow_pickle, refresh=refresh, cache_dir=cache_dir, quiet=quiet)
     result = run_auto(req)
     click.echo(f"merged {len(result.pool)} candidates with {method} into {result.out} in {result.seconds:.0f}s "
