@@ -211,7 +211,10 @@ def settings(zoo: Zoo) -> list[Setting]:
 
 
 def normalized_mean(acc: dict[str, float], experts: dict[str, float]) -> float:
-    return sum(acc[t] / experts[t] for t in acc) / len(acc)
+    """Mean of merged / expert accuracy over the tasks whose expert scores above 0 (the quick zoo's
+    non-target experts can score 0 on a small test sample: nothing to normalize by)."""
+    scored = [t for t in acc if experts[t] > 0]
+    return sum(acc[t] / experts[t] for t in scored) / len(scored) if scored else 0.0
 
 
 class Bench:
