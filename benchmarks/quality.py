@@ -283,7 +283,8 @@ class Bench:
 
         for entry in setting.entries(self.zoo, self.data):
             if isinstance(entry, Run):
-                result["methods"][entry.label] = record(entry, self.merge_and_eval(setting, entry))
+                folded = {"inputs": "LoRA folded into the base"} if setting.kind == "lora" and entry.section else {}
+                result["methods"][entry.label] = record(entry, self.merge_and_eval(setting, entry), **folded)
                 bar.update(1)
                 continue
             grid = {}
