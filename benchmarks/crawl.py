@@ -1,13 +1,20 @@
 """Crawl benchmark: the zoo crawler vs a bare ``list_models`` iteration, then kill -9 and resume.
 
-    python benchmarks/crawl.py --out out/bench-crawl [--models 10000] [--page-size 1000] [--repeats 3]
+    python benchmarks/crawl.py --out out/bench-crawl [--models 10000] [--page-size 1000] [--repeats 9]
 
 Builds a local Hub folder of N metadata-only model folders (README card with ``base_model:`` and
-tags, config.json), serves it with ``mergekit-from zoo serve`` in its own process, and times:
+tags, config.json), serves it with ``mergekit-from zoo serve`` in its own process, and times, in
+this one process, interleaved:
 
 - bare: ``list(HfApi.list_models(filter="base_model:<base>", expand=<the crawler's fields>))``;
 - crawl: ``Crawler.crawl_tree(base, enrich=False)`` into a fresh SQLite store (same listing,
   plus the rows, edges and the saved next-page URL committed after every page).
+
+Each timed run starts after a full garbage collection, so no run pays for another's garbage, and
+counts the full collections it ran itself. The interleaved pass is done twice: with the heap as
+the imports left it (torch and mergekit among them, as in ``mergekit-from zoo crawl``), then with
+that heap frozen (``gc.freeze``), where a full collection no longer walks it: the second ratio
+shows what the two sides cost without the garbage collector's share.
 
 Then a ``mergekit-from zoo crawl`` process is killed with SIGKILL at about half the listing and
 run again; rows stored, rows expected, lost and duplicate rows are counted. Everything goes to
@@ -17,6 +24,7 @@ DIR/crawl.json (and DIR/crawl.png). Targets: ratio <= 1.5, 0 lost, 0 duplicates.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -25,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,27 +74,64 @@ def serve(folder: Path, page_size: int) -> tuple[subprocess.Popen, str]:
     return proc, line.split(" at ")[1].split()[0]
 
 
-def time_bare(endpoint: str) -> tuple[float, int]:
+def timed(fn: Callable[[], int]) -> tuple[float, int, int]:
+    """Seconds ``fn`` took, the full collections it ran, and its result."""
+    gc.collect()
+    full = 0
+
+    def count(phase: str, info: dict) -> None:
+        nonlocal full
+        full += phase == "stop" and info["generation"] == 2
+
+    gc.callbacks.append(count)
+    try:
+        t0 = time.perf_counter()
+        n = fn()
+        return time.perf_counter() - t0, full, n
+    finally:
+        gc.callbacks.remove(count)
+
+
+def time_bare(endpoint: str) -> tuple[float, int, int]:
     from huggingface_hub import HfApi
 
     from zoo.crawler import LIST_EXPAND
 
-    t0 = time.perf_counter()
-    n = sum(1 for _ in HfApi(endpoint=endpoint, token=False).list_models(filter=f"base_model:{BASE}",
-                                                                          expand=LIST_EXPAND))
-    return time.perf_counter() - t0, n
+    api = HfApi(endpoint=endpoint, token=False)
+    return timed(lambda: sum(1 for _ in api.list_models(filter=f"base_model:{BASE}", expand=LIST_EXPAND)))
 
 
-def time_crawl(endpoint: str, tmp: Path, run: int) -> tuple[float, int]:
+def time_crawl(endpoint: str, path: Path) -> tuple[float, int, int]:
     from db import open_store
     from zoo.crawler import Crawler
 
-    store = open_store(f"sqlite:///{tmp / f'timed-{run}.sqlite'}")
-    t0 = time.perf_counter()
-    report = Crawler(store, endpoint, token=False, progress=False).crawl_tree(BASE, enrich=False)
-    elapsed = time.perf_counter() - t0
-    store.close()
-    return elapsed, report.listed
+    store = open_store(f"sqlite:///{path}")
+    crawler = Crawler(store, endpoint, token=False, progress=False)
+    try:
+        return timed(lambda: crawler.crawl_tree(BASE, enrich=False).listed)
+    finally:
+        store.close()
+
+
+def interleaved(endpoint: str, tmp: Path, repeats: int, label: str) -> dict:
+    """Bare and crawl runs alternated (ABBA: who goes first swaps every repeat), so drift on a
+    shared machine hits both alike."""
+    runs: dict[str, list] = {"bare_s": [], "crawl_s": [], "full_gc_bare": [], "full_gc_crawl": []}
+    for run in range(repeats):
+        sides = {"bare": lambda: time_bare(endpoint),
+                 "crawl": lambda: time_crawl(endpoint, tmp / f"timed-{label.replace(' ', '-')}-{run}.sqlite")}
+        listed = {}
+        for side in (("bare", "crawl") if run % 2 == 0 else ("crawl", "bare")):
+            s, full, listed[side] = sides[side]()
+            runs[f"{side}_s"].append(round(s, 3))
+            runs[f"full_gc_{side}"].append(full)
+        print(f"{label} run {run}: bare {runs['bare_s'][-1]:.2f}s ({listed['bare']} models), "
+              f"crawl {runs['crawl_s'][-1]:.2f}s ({listed['crawl']})", flush=True)
+    bare, crawl = statistics.median(runs["bare_s"]), statistics.median(runs["crawl_s"])
+    return {**runs, "bare_s_median": round(bare, 3), "crawl_s_median": round(crawl, 3),
+            "ratio": round(crawl / bare, 3),
+            # Best-of-N is less sensitive to other processes on a shared machine.
+            "ratio_best": round(min(runs["crawl_s"]) / min(runs["bare_s"]), 3)}
 
 
 def kill_and_resume(endpoint: str, tmp: Path, expected: set[str]) -> dict:
@@ -156,26 +202,25 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--models", type=int, default=10_000)
     ap.add_argument("--page-size", type=int, default=1000)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=9)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ["HF_TOKEN"] = ""
-    folder = args.out / "hub"
+    folder = args.out / f"hub-{args.models}"  # one folder per size: a smaller N must not list leftovers
     t0 = time.perf_counter()
     build_folder(folder, args.models)
     print(f"folder of {args.models} models ready in {time.perf_counter() - t0:.1f}s", flush=True)
     server, endpoint = serve(folder, args.page_size)
     try:
-        bare, crawl = [], []
         with tempfile.TemporaryDirectory() as tmp:
             time_bare(endpoint)  # warm-up: server-side caches, client imports
-            for run in range(args.repeats):  # interleaved so drift hits both alike
-                s, n_bare = time_bare(endpoint)
-                bare.append(s)
-                s, n_crawl = time_crawl(endpoint, Path(tmp), run)
-                crawl.append(s)
-                print(f"run {run}: bare {bare[-1]:.2f}s ({n_bare} models), crawl {crawl[-1]:.2f}s ({n_crawl})",
-                      flush=True)
+            load_before = os.getloadavg()
+            as_imported = interleaved(endpoint, Path(tmp), args.repeats, "heap as imported")
+            gc.freeze()
+            try:
+                frozen = interleaved(endpoint, Path(tmp), args.repeats, "heap frozen")
+            finally:
+                gc.unfreeze()
             expected = {f"org{i % 100:02d}/ft-{TASKS[i % len(TASKS)]}-{i:05d}" for i in range(args.models)}
             resume = kill_and_resume(endpoint, Path(tmp), expected)
     finally:
@@ -183,11 +228,12 @@ def main() -> None:
         server.wait(10)
     result = {
         "models": args.models, "page_size": args.page_size, "repeats": args.repeats,
-        "bare_s": [round(x, 3) for x in bare], "crawl_s": [round(x, 3) for x in crawl],
-        "bare_s_median": round(statistics.median(bare), 3), "crawl_s_median": round(statistics.median(crawl), 3),
-        "ratio": round(statistics.median(crawl) / statistics.median(bare), 3), "ratio_target": 1.5,
-        # Best-of-N is less sensitive to other processes on a shared machine.
-        "ratio_best": round(min(crawl) / min(bare), 3),
+        # Other processes on the machine share its cores: the 1/5/15-minute load around the timings.
+        "cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        **as_imported, "ratio_target": 1.5,
+        "heap_frozen": {k: frozen[k] for k in ("bare_s_median", "crawl_s_median", "ratio", "ratio_best",
+                                               "full_gc_bare", "full_gc_crawl")},
         **resume,
     }
     (args.out / "crawl.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -396,12 +396,16 @@ def write_plot(path: Path, data: dict[str, Any], families: list[str], xlabel: st
                    for s in names if label in sets[s]["methods"]]
             ax.plot(*zip(*pts), marker="o", color=cmap(all_labels.index(label) % 20), label=label,
                     linestyle="--" if "tuned" in label else "-", linewidth=2.5 if label.startswith("fw") else 1.5)
+        xs = [len(sets[s][x_key]) for s in names]
+        floor = [normalized_mean(sets[s]["base"], sets[s]["experts"]) for s in names]
+        ax.plot(xs, floor, color="black", linestyle=":", label="base model (no merge)")
         ax.set_title(f"{fam}: " + ", ".join(sets[names[0]]["tasks"]) if fam == "irrelevance" else fam)
         ax.set_xlabel(xlabel)
-        ax.set_xticks([len(sets[s][x_key]) for s in names])
+        ax.set_xticks(xs)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
     axes[0][0].set_ylabel("normalized accuracy (merged / expert)")
+    legend = {lab: h for ax in axes[0] for h, lab in zip(*ax.get_legend_handles_labels())}  # every panel's
+    axes[0][-1].legend(legend.values(), legend.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -29,11 +31,20 @@ def default_url() -> str:
     return f"sqlite:///{cache / 'zoo.sqlite'}"
 
 
+def json_dumps(value: Any) -> str:
+    """The JSON columns' serializer: orjson is several times faster than ``json.dumps`` on the
+    small values a listing page writes thousands of (it writes NaN as null, as JSON requires)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # what orjson refuses (integers over 64 bits, other types): the stdlib's answer
+        return json.dumps(value)
+
+
 def _sqlite_engine(url: str) -> Engine:
     path = make_url(url).database
     if path and path != ":memory:":
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 60})
+    engine = create_engine(url, connect_args={"timeout": 60}, json_serializer=json_dumps)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # noqa: ANN001 - DB-API connection
@@ -42,6 +53,9 @@ def _sqlite_engine(url: str) -> Engine:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA busy_timeout=60000")
         cur.execute("PRAGMA journal_mode=WAL")
+        # Under WAL, NORMAL syncs at checkpoints, not at every commit: a committed page survives a
+        # killed process (it is in the WAL file); only power loss or an OS crash may drop the last
+        # commits, and never leaves the database corrupt.
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -90,11 +104,13 @@ class Store:
         """Insert rows, or update the given columns of rows whose primary key exists.
 
         Only the keys present in a row are written, so a sparse listing row never blanks what
-        ``model_info`` filled in earlier. Rows are grouped by key set for executemany.
+        ``model_info`` filled in earlier. Rows are grouped by their keys, in order, for executemany
+        (rows built by one function share an order; sorting each row's keys cost more than
+        the rare extra statement for a reordered twin).
         """
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for row in rows:
-            groups.setdefault(tuple(sorted(row)), []).append(row)
+            groups.setdefault(tuple(row), []).append(row)
         table = model.__table__
         pk = [c.name for c in table.primary_key.columns]
         dialect = self.engine.dialect.name
@@ -125,6 +141,10 @@ class Store:
 def open_store(url: str | None = None) -> Store:
     """Open (creating if needed) the store at ``url`` and migrate it to the newest schema."""
     url = url or default_url()
-    engine = _sqlite_engine(url) if url.startswith("sqlite") else create_engine(url)
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        engine = _sqlite_engine(url)
+    else:  # not every dialect takes a JSON serializer (the two that upsert natively do)
+        engine = create_engine(url, **({"json_serializer": json_dumps} if backend == "postgresql" else {}))
     upgrade(engine)
     return Store(engine)

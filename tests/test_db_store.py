@@ -84,3 +84,27 @@ def test_default_url_is_per_user_cache_and_env_overrides(monkeypatch, tmp_path):
     assert default_url() == f"sqlite:///{tmp_path}/mergekit-from/zoo.sqlite"
     monkeypatch.setenv("MERGEKIT_FROM_ZOO_DB", "sqlite:///elsewhere.sqlite")
     assert default_url() == "sqlite:///elsewhere.sqlite"
+
+
+def test_json_columns_round_trip_what_json_dumps_took(store):
+    # orjson writes the columns; what it refuses (integers past 64 bits) goes through json.dumps.
+    card = {"language": ["日本語", "français"], "widget": [{"text": "a\nb"}], "n": 2**70, "ok": True}
+    with store.session() as s:
+        store.upsert(s, Model, [{"repo_id": "org/m", "card_data": card, "config": {1: "int key"}}])
+    with store.session() as s:
+        m = s.get(Model, "org/m")
+        assert m.card_data == card
+        assert m.config == {"1": "int key"}  # as json.dumps writes non-string keys
+    with store.engine.connect() as c:  # valid JSON for SQLite's own functions too
+        assert c.execute(text("select json_extract(card_data, '$.language[0]') from models")).scalar() == "日本語"
+
+
+def test_upsert_groups_rows_with_the_same_keys_in_another_order(store):
+    rows = [{"repo_id": "org/a", "likes": 1, "downloads": 10}, {"downloads": 20, "repo_id": "org/b", "likes": 2},
+            {"repo_id": "org/c", "likes": 3}]
+    with store.session() as s:
+        assert store.upsert(s, Model, rows) == 3
+        store.upsert(s, Model, [{"likes": 5, "repo_id": "org/a"}])  # sparse: downloads stays
+    with store.session() as s:
+        got = {m.repo_id: (m.likes, m.downloads) for m in s.scalars(select(Model))}
+    assert got == {"org/a": (5, 10), "org/b": (2, 20), "org/c": (3, None)}

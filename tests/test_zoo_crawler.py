@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -117,6 +118,54 @@ def test_listing_failure_keeps_pages_and_a_rerun_resumes(make_crawler, store, hu
     with store.session() as s:
         state = s.scalars(select(CrawlState)).one()
         assert state.finished and state.items_done == len(expected)
+
+
+def test_a_page_whose_write_fails_leaves_no_part_of_it_and_a_rerun_resumes(make_crawler, store, zoo_layout,
+                                                                            monkeypatch):
+    """A page's model rows, edges and next-page URL commit together or not at all."""
+    query = f"base_model:finetune:{BASE}"
+    expected = {r for r, rel in zoo_layout.items() if rel == "finetune" and r != SECOND_LEVEL}
+    real_upsert, edge_writes = store.upsert, []
+
+    def upsert(session, model, rows):
+        if model is Edge:
+            edge_writes.append(len(rows))
+            if len(edge_writes) == 2:  # the second page, after its model rows went in
+                raise OSError("disk full")
+        return real_upsert(session, model, rows)
+
+    monkeypatch.setattr(store, "upsert", upsert)
+    with pytest.raises(OSError, match="disk full"):
+        make_crawler().list_query({"filter": query})
+    assert gc.isenabled()  # the collector paused for the page is back on
+    assert len(_ids(store)) == 3 and _count(store, Edge) == 3  # the first page only
+    with store.session() as s:
+        state = s.scalars(select(CrawlState)).one()
+        assert (state.pages_done, state.items_done, state.finished) == (1, 3, False)
+        assert "cursor=" in state.next_url
+    monkeypatch.undo()
+    make_crawler().list_query({"filter": query})
+    assert _ids(store) == expected and _count(store, Model) == len(expected) == _count(store, Edge)
+
+
+def test_page_work_pauses_the_cyclic_collector_and_restores_the_callers_setting(make_crawler, monkeypatch):
+    from zoo.crawler import Crawler
+
+    during, real_store_page = [], Crawler._store_page
+
+    def store_page(self, *args):
+        during.append(gc.isenabled())
+        return real_store_page(self, *args)
+
+    monkeypatch.setattr(Crawler, "_store_page", store_page)
+    make_crawler().list_query({"filter": f"base_model:finetune:{BASE}"})
+    assert len(during) >= 2 and not any(during) and gc.isenabled()
+    gc.disable()
+    try:
+        make_crawler().list_query({"filter": f"base_model:finetune:{BASE}"})  # a new pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 # A crawler process without the CLI's mergekit import (half the start-up time on a busy machine).

@@ -57,7 +57,7 @@ class ZooSpec:
     misfit_hidden: ModelShape
     lora_rank: int = 8
     replay: float = 0.5  # share of decoy-tagged pretraining examples in fine-tuning batches
-    longer_finetune: dict[str, int] = field(default_factory=dict)  # step caps for slow learners
+    longer_finetune: dict[str, int] = field(default_factory=dict)  # step caps for slow learners (FFT and LoRA)
     target_acc: float = 0.97
     probe_n: int = 64
     eval_n: int = 200
@@ -79,7 +79,7 @@ FULL = ZooSpec(
     misfit_hidden=ModelShape(128, 384, 4, 4),
     target_acc=0.96,
     probe_n=200,  # a 64-example probe stopped `shift` at 0.95 probe / 0.875 test
-    longer_finetune={"swap": 1200},  # 800 steps left it at 0.91 probe / 0.89 test
+    longer_finetune={"swap": 1200},  # 800 steps left FFT at 0.89 and LoRA at 0.885 test accuracy
 )
 
 QUICK = ZooSpec(
@@ -258,10 +258,13 @@ class _Builder:
                                                        library="transformers", body=body), entry)
         self.progress.update(1)
 
-    def finetune(self, name: str, base: str, task: str) -> None:
-        schedule = self.spec.finetune
+    def _schedule(self, schedule: TrainSchedule, task: str) -> TrainSchedule:
         if task in self.spec.longer_finetune:
-            schedule = dataclasses.replace(schedule, steps=self.spec.longer_finetune[task])
+            return dataclasses.replace(schedule, steps=self.spec.longer_finetune[task])
+        return schedule
+
+    def finetune(self, name: str, base: str, task: str) -> None:
+        schedule = self._schedule(self.spec.finetune, task)
         if self._cached(name, self._recipe(base=self.recipes[base], task=task, schedule=schedule,
                                            replay=self.spec.replay,
                                            probe_n=self.spec.probe_n, target=self.spec.target_acc)):
@@ -289,7 +292,8 @@ class _Builder:
         from peft import LoraConfig, get_peft_model
 
         name = f"lora-{task}"
-        if self._cached(name, self._recipe(base=self.recipes["base"], task=task, schedule=self.spec.lora,
+        schedule = self._schedule(self.spec.lora, task)
+        if self._cached(name, self._recipe(base=self.recipes["base"], task=task, schedule=schedule,
                                            replay=self.spec.replay,
                                            rank=self.spec.lora_rank, probe_n=self.spec.probe_n,
                                            target=self.spec.target_acc)):
@@ -300,7 +304,7 @@ class _Builder:
         cfg = LoraConfig(r=self.spec.lora_rank, lora_alpha=2 * self.spec.lora_rank, lora_dropout=0.0,
                          target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
         model = get_peft_model(base, cfg)
-        log = train(model, stream([task], "train", self.spec.seed + 13, self.spec.replay), self.vocab, self.spec.lora,
+        log = train(model, stream([task], "train", self.spec.seed + 13, self.spec.replay), self.vocab, schedule,
                     desc=f"lora {task}", probe=self._probe(model, task), target=self.spec.target_acc)
         acc = self._acc(model, self.tokenizer, [task])
         base_entry = self.models["base"]
