@@ -10,7 +10,19 @@ quality.json: ``{"settings": {name: {"tasks", "base", "experts", "methods": {lab
 "params", "acc", "normalized_mean"}}}}, "meta": {...}}``; normalized_mean is the mean over the
 setting's tasks of merged accuracy / expert accuracy. Settings ``fft8``/``lora8`` merge all eight
 target experts; ``fft2``, ``fft4``, ``lora2``, ``lora4`` merge the first 2 and 4 (the curve of
-quality against the number of merged experts).
+quality against the number of merged experts). A setting's ``pool`` lists the experts merged when
+they are not just its tasks:
+
+- ``irrelevance<N>``: objective and evaluation on 4 target tasks, a pool of N = 4, 8, 12, 20 experts
+  (the 4 targets, then the zoo's other FFT experts; capped at what the zoo has);
+- ``relevance<N>``: N = 4, 8, 12 experts, every one a target (capped at the zoo's task count).
+
+The data-informed methods (RegMean, FW-Merging hard and soft) run on the largest fft/lora setting
+and on both scaling settings; they read the zoo's calibration JSONL, never the test split. Their
+pre-passes need full-weight folders, so in the LoRA setting they merge the adapters folded into
+the base (peft ``merge_and_unload``, cached under ``<zoo>/lora-folded``). ``meta.scaling`` holds
+each method's normalized mean at the largest pool over the smallest (FW target: >= 0.97);
+``scaling.png`` plots both scalings.
 
 Extending: a new method is one more entry in ``METHODS`` (a ``Run``, or a ``Tuned`` grid whose best
 value is labelled as tuned on test); a new setting is one more entry in ``settings()``.
@@ -23,7 +35,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,6 +60,8 @@ class Run:
     method: str
     params: dict[str, Any] = field(default_factory=dict)
     with_base: bool = True  # False: no base_model (linear averages the experts themselves)
+    # A pre-pass method's recipe section (its data files); such a method needs full-weight inputs.
+    section: dict[str, Any] = field(default_factory=dict)
 
     def recipe(self, base: str, models: list[str]) -> dict[str, Any]:
         recipe: dict[str, Any] = {"merge_method": self.method}
@@ -55,6 +69,8 @@ class Run:
             recipe["base_model"] = base
         recipe["models"] = [{"model": m, "parameters": {"weight": 1.0}} for m in models]
         recipe["parameters"] = dict(self.params)
+        if self.section:
+            recipe[self.method] = self.section
         recipe["dtype"] = "float32"
         return recipe
 
@@ -70,7 +86,7 @@ class Tuned:
 
     def points(self) -> list[Run]:
         return [Run(f"{self.run.label} {self.param}={v}", self.run.method, {**self.run.params, self.param: v},
-                    self.run.with_base) for v in self.values]
+                    self.run.with_base, self.run.section) for v in self.values]
 
 
 METHODS: list[Run | Tuned] = [
@@ -86,38 +102,143 @@ METHODS: list[Run | Tuned] = [
 ]
 
 
+SCALING_METHODS: list[Run | Tuned] = [
+    Run("task_arithmetic λ=0.3", "task_arithmetic", {"lambda": 0.3}),
+    Tuned("task_arithmetic (λ tuned on test)", Run("task_arithmetic", "task_arithmetic"), "lambda", TA_LAMBDAS),
+    Run("ties", "ties", {"density": 0.5}),
+]
+
+
+@dataclass(frozen=True)
+class DataDefaults:
+    """Settings of the data-informed methods (reported in every result's params and meta).
+
+    samples_per_task: 100 calibration lines per task, the FW paper's count (RegMean takes the same).
+    fw_hard: 10 iterations of the model-level LMO with step_size 1, so c_t = 0.6/(t+2) moves θ
+    0.3, 0.2, 0.15, ... of the way to the picked expert (Σ c_t = 1.2); the code's default
+    step_size 0.1 gives Σ c_t = 0.12, which leaves θ close to its initial point.
+    fw_soft: 3 FW iterations of 100 AdaMerging steps; the official 500 steps per iteration cost
+    about 4.5x as much (one thread, 4 targets, full-zoo-sized models: 207 s with 500 steps and a
+    pool of 4, 46 s with 100 steps and a pool of 20). The inner loss is cross_entropy on the
+    calibration responses (the zoo's calibration data is labelled; entropy, AdaMerging's
+    unlabelled loss, left fw_soft near the base model: 0.045 on irrelevance4), at ada_lr 1e-2.
+    That lr was picked after trying 1e-3 (0.141) and 1e-2 (0.396) on irrelevance4: two looks at
+    its test split, so fw_soft's lr is lightly tuned on test. The quick zoo showed no signal
+    between fw_hard step sizes 0.1/0.3/1 (within its test noise); they are not tuned.
+    """
+
+    samples_per_task: int = 100
+    regmean_alpha: float = 0.9
+    hard_iters: int = 10
+    hard_step: float = 1.0
+    soft_iters: int = 3
+    ada_iters: int = 100
+    ada_lr: float = 1e-2
+    ada_loss: str = "cross_entropy"
+
+    @classmethod
+    def quick(cls) -> "DataDefaults":
+        return cls(samples_per_task=32, hard_iters=4, soft_iters=2, ada_iters=10)
+
+    def runs(self, zoo: Zoo, setting: "Setting", models: list[str]) -> list[Run]:
+        targets = {t: str(zoo.calibration(t)) for t in setting.tasks}
+        own = {m: str(zoo.calibration(t)) for m, t in zip(models, setting.pool)}
+        common = {"samples_per_task": self.samples_per_task}
+        hard = {**common, "max_iters": self.hard_iters, "step_size": self.hard_step}
+        return [
+            Run(f"regmean α={self.regmean_alpha:g}", "regmean", {**common, "alpha": self.regmean_alpha},
+                section={"calibration": own}),
+            Run("fw_hard init=task_arithmetic", "fw_hard", {**hard, "init": "task_arithmetic"},
+                section={"targets": targets}),
+            Run("fw_hard init=from", "fw_hard", {**hard, "init": "from"}, section={"targets": targets}),
+            Run("fw_soft", "fw_soft", {**common, "max_iters": self.soft_iters, "ada_iters": self.ada_iters,
+                                         "ada_lr": self.ada_lr, "ada_loss": self.ada_loss},
+                section={"targets": targets}),
+        ]
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
     kind: str  # "fft" or "lora"
-    tasks: tuple[str, ...]
+    tasks: tuple[str, ...]  # the objective's and the evaluation's tasks
+    pool: tuple[str, ...] = ()  # the experts merged (default: the tasks)
+    methods: tuple[Run | Tuned, ...] = tuple(METHODS)
+    data_methods: bool = False
 
-    def models(self, zoo: Zoo) -> list[str]:
+    def __post_init__(self) -> None:
+        if not self.pool:
+            object.__setattr__(self, "pool", self.tasks)
+
+    def models(self, zoo: Zoo, full_weights: bool = False) -> list[str]:
         if self.kind == "lora":
-            return [f"{zoo.base}+{zoo.expert(t, 'lora')}" for t in self.tasks]
-        return [str(zoo.expert(t)) for t in self.tasks]
+            if full_weights:
+                return [str(fold_lora(zoo, t)) for t in self.pool]
+            return [f"{zoo.base}+{zoo.expert(t, 'lora')}" for t in self.pool]
+        return [str(zoo.expert(t)) for t in self.pool]
+
+    def entries(self, zoo: Zoo, data: DataDefaults) -> list[Run | Tuned]:
+        if not self.data_methods:
+            return list(self.methods)
+        return [*self.methods, *data.runs(zoo, self, self.models(zoo, full_weights=True))]
+
+
+def fold_lora(zoo: Zoo, task: str) -> Path:
+    """``lora-<task>`` folded into the base (peft merge_and_unload), saved as safetensors, cached.
+
+    The cache is keyed by the adapter's and the base's weight files (size and mtime)."""
+    from mergekit_from.recipe import staged_output
+    from mergekit_from.taskzoo import load_model
+
+    adapter = zoo.expert(task, "lora")
+    key = {str(f.relative_to(zoo.root)): [f.stat().st_size, f.stat().st_mtime_ns]
+           for d in (adapter, zoo.base) for f in sorted(d.glob("*.safetensors"))}
+    out = zoo.root / "lora-folded" / f"lora-{task}"
+    stamp = out / "folded_from.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == key:
+        return out
+    model, tokenizer = load_model(adapter, tokenizer_dir=zoo.base, base_dir=zoo.base)
+    with staged_output(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "folded_from.json").write_text(json.dumps(key))
+    return out
 
 
 def settings(zoo: Zoo) -> list[Setting]:
     targets = tuple(zoo.targets)
     sizes = sorted({n for n in (2, 4, len(targets)) if n <= len(targets)})
-    return [Setting(f"{kind}{n}", kind, targets[:n]) for kind in ("fft", "lora") for n in sizes]
+    out = [Setting(f"{kind}{n}", kind, targets[:n], data_methods=n == len(targets))
+           for kind in ("fft", "lora") for n in sizes]
+    # Scaling: 4 targets (fewer in a smaller zoo); the rest of the pool in the zoo's task order.
+    t = min(4, len(targets))
+    order = targets + tuple(x for x in zoo.tasks if x not in targets)
+    for name, multiples in (("irrelevance", (1, 2, 3, 5)), ("relevance", (1, 2, 3))):
+        for n in sorted({min(m * t, len(order)) for m in multiples}):
+            tasks = order[:t] if name == "irrelevance" else order[:n]
+            out.append(Setting(f"{name}{n}", "fft", tasks, order[:n], tuple(SCALING_METHODS), True))
+    return out
 
 
 def normalized_mean(acc: dict[str, float], experts: dict[str, float]) -> float:
-    return sum(acc[t] / experts[t] for t in acc) / len(acc)
+    """Mean of merged / expert accuracy over the tasks whose expert scores above 0 (the quick zoo's
+    non-target experts can score 0 on a small test sample: nothing to normalize by)."""
+    scored = [t for t in acc if experts[t] > 0]
+    return sum(acc[t] / experts[t] for t in scored) / len(scored) if scored else 0.0
 
 
 class Bench:
-    def __init__(self, zoo: Zoo, out: Path, n: int):
+    def __init__(self, zoo: Zoo, out: Path, n: int, data: DataDefaults):
         from mergekit.options import MergeOptions
 
-        self.zoo, self.out, self.n = zoo, out, n
+        self.zoo, self.out, self.n, self.data = zoo, out, n, data
         self.work = out / "work"
         self.options = MergeOptions(random_seed=0, lora_merge_cache=str(zoo.root / "lora-merge-cache"),
                                     quiet=True, write_model_card=True)
         self.seconds: dict[str, float] = {"merge": 0.0, "eval": 0.0}
-        self.done: dict[str, dict[str, float]] = {}  # recipe text -> accuracy (grids repeat plain runs)
+        # (recipe text, tasks) -> accuracy: grids repeat plain runs, settings share pools
+        self.done: dict[tuple[str, tuple[str, ...]], dict[str, float]] = {}
+        self.expert_acc: dict[tuple[str, str], float] = {}
 
     def eval(self, model_dir: Path, tasks: tuple[str, ...], **kw) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -129,9 +250,10 @@ class Bench:
         from mergekit_from.recipe import run_recipe
 
         slug = "".join(c if c.isalnum() or c in ".=-" else "_" for c in run.label)
-        text = yaml.safe_dump(run.recipe(str(self.zoo.base), setting.models(self.zoo)), sort_keys=False)
-        if text in self.done:
-            return self.done[text]
+        models = setting.models(self.zoo, full_weights=bool(run.section))
+        text = yaml.safe_dump(run.recipe(str(self.zoo.base), models), sort_keys=False)
+        if (text, setting.tasks) in self.done:
+            return self.done[text, setting.tasks]
         recipe = self.work / "recipes" / setting.name / f"{slug}.yaml"
         recipe.parent.mkdir(parents=True, exist_ok=True)
         recipe.write_text(text)
@@ -141,25 +263,32 @@ class Bench:
         self.seconds["merge"] += time.perf_counter() - t0
         acc = self.eval(merged, setting.tasks)
         shutil.rmtree(merged)  # recipes stay; merges are cheap to redo and 5 MB each
-        self.done[text] = acc
+        self.done[text, setting.tasks] = acc
         return acc
 
+    def expert(self, kind: str, task: str) -> float:
+        if (kind, task) not in self.expert_acc:
+            if kind == "lora":
+                acc = self.eval(self.zoo.expert(task, "lora"), (task,), base_dir=self.zoo.base)
+            else:
+                acc = self.eval(self.zoo.expert(task), (task,))
+            self.expert_acc[kind, task] = acc[task]
+        return self.expert_acc[kind, task]
+
     def setting(self, setting: Setting, base_acc: dict[str, float], bar) -> dict[str, Any]:
-        if setting.kind == "lora":
-            experts = {t: self.eval(self.zoo.expert(t, "lora"), (t,), base_dir=self.zoo.base)[t]
-                       for t in setting.tasks}
-        else:
-            experts = {t: self.eval(self.zoo.expert(t), (t,))[t] for t in setting.tasks}
-        result: dict[str, Any] = {"tasks": list(setting.tasks), "base": {t: base_acc[t] for t in setting.tasks},
+        experts = {t: self.expert(setting.kind, t) for t in setting.tasks}
+        result: dict[str, Any] = {"tasks": list(setting.tasks), "pool": list(setting.pool),
+                                  "base": {t: base_acc[t] for t in setting.tasks},
                                   "experts": experts, "methods": {}}
 
         def record(run: Run, acc: dict[str, float], **extra: Any) -> dict[str, Any]:
             return {"method": run.method, "params": {**run.params, **extra}, "acc": acc,
                     "normalized_mean": round(normalized_mean(acc, experts), 4)}
 
-        for entry in METHODS:
+        for entry in setting.entries(self.zoo, self.data):
             if isinstance(entry, Run):
-                result["methods"][entry.label] = record(entry, self.merge_and_eval(setting, entry))
+                folded = {"inputs": "LoRA folded into the base"} if setting.kind == "lora" and entry.section else {}
+                result["methods"][entry.label] = record(entry, self.merge_and_eval(setting, entry), **folded)
                 bar.update(1)
                 continue
             grid = {}
@@ -179,17 +308,61 @@ def _count(entries: list[Run | Tuned]) -> int:
     return sum(len(e.values) if isinstance(e, Tuned) else 1 for e in entries)
 
 
+def family(name: str) -> str:
+    """The curve a setting belongs to: ``fft8`` -> ``fft``, ``irrelevance12`` -> ``irrelevance``."""
+    return name.rstrip("0123456789")
+
+
+SCALINGS = ("irrelevance", "relevance")
+
+
+def labels_of(sets: dict[str, Any], names: list[str]) -> list[str]:
+    """Every method label of these settings, in first-seen order."""
+    return list(dict.fromkeys(label for s in names for label in sets[s]["methods"]))
+
+
+def scaling(data: dict[str, Any]) -> dict[str, Any]:
+    """Per scaling and method: normalized mean by pool size, and largest pool over smallest."""
+    sets = data["settings"]
+    out: dict[str, Any] = {}
+    for fam in SCALINGS:
+        names = sorted((s for s in sets if family(s) == fam), key=lambda s: len(sets[s]["pool"]))
+        if not names:
+            continue
+        curves = {}
+        for label in labels_of(sets, names):
+            ys = {str(len(sets[s]["pool"])): sets[s]["methods"][label]["normalized_mean"] for s in names}
+            first, last = ys[str(len(sets[names[0]]["pool"]))], ys[str(len(sets[names[-1]]["pool"]))]
+            curves[label] = {"by_pool": ys, "ratio_largest_over_smallest": round(last / first, 4) if first else None}
+        out[fam] = {"pools": [len(sets[s]["pool"]) for s in names], "targets": sets[names[0]]["tasks"],
+                    "methods": curves}
+    return out
+
+
 def write_markdown(path: Path, data: dict[str, Any]) -> None:
     sets = data["settings"]
-    main = [s for s in sets if s.endswith("8")] or list(sets)
-    labels = list(next(iter(sets.values()))["methods"])
+    names = list(sets)
+    main = [max((s for s in sets if family(s) == k), key=lambda s: len(sets[s]["tasks"]))
+            for k in dict.fromkeys(map(family, sets)) if k not in SCALINGS]
     lines = ["# Merge quality on the task zoo", "",
              "Normalized mean = mean over tasks of merged exact-match / expert exact-match "
              f"({data['meta']['n']} test examples per task).", "",
-             "| method | " + " | ".join(sets) + " |", "|---|" + "---:|" * len(sets)]
-    for label in labels:
-        cells = [f"{sets[s]['methods'][label]['normalized_mean']:.3f}" for s in sets]
+             "| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for label in labels_of(sets, names):
+        cells = [f"{sets[s]['methods'][label]['normalized_mean']:.3f}" if label in sets[s]["methods"] else "—"
+                 for s in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for fam, sc in data["meta"].get("scaling", {}).items():
+        pools = [str(n) for n in sc["pools"]]
+        what = ("objective and evaluation on " + ", ".join(sc["targets"]) + "; the rest of the pool is irrelevant"
+                if fam == "irrelevance" else "every pool model is a target, evaluated on all of them")
+        lines += ["", f"## Scaling: {fam} ({what})", "",
+                  "| method | " + " | ".join(f"pool {n}" for n in pools) + f" | {pools[-1]} / {pools[0]} |",
+                  "|---|" + "---:|" * (len(pools) + 1)]
+        for label, c in sc["methods"].items():
+            ratio = c["ratio_largest_over_smallest"]
+            lines.append(f"| {label} | " + " | ".join(f"{c['by_pool'][n]:.3f}" for n in pools)
+                         + f" | {'—' if ratio is None else f'{ratio:.3f}'} |")
     for s in main:
         st = sets[s]
         lines += ["", f"## {s}: per-task accuracy", "",
@@ -199,38 +372,44 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
         for label, m in st["methods"].items():
             lines.append(f"| {label} | " + " | ".join(f"{m['acc'][t]:.3f}" for t in st["tasks"]) + " |")
     meta = data["meta"]
-    lines += ["", f"Zoo: `{meta['zoo']}`. Wall time {meta['seconds']['total']:.0f} s "
+    lines += ["", "Data-informed methods: " + ", ".join(f"{k}={v}" for k, v in meta["data_methods"].items())
+              + " (calibration split only).",
+              "", f"Zoo: `{meta['zoo']}`. Wall time {meta['seconds']['total']:.0f} s "
                   f"(merges {meta['seconds']['merge']:.0f} s, evaluation {meta['seconds']['eval']:.0f} s).", ""]
     path.write_text("\n".join(lines))
 
 
-def write_plot(path: Path, data: dict[str, Any]) -> None:
+def write_plot(path: Path, data: dict[str, Any], families: list[str], xlabel: str, x_key: str) -> None:
+    """One panel per setting family; x is the size of each setting's ``x_key`` list."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sets = data["settings"]
-    kinds = sorted({s.rstrip("0123456789") for s in sets})
-    fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4.8), squeeze=False, sharey=True)
-    labels = list(next(iter(sets.values()))["methods"])
+    families = [f for f in families if any(family(s) == f for s in sets)]
+    if not families:
+        return
+    fig, axes = plt.subplots(1, len(families), figsize=(6.5 * len(families), 4.8), squeeze=False, sharey=True)
+    all_labels = labels_of(sets, list(sets))
     cmap = plt.get_cmap("tab20")
-    for ax, kind in zip(axes[0], kinds):
-        names = sorted((s for s in sets if s.rstrip("0123456789") == kind), key=lambda s: len(sets[s]["tasks"]))
-        xs = [len(sets[s]["tasks"]) for s in names]
-        for i, label in enumerate(labels):
-            ys = [sets[s]["methods"][label]["normalized_mean"] for s in names]
-            ax.plot(xs, ys, marker="o", color=cmap(i % 20), label=label,
-                    linestyle="--" if "tuned" in label else "-")
+    for ax, fam in zip(axes[0], families):
+        names = sorted((s for s in sets if family(s) == fam), key=lambda s: len(sets[s][x_key]))
+        for label in labels_of(sets, names):
+            pts = [(len(sets[s][x_key]), sets[s]["methods"][label]["normalized_mean"])
+                   for s in names if label in sets[s]["methods"]]
+            ax.plot(*zip(*pts), marker="o", color=cmap(all_labels.index(label) % 20), label=label,
+                    linestyle="--" if "tuned" in label else "-", linewidth=2.5 if label.startswith("fw") else 1.5)
+        xs = [len(sets[s][x_key]) for s in names]
         floor = [normalized_mean(sets[s]["base"], sets[s]["experts"]) for s in names]
         ax.plot(xs, floor, color="black", linestyle=":", label="base model (no merge)")
-        ax.set_title(f"{kind.upper()} experts")
-        ax.set_xlabel("experts merged")
+        ax.set_title(f"{fam}: " + ", ".join(sets[names[0]]["tasks"]) if fam == "irrelevance" else fam)
+        ax.set_xlabel(xlabel)
         ax.set_xticks(xs)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("normalized accuracy (merged / expert)")
-    handles, names = axes[0][-1].get_legend_handles_labels()
-    axes[0][-1].legend(handles, names, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    legend = {lab: h for ax in axes[0] for h, lab in zip(*ax.get_legend_handles_labels())}  # every panel's
+    axes[0][-1].legend(legend.values(), legend.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -244,7 +423,9 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> float:
         if sb is None:
             continue
         for label, ma in sa["methods"].items():
-            mb = sb["methods"][label]
+            mb = sb["methods"].get(label)
+            if mb is None:
+                continue
             diffs = [abs(ma["normalized_mean"] - mb["normalized_mean"])]
             diffs += [abs(ma["acc"][t] - mb["acc"][t]) for t in ma["acc"]]
             worst = max(worst, 100 * max(diffs))
@@ -273,23 +454,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     zoo = build_zoo(args.zoo, quick=args.quick, threads=args.threads)
     n = args.n or (64 if args.quick else 200)
     args.out.mkdir(parents=True, exist_ok=True)
-    bench = Bench(zoo, args.out, n)
+    data_defaults = DataDefaults.quick() if args.quick else DataDefaults()
+    bench = Bench(zoo, args.out, n, data_defaults)
     chosen = settings(zoo)
     if args.only:
         keep = set(args.only.split(","))
         chosen = [s for s in chosen if s.name in keep]
-    base_acc = bench.eval(zoo.base, tuple(zoo.targets))
+    base_acc = bench.eval(zoo.base, tuple(dict.fromkeys(t for s in chosen for t in s.tasks)))
     data: dict[str, Any] = {"settings": {}}
-    with tqdm(total=_count(METHODS) * len(chosen), desc="quality", unit="merge") as bar:
+    total = sum(_count(s.entries(zoo, data_defaults)) for s in chosen)
+    with tqdm(total=total, desc="quality", unit="merge") as bar:
         for setting in chosen:
             data["settings"][setting.name] = bench.setting(setting, base_acc, bar)
     shutil.rmtree(bench.work / "merged", ignore_errors=True)
     data["meta"] = {"zoo": str(zoo.root), "quick": args.quick, "n": n, "threads": args.threads,
+                    "data_methods": asdict(data_defaults), "scaling": scaling(data),
                     "seconds": {**{k: round(v, 1) for k, v in bench.seconds.items()},
                                 "total": round(time.perf_counter() - t0, 1)}}
     (args.out / "quality.json").write_text(json.dumps(data, indent=1))
     write_markdown(args.out / "quality.md", data)
-    write_plot(args.out / "quality.png", data)
+    write_plot(args.out / "quality.png", data, ["fft", "lora"], "experts merged", "tasks")
+    write_plot(args.out / "scaling.png", data, list(SCALINGS), "models in the pool", "pool")
     print((args.out / "quality.md").read_text())
     if args.compare:
         data["meta"]["max_diff_points_vs_previous"] = compare(data, json.loads(args.compare.read_text()))

@@ -149,7 +149,8 @@ def test_build_reuses_the_cached_zoo(quick_zoo):
     assert str(quick_zoo.root) in res.output
 
 
-def test_quality_benchmark_quick(quick_zoo, tmp_path):
+def load_quality():
+    """benchmarks/quality.py as a module (benchmarks/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
@@ -157,6 +158,11 @@ def test_quality_benchmark_quick(quick_zoo, tmp_path):
     quality = importlib.util.module_from_spec(spec)
     sys.modules["quality"] = quality  # dataclasses look their module up there
     spec.loader.exec_module(quality)
+    return quality
+
+
+def test_quality_benchmark_quick(quick_zoo, tmp_path):
+    quality = load_quality()
     data = quality.main(["--out", str(tmp_path), "--quick", "--zoo", str(quick_zoo.root), "--n", "16",
                          "--only", "fft2,lora2"])
     saved = json.loads((tmp_path / "quality.json").read_text())
@@ -173,6 +179,44 @@ def test_quality_benchmark_quick(quick_zoo, tmp_path):
     assert "task_arithmetic (λ tuned on test)" in lora["methods"]
     assert (tmp_path / "quality.md").read_text().startswith("# Merge quality")
     assert (tmp_path / "quality.png").stat().st_size > 0
+
+
+def test_quality_scaling_settings_quick(quick_zoo, tmp_path):
+    quality = load_quality()
+    data = quality.main(["--out", str(tmp_path), "--quick", "--zoo", str(quick_zoo.root), "--n", "16",
+                         "--only", "irrelevance2,irrelevance4,relevance4"])
+    sets = data["settings"]
+    targets = quick_zoo.targets[:2]
+    assert [sets[s]["pool"][:2] for s in sets] == [targets] * 3
+    assert sets["irrelevance4"]["tasks"] == targets and len(sets["irrelevance4"]["pool"]) == 4
+    assert sets["relevance4"]["tasks"] == sets["relevance4"]["pool"]
+    assert set(sets["relevance4"]["pool"]) == set(quick_zoo.tasks)
+    for st in sets.values():
+        assert {"ties", "fw_hard init=task_arithmetic", "fw_hard init=from", "fw_soft"} <= set(st["methods"])
+        for m in st["methods"].values():
+            assert set(m) == {"method", "params", "acc", "normalized_mean"} and set(m["acc"]) == set(st["tasks"])
+    assert sets["irrelevance4"]["methods"]["fw_hard init=from"]["params"]["init"] == "from"
+    # the data-informed recipes read calibration files only, and the FW objective only the targets'
+    recipes = list((tmp_path / "work" / "recipes").rglob("*.yaml"))
+    assert recipes and not any("test.jsonl" in r.read_text() for r in recipes)
+    fw = (tmp_path / "work" / "recipes" / "irrelevance4" / "fw_soft.yaml").read_text()
+    assert all(str(quick_zoo.calibration(t)) in fw for t in targets)
+    assert not any(str(quick_zoo.calibration(t)) in fw for t in quick_zoo.tasks if t not in targets)
+    irr = data["meta"]["scaling"]["irrelevance"]
+    assert irr["pools"] == [2, 4]
+    c = irr["methods"]["fw_soft"]
+    assert c["ratio_largest_over_smallest"] == pytest.approx(c["by_pool"]["4"] / c["by_pool"]["2"], abs=1e-4)
+    assert "## Scaling: irrelevance" in (tmp_path / "quality.md").read_text()
+    assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+def test_folded_lora_expert_scores_like_the_adapter(quick_zoo):
+    quality = load_quality()
+    task = quick_zoo.targets[0]
+    folded = quality.fold_lora(quick_zoo, task)
+    assert quality.fold_lora(quick_zoo, task) == folded  # cached
+    assert not (folded / "adapter_config.json").exists() and list(folded.glob("*.safetensors"))
+    assert evaluate(folded, [task], 32) == evaluate(quick_zoo.expert(task, "lora"), [task], 32)
 
 
 def test_rebuild_with_other_settings_reuses_what_still_matches(quick_zoo, tmp_path):
