@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Base
+from mergekit_from.paths import cache_root
 
 MIGRATIONS = "db:migrations"  # package-resource form: works from an installed wheel too
 
@@ -27,8 +28,7 @@ def default_url() -> str:
     """``$MERGEKIT_FROM_ZOO_DB``, else SQLite in the per-user cache (``$XDG_CACHE_HOME`` honoured)."""
     if os.environ.get("MERGEKIT_FROM_ZOO_DB"):
         return os.environ["MERGEKIT_FROM_ZOO_DB"]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mergekit-from"
-    return f"sqlite:///{cache / 'zoo.sqlite'}"
+    return f"sqlite:///{cache_root() / 'zoo.sqlite'}"
 
 
 def json_dumps(value: Any) -> str:

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 import mergekit_from  # noqa: F401  (registers the plugin's methods)
 from mergekit_from.errors import ConfigError, ModelInputError, one_line
+from mergekit_from.paths import cache_root
 from mergekit_from.weights import TensorIndex
 
 
@@ -232,8 +233,7 @@ def run_recipe(config_file: str | os.PathLike, out_path: str | os.PathLike, opti
     config = absolutize_paths(config)
     if options.lora_merge_cache is None and any(r.lora for r in _references(config)):
         # mergekit refuses base+lora inputs without a cache dir; give it a standard one.
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mergekit-from" / "lora-merge"
-        options = options.model_copy(update={"lora_merge_cache": str(cache)})
+        options = options.model_copy(update={"lora_merge_cache": str(cache_root() / "lora-merge")})
     with staged_output(out_path) as tmp, tempfile.TemporaryDirectory(prefix=".prepass-", dir=tmp.parent) as work:
         if prepass is not None:
             config = prepass.run(tmp, Path(work), options)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from mergekit_from.errors import ModelInputError
+from mergekit_from.paths import cache_root
 from mergekit_from.recipe import staged_output
 from mergekit_from.taskzoo.evaluate import accuracy, evaluate_loaded
 from mergekit_from.taskzoo.tasks import TARGET_TASKS, TASKS, examples, stream, write_jsonl
@@ -106,7 +107,7 @@ QUICK = ZooSpec(
 def default_zoo_dir(quick: bool = False) -> Path:
     """``$MERGEKIT_FROM_TASKZOO`` or ``~/.cache/mergekit-from/taskzoo`` (``-quick`` for the quick zoo)."""
     env = os.environ.get("MERGEKIT_FROM_TASKZOO")
-    root = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mergekit-from" / "taskzoo"
+    root = Path(env) if env else cache_root() / "taskzoo"
     return root.with_name(root.name + "-quick") if quick else root
 
 
