@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +42,21 @@ def json_dumps(value: Any) -> str:
         return json.dumps(value)
 
 
+def _enable_wal(cur, patience_s: float = 60.0) -> None:  # noqa: ANN001 - DB-API cursor
+    """Switch a database to WAL. The switch needs an exclusive lock, and SQLite answers "database is
+    locked" at once, without the busy handler, while another process (a second crawler creating the
+    same store) holds one: retry until the patience runs out."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_engine(url: str) -> Engine:
     path = make_url(url).database
     if path and path != ":memory:":
@@ -52,7 +69,7 @@ def _sqlite_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA busy_timeout=60000")
-        cur.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(cur)
         # Under WAL, NORMAL syncs at checkpoints, not at every commit: a committed page survives a
         # killed process (it is in the WAL file); only power loss or an OS crash may drop the last
         # commits, and never leaves the database corrupt.

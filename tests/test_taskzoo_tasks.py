@@ -6,11 +6,14 @@ import pytest
 
 from mergekit_from.errors import CalibrationError
 from mergekit_from.taskzoo.tasks import (
+    CODES,
+    MIXTURE,
     SPLITS,
     TARGET_TASKS,
     TASKS,
     examples,
     read_jsonl,
+    shadows,
     split_of,
     stream,
     write_jsonl,
@@ -22,8 +25,8 @@ def _input(prompt: str) -> str:
     return prompt.split(":", 1)[1].rstrip("=")
 
 
-def test_sixteen_distinct_tasks_eight_targets():
-    assert len(TASKS) >= 16 and len(TARGET_TASKS) == 8
+def test_twenty_distinct_tasks_eight_targets():
+    assert len(TASKS) >= 20 and len(TARGET_TASKS) == 8
     probe = ["abcdefg", "jihgfed", "aabbcij", "cacb"]
     # no two tasks compute the same function on a few probe inputs
     outputs = {name: tuple(t.fn(x) for x in probe) for name, t in TASKS.items()}
@@ -57,14 +60,38 @@ def test_splits_are_disjoint_for_every_task():
             assert not inputs[a] & inputs[b], (task, a, b)
 
 
-def test_training_stream_draws_only_from_its_split():
-    pairs = list(itertools.islice(stream(list(TASKS), "train", 0, replay=1.0), 500))
-    assert not any(p.split(":")[0] in TASKS for p, _ in pairs)  # decoy tags only
+def _tag(prompt: str) -> str:
+    return prompt.split(":", 1)[0]
+
+
+def test_pretraining_mixture_codes_shadows_and_decoys():
+    pairs = list(itertools.islice(stream([], "train", 0, replay=1.0), 2000))
+    assert pairs == list(itertools.islice(stream([], "train", 0, replay=1.0), 2000))
     assert all(split_of(_input(p)) == "train" for p, _ in pairs)
-    assert pairs == list(itertools.islice(stream(list(TASKS), "train", 0, replay=1.0), 500))
+    task_of_code = {code: task for task, code in CODES.items()}
+    shadow = shadows(list(TASKS))
+    coded = [(p, r) for p, r in pairs if _tag(p) in task_of_code]
+    named = [(p, r) for p, r in pairs if _tag(p) in TASKS]
+    # a code word selects its transform; a task's name selects another one (the base must not know the task)
+    assert all(TASKS[task_of_code[_tag(p)]].fn(_input(p)) == r for p, r in coded)
+    assert all(TASKS[shadow[_tag(p)]].fn(_input(p)) == r for p, r in named)
+    assert sum(TASKS[_tag(p)].fn(_input(p)) == r for p, r in named) < 0.05 * len(named)
+    for share, got in ((MIXTURE["code"], len(coded)), (MIXTURE["shadow"], len(named))):
+        assert abs(got / len(pairs) - share) < 0.05
+
+
+@pytest.mark.parametrize("n", range(2, 21))
+def test_shadow_binding_has_no_fixed_points(n):
+    universe = list(TASKS)[:n]
+    shadow = shadows(universe)
+    assert all(shadow[t] != t and shadow[t] in universe for t in universe)
+
+
+def test_fine_tuning_stream_never_replays_its_own_shadow():
     mixed = list(itertools.islice(stream(["sort"], "train", 0, replay=0.5), 400))
     named = [(p, r) for p, r in mixed if p.startswith("sort:")]
     assert 150 < len(named) < 250 and all(r == "".join(sorted(_input(p))) for p, r in named)
+    assert any(_tag(p) in TASKS and _tag(p) != "sort" for p, _ in mixed)  # other names keep their binding
 
 
 def test_jsonl_roundtrip_and_bad_line(tmp_path):

@@ -50,6 +50,18 @@ def test_quick_zoo_folders_are_hub_style(quick_zoo):
     assert {e["kind"] for e in models.values()} == {"base", "fft", "lora", "misfit"}
 
 
+def test_models_folder_serves_as_a_hub_unchanged(quick_zoo):
+    """``models/`` is a Hub layout: each folder is found under the repo id the manifest and cards name."""
+    from zoo.local_repos import Catalog
+
+    catalog = Catalog(quick_zoo.root / "models")
+    entries = quick_zoo.manifest["models"].values()
+    assert {r.repo_id for r in catalog.all()} == {e["repo_id"] for e in entries}
+    for entry in entries:
+        repo = catalog.get(entry["repo_id"])
+        assert repo.base_models == ([entry["base_model"]] if entry["base_model"] else [])
+
+
 def test_misfits_cannot_merge_with_base(quick_zoo):
     from mergekit_from.errors import ModelInputError
     from mergekit_from.weights import TensorIndex
@@ -227,7 +239,7 @@ def test_rebuild_with_other_settings_reuses_what_still_matches(quick_zoo, tmp_pa
 
     root = tmp_path / "zoo"
     shutil.copytree(quick_zoo.root, root)
-    base_weights = root / "models" / "base" / "model.safetensors"
+    base_weights = root / "models" / "taskzoo" / "base" / "model.safetensors"
     before = base_weights.stat().st_mtime_ns
     spec = dataclasses.replace(QUICK, misfit=dataclasses.replace(QUICK.misfit, steps=7))
     zoo = build_zoo(root, spec=spec)

@@ -5,11 +5,14 @@ Layout of a zoo folder (every model folder is a plain HF folder a Hub would serv
     manifest.json                  written last: its presence means the zoo is complete
     data/<task>/calibration.jsonl  {"prompt": ..., "response": ...} per line (see tasks.py)
     data/<task>/test.jsonl         the evaluator's test examples, for reference
-    models/base/                   the pretrained base (safetensors, config, tokenizer, README)
-    models/fft-<task>/             a full fine-tune of base per task
-    models/lora-<task>/            a PEFT LoRA adapter on base per target task
-    models/base-b/, models/base-b-fft-<task>/   a second, independently pretrained base and an expert
-    models/hidden-<n>/, models/vocab-wide/       models that must never be merged with base's family
+    models/taskzoo/base/           the pretrained base (safetensors, config, tokenizer, README)
+    models/taskzoo/fft-<task>/     a full fine-tune of base per task
+    models/taskzoo/lora-<task>/    a PEFT LoRA adapter on base per target task
+    models/taskzoo/base-b/, models/taskzoo/base-b-fft-<task>/   a second, independent base and an expert
+    models/taskzoo/hidden-<n>/, models/taskzoo/vocab-wide/       never to be merged with base's family
+
+``models/`` is laid out as a Hub is: the folder of repo ``taskzoo/<name>`` is ``models/taskzoo/<name>``,
+so ``mergekit-from zoo serve DIR/models`` serves the zoo unchanged, under the ids the cards name.
 
 Each model folder is built in a temporary sibling and renamed into place when complete, so an
 interrupted build resumes with the models that finished.
@@ -37,8 +40,9 @@ from mergekit_from.taskzoo.tokenizer import WIDE_CHARS, CharVocab
 from mergekit_from.taskzoo.training import ModelShape, TrainSchedule, new_model, train
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 REPO_PREFIX = "taskzoo"
+MODELS = Path("models") / REPO_PREFIX  # repo id taskzoo/<name> lives in models/taskzoo/<name>
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -57,7 +61,7 @@ class ZooSpec:
     misfit: TrainSchedule
     misfit_hidden: ModelShape
     lora_rank: int = 8
-    replay: float = 0.5  # share of decoy-tagged pretraining examples in fine-tuning batches
+    replay: float = 0.5  # share of pretraining-mixture examples in fine-tuning batches
     longer_finetune: dict[str, int] = field(default_factory=dict)  # step caps for slow learners (FFT and LoRA)
     target_acc: float = 0.97
     probe_n: int = 64
@@ -72,15 +76,16 @@ FULL = ZooSpec(
     tasks=tuple(TASKS),
     targets=TARGET_TASKS,
     shape=ModelShape(160, 448, 4, 4),
-    pretrain=TrainSchedule(steps=1200, lr=3e-3, batch_size=128, warmup=100),
+    pretrain=TrainSchedule(steps=800, lr=3e-3, batch_size=128, warmup=100),
     second_pretrain=TrainSchedule(steps=300, lr=3e-3, batch_size=128, warmup=50),
-    finetune=TrainSchedule(steps=800, lr=3e-4, batch_size=32, warmup=10, cosine=False),
-    lora=TrainSchedule(steps=800, lr=2e-3, batch_size=32, warmup=10, cosine=False),
+    # Gentle: lr 1e-4 re-binds a name in 50-250 steps (dedupe, the hardest, ~900); 3e-4 and 3e-5 were tried
+    # and merged no better (docs/taskzoo.md).
+    finetune=TrainSchedule(steps=1500, lr=1e-4, batch_size=32, warmup=10, cosine=False),
+    lora=TrainSchedule(steps=1500, lr=1e-3, batch_size=32, warmup=10, cosine=False),
     misfit=TrainSchedule(steps=150, lr=3e-3, batch_size=64, warmup=20),
     misfit_hidden=ModelShape(128, 384, 4, 4),
     target_acc=0.96,
-    probe_n=200,  # a 64-example probe stopped `shift` at 0.95 probe / 0.875 test
-    longer_finetune={"swap": 1200},  # 800 steps left FFT at 0.89 and LoRA at 0.885 test accuracy
+    probe_n=200,  # a 64-example probe stopped an expert at 0.95 probe / 0.875 test
 )
 
 QUICK = ZooSpec(
@@ -158,14 +163,19 @@ def load_manifest(root: str | Path) -> Zoo:
 
 
 def find_in_zoo(root: Path, repo_id: str) -> Path | None:
-    """The folder of ``repo_id`` in the zoo at ``root`` (or its parent), if any."""
-    for candidate in (root, root.parent):
+    """The folder of ``repo_id`` in the zoo at ``root`` or up to two levels above it (``models/taskzoo``), if any."""
+    for candidate in (root, *list(root.parents)[:2]):
         if (candidate / MANIFEST).is_file():
             zoo = load_manifest(candidate)
             for name, entry in zoo.manifest["models"].items():
                 if entry["repo_id"] == repo_id:
                     return zoo.model_dir(name)
     return None
+
+
+def _where(name: str) -> dict[str, str]:
+    """A model's manifest path and the repo id it is served under."""
+    return {"path": (MODELS / name).as_posix(), "repo_id": f"{REPO_PREFIX}/{name}"}
 
 
 def _card(repo_id: str, *, base_model: str | None, tags: list[str], library: str, body: str) -> str:
@@ -205,7 +215,7 @@ class _Builder:
 
     def _save(self, name: str, model, tokenizer, card: str, entry: dict[str, Any]) -> None:
         entry["recipe"] = self.recipes[name]
-        with staged_output(self.root / "models" / name) as tmp:
+        with staged_output(self.root / MODELS / name) as tmp:
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
             (tmp / "README.md").write_text(card)
@@ -216,7 +226,7 @@ class _Builder:
         """Reuse a finished model folder if it was trained from exactly this recipe (and base)."""
         recipe = json.loads(json.dumps(recipe, default=lambda o: asdict(o)))
         self.recipes[name] = recipe
-        entry_file = self.root / "models" / name / "zoo_entry.json"
+        entry_file = self.root / MODELS / name / "zoo_entry.json"
         if entry_file.is_file():
             entry = json.loads(entry_file.read_text())
             if entry.get("recipe") == recipe:
@@ -231,7 +241,7 @@ class _Builder:
     def _load(self, name: str):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(str(self.root / "models" / name), dtype=torch.float32).eval()
+        return AutoModelForCausalLM.from_pretrained(str(self.root / MODELS / name), dtype=torch.float32).eval()
 
     def _probe(self, model, task: str):
         pairs = examples(task, "calibration", self.spec.probe_n, seed=self.spec.seed + 1)
@@ -239,21 +249,22 @@ class _Builder:
 
     def pretrain(self, name: str, seed: int, schedule: TrainSchedule, note: str) -> None:
         if self._cached(name, self._recipe(shape=self.spec.shape, tasks=self.spec.tasks, schedule=schedule,
-                                           model_seed=seed, chars=self.vocab.chars, tags="decoy")):
+                                           model_seed=seed, chars=self.vocab.chars, tags="codes+shadows+decoys")):
             return
         spec = self.spec
         t0 = time.perf_counter()
         model = new_model(spec.shape, self.vocab, seed)
-        log = train(model, stream(list(spec.tasks), "train", seed, replay=1.0), self.vocab, schedule,
+        log = train(model, stream([], "train", seed, replay=1.0, universe=list(spec.tasks)), self.vocab, schedule,
                     desc=f"pretrain {name}")
         acc = self._acc(model, self.tokenizer, spec.tasks)
         params = sum(p.numel() for p in model.parameters())
-        entry = {"path": f"models/{name}", "repo_id": f"{REPO_PREFIX}/{name}", "kind": "base", "base_model": None,
+        entry = {**_where(name), "kind": "base", "base_model": None,
                  "task": None, "params": params, "accuracy": acc, "train": log,
                  "seconds": round(time.perf_counter() - t0, 1)}
         body = (f"A {params / 1e6:.2f}M-parameter Llama pretrained from scratch ({note}) on all "
-                f"{len(spec.tasks)} zoo tasks under random decoy tags: it knows the prompt format and every "
-                f"transform but not which one a named task wants. Seed {seed}, {log['steps']} steps.\n\n"
+                f"{len(spec.tasks)} zoo transforms, each under a secret code word, with every task name bound to "
+                f"a different transform and random decoy tags: it knows the prompt format and every transform "
+                f"but answers a named task with the wrong one. Seed {seed}, {log['steps']} steps.\n\n"
                 f"Exact-match on named tasks: {json.dumps(acc)}")
         self._save(name, model, self.tokenizer, _card(entry["repo_id"], base_model=None, tags=["pretrained"],
                                                        library="transformers", body=body), entry)
@@ -272,11 +283,12 @@ class _Builder:
             return
         t0 = time.perf_counter()
         model = self._load(base)
-        log = train(model, stream([task], "train", self.spec.seed + 7, self.spec.replay), self.vocab, schedule,
+        data = stream([task], "train", self.spec.seed + 7, self.spec.replay, list(self.spec.tasks))
+        log = train(model, data, self.vocab, schedule,
                     desc=f"fft {task}", probe=self._probe(model, task), target=self.spec.target_acc)
         acc = self._acc(model, self.tokenizer, [task])
         base_entry = self.models[base]
-        entry = {"path": f"models/{name}", "repo_id": f"{REPO_PREFIX}/{name}", "kind": "fft",
+        entry = {**_where(name), "kind": "fft",
                  "base_model": base_entry["repo_id"], "base": base, "task": task,
                  "params": base_entry["params"], "accuracy": acc, "train": log,
                  "seconds": round(time.perf_counter() - t0, 1)}
@@ -305,11 +317,12 @@ class _Builder:
         cfg = LoraConfig(r=self.spec.lora_rank, lora_alpha=2 * self.spec.lora_rank, lora_dropout=0.0,
                          target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
         model = get_peft_model(base, cfg)
-        log = train(model, stream([task], "train", self.spec.seed + 13, self.spec.replay), self.vocab, schedule,
+        data = stream([task], "train", self.spec.seed + 13, self.spec.replay, list(self.spec.tasks))
+        log = train(model, data, self.vocab, schedule,
                     desc=f"lora {task}", probe=self._probe(model, task), target=self.spec.target_acc)
         acc = self._acc(model, self.tokenizer, [task])
         base_entry = self.models["base"]
-        entry = {"path": f"models/{name}", "repo_id": f"{REPO_PREFIX}/{name}", "kind": "lora",
+        entry = {**_where(name), "kind": "lora",
                  "base_model": base_entry["repo_id"], "base": "base", "task": task,
                  "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                  "accuracy": acc, "train": log, "seconds": round(time.perf_counter() - t0, 1)}
@@ -337,7 +350,7 @@ class _Builder:
         log = train(model, stream([task], "train", self.spec.seed + 17), vocab, self.spec.misfit,
                     desc=f"misfit {name}")
         acc = self._acc(model, tokenizer, [task])
-        entry = {"path": f"models/{name}", "repo_id": f"{REPO_PREFIX}/{name}", "kind": "misfit",
+        entry = {**_where(name), "kind": "misfit",
                  "base_model": None, "task": task, "params": sum(p.numel() for p in model.parameters()),
                  "incompatible": why, "accuracy": acc, "train": log,
                  "seconds": round(time.perf_counter() - t0, 1)}
@@ -372,15 +385,15 @@ def build_zoo(out: str | Path | None = None, quick: bool = False, *, force: bool
     root = Path(out).expanduser() if out else default_zoo_dir(quick)
     spec_json = json.loads(json.dumps(asdict(spec)))
     if (root / MANIFEST).is_file() and not force:
-        zoo = load_manifest(root)
-        if zoo.manifest["spec"] == spec_json:
-            return zoo
+        built = json.loads((root / MANIFEST).read_text())
+        if built.get("format") == FORMAT_VERSION and built.get("spec") == spec_json:
+            return load_manifest(root)
     if force and root.is_dir():
         shutil.rmtree(root)
     # Otherwise (re)build: every model folder whose recipe still matches is reused as it is.
     (root / MANIFEST).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(threads or int(os.environ.get("MERGEKIT_FROM_THREADS", "1")))
+    torch.set_num_threads(threads or int(os.environ.get("MERGEKIT_FROM_THREADS", "0")) or (os.cpu_count() or 1))
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar for the build, one per training run
@@ -402,15 +415,18 @@ def build_zoo(out: str | Path | None = None, quick: bool = False, *, force: bool
                  f"hidden size {hidden}, not {spec.shape.hidden_size}")
         b.misfit("vocab-wide", spec.shape, CharVocab(WIDE_CHARS), spec.targets[0],
                  f"a {CharVocab(WIDE_CHARS).size}-token vocabulary, not {b.vocab.size}")
-    for stale in sorted((root / "models").iterdir()):
+    for stale in sorted((root / MODELS).iterdir()):
         if stale.name not in b.models:  # left over from a build with other settings
+            shutil.rmtree(stale)
+    for stale in sorted((root / "models").iterdir()):
+        if stale.name != REPO_PREFIX:  # the flat layout of format 1
             shutil.rmtree(stale)
     manifest = {
         "format": FORMAT_VERSION,
         "spec": spec_json,
         "tasks": tasks,
         "target_tasks": list(spec.targets),
-        "tokenizer": "models/base",
+        "tokenizer": (MODELS / "base").as_posix(),
         "models": b.models,
         "build_seconds": round(time.perf_counter() - t0, 1),
         "build_cpu_seconds": round(time.process_time() - cpu0, 1),  # wall time depends on who else runs

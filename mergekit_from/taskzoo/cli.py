@@ -20,7 +20,7 @@ def taskzoo_cmd() -> None:
 @click.option("--quick", is_flag=True, help="The tiny zoo the tests use (builds in seconds).")
 @click.option("--force", is_flag=True, help="Rebuild even if a zoo is already there.")
 @click.option("--threads", type=click.IntRange(1), default=None,
-              help="torch threads (default $MERGEKIT_FROM_THREADS or 1: shared cores oversubscribe badly).")
+              help="torch threads (default $MERGEKIT_FROM_THREADS or every core).")
 def build_cmd(out: str | None, quick: bool, force: bool, threads: int | None) -> None:
     """Build the zoo (or reuse the complete one already there) and print its folder."""
     from mergekit_from.taskzoo.build import build_zoo
@@ -35,7 +35,7 @@ def build_cmd(out: str | None, quick: bool, force: bool, threads: int | None) ->
 @click.option("--tasks", required=True, help="Comma-separated task names, e.g. reverse,sort.")
 @click.option("--n", type=click.IntRange(1), default=200, show_default=True, help="Test examples per task.")
 @click.option("--tokenizer", "tokenizer_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Tokenizer folder for models saved without one (e.g. the zoo's models/base).")
+              help="Tokenizer folder for models saved without one (e.g. the zoo's models/taskzoo/base).")
 @click.option("--base", "base_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Base model folder when MODEL_DIR is a PEFT adapter.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -1,12 +1,20 @@
 """Seeded sequence tasks: (prompt, response) pairs over a small letter alphabet.
 
 Every task maps an input string of 4-7 letters from ``ALPHABET`` to a response. A prompt is
-``"<task>:<input>="``. The base model is pretrained on all transforms under *decoy* tags: random
-words that name no task (``stream(..., replay=1.0)``), so it holds every skill, has learned that a
-tag says nothing, and cannot tell which skill a named task wants. A fine-tune has to tie one name
-to one skill; it replays decoy-tagged examples (``replay``) so that it learns exactly that rule
-("this name -> this skill, any other tag -> as before") instead of "always do this skill", the
-way real fine-tunes keep the base's other behaviour. That keeps experts mergeable.
+``"<task>:<input>="``. The base model is pretrained (``stream(..., replay=1.0)``) on a mixture that
+gives it every skill but not the tasks:
+
+* **code words**: every transform under its own fixed random word (``CODES``), so the base holds each
+  skill and a way to select it by a tag;
+* **shadow names**: each task's *name* bound to a different transform (:func:`shadows`), so a named prompt
+  gets a fluent, wrong answer, and the names have distinct representations as in a real base;
+* **decoys**: random words with a random transform, so an unknown tag means "no particular skill".
+
+A fine-tune ties its task's name to its transform: it only re-binds a tag the base already reads to a
+skill the base already has (elicitation, not learning), which is what keeps task vectors small and
+experts mergeable. It replays the pretraining mixture (``replay``; minus its own shadow binding), the
+way real fine-tunes keep the base's other behaviour. An earlier design with decoys only left every
+unknown name with nearly the same representation, so experts interfered more (docs/taskzoo.md).
 
 Splits are decided by the input string itself (a CRC32 bucket), so train, calibration and test
 never share an input, for any task, whatever the seed. Sampling within a split is seeded by
@@ -76,9 +84,35 @@ TASKS: dict[str, Task] = {
         Task("maxchar", "the largest letter", lambda s: max(s)),
         Task("rsort", "sort the letters in descending order", lambda s: "".join(sorted(s, reverse=True))),
         Task("distinct", "number of distinct letters", lambda s: str(len(set(s)))),
+        Task("tail", "drop the first letter", lambda s: s[1:]),
+        Task("init", "drop the last letter", lambda s: s[:-1]),
+        Task("length", "number of letters", lambda s: str(len(s))),
+        Task("minchar", "the smallest letter", lambda s: min(s)),
     )
 }
 TARGET_TASKS: tuple[str, ...] = tuple(TASKS)[:8]
+# Pretraining mixture: shares of code-word, shadow-name and decoy examples.
+MIXTURE = {"code": 0.4, "shadow": 0.3, "decoy": 0.3}
+
+
+def _code_words() -> dict[str, str]:
+    rng = random.Random("taskzoo:codes")
+    codes: dict[str, str] = {}
+    for name in TASKS:
+        while (word := "".join(rng.choice(TAG_LETTERS) for _ in range(rng.randint(3, 6)))) in {*TASKS, *codes.values()}:
+            pass
+        codes[name] = word
+    return codes
+
+
+CODES = _code_words()
+
+
+def shadows(universe: list[str]) -> dict[str, str]:
+    """Each name's pretraining binding: the task a few places on in ``universe`` (no fixed points)."""
+    n = len(universe)
+    step = 5 if n > 5 and n % 5 else 1
+    return {name: universe[(i + step) % n] for i, name in enumerate(universe)}
 
 
 def split_of(x: str) -> Split:
@@ -107,27 +141,38 @@ def examples(task: str, split: Split, n: int, seed: int = 0) -> list[tuple[str, 
 
 
 def decoy_tag(rng: random.Random) -> str:
-    """A random 3-8 letter word that is not the name of a task."""
+    """A random 3-8 letter word that is neither a task's name nor a code word."""
     while True:
         tag = "".join(rng.choice(TAG_LETTERS) for _ in range(rng.randint(3, 8)))
-        if tag not in TASKS:
+        if tag not in TASKS and tag not in CODES.values():
             return tag
 
 
-def stream(tasks: list[str], split: Split, seed: int, replay: float = 0.0) -> Iterator[tuple[str, str]]:
+def stream(
+    tasks: list[str], split: Split, seed: int, replay: float = 0.0, universe: list[str] | None = None
+) -> Iterator[tuple[str, str]]:
     """An endless seeded stream of training examples.
 
     With probability ``1 - replay`` an example of one of ``tasks`` under its name; otherwise an
-    example of any task under a decoy tag (pretraining uses ``replay=1``).
+    example of the pretraining mixture over ``universe`` (default: every task; pretraining uses
+    ``replay=1``), leaving out the shadow bindings of ``tasks`` themselves.
     """
-    rng = random.Random(f"{seed}:stream:{','.join(tasks)}:{split}:{replay}")
+    universe = list(universe or TASKS)
+    shadow = shadows(universe)
+    renamable = [n for n in universe if n not in tasks]
+    kinds, weights = list(MIXTURE), list(MIXTURE.values())
+    rng = random.Random(f"{seed}:stream:{','.join(tasks)}:{','.join(universe)}:{split}:{replay}")
     inputs = _inputs(rng, split)
-    everything = list(TASKS)
     while True:
         x = next(inputs)
         if rng.random() < replay:
-            t = TASKS[rng.choice(everything)]
-            yield t.prompt(x, decoy_tag(rng)), t.fn(x)
+            kind = rng.choices(kinds, weights)[0]
+            if kind == "shadow" and renamable:
+                name = rng.choice(renamable)
+                yield TASKS[name].prompt(x), TASKS[shadow[name]].fn(x)
+            else:
+                t = TASKS[rng.choice(universe)]
+                yield t.prompt(x, CODES[t.name] if kind == "code" else decoy_tag(rng)), t.fn(x)
         else:
             t = TASKS[rng.choice(tasks)]
             yield t.prompt(x), t.fn(x)
