@@ -24,7 +24,7 @@ import click
 
 N_TARGETS = 4
 ORG = "demo"
-# FW settings measured on the task zoo (benchmarks/results/quality-fw, benchmarks/quality.py DataDefaults):
+# FW settings measured on the task zoo (benchmarks/quality.py DataDefaults, results in benchmarks/results/quality.md):
 # the recipe defaults (step_size 0.1; fw_soft's entropy inner loss) barely move the merge on it. fw_soft's
 # ada_lr 1e-2 was chosen between two values on irrelevance4's test split.
 FW_SETTINGS = {
@@ -84,7 +84,8 @@ def describe(zoo, targets: list[str]) -> str:
     return "A model that can " + "; ".join(f"{t} ({zoo.manifest['tasks'][t]['description']})" for t in targets)
 
 
-def run_demo(out: Path, quick: bool, method: str, settings: dict[str, Any], pool_size: int) -> dict[str, Any]:
+def run_demo(out: Path, quick: bool, method: str, settings: dict[str, Any], pool_size: int,
+             zoo_dir: Path | None = None) -> dict[str, Any]:
     from mergekit_from.auto import AutoRequest, run_auto
     from mergekit_from.taskzoo import build_zoo, evaluate
     from zoo.hub_server import HubServer
@@ -93,7 +94,7 @@ def run_demo(out: Path, quick: bool, method: str, settings: dict[str, Any], pool
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     click.echo("[1/5] task zoo", err=True)
-    zoo = build_zoo(quick=quick)
+    zoo = build_zoo(zoo_dir, quick=quick)
     targets = zoo.targets[:N_TARGETS]
     click.echo(f"[2/5] serving {zoo.root} on a local Hub with distractors", err=True)
     added = build_hub(zoo, out / "hub", targets)
@@ -148,13 +149,16 @@ def print_table(summary: dict[str, Any]) -> None:
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"),
               show_default=True)
 @click.option("--quick", is_flag=True, help="Use the quick task zoo (seconds to build; for tests).")
+@click.option("--zoo", "zoo_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Task zoo folder, built there when missing [default: the per-user cache].")
 @click.option("--method", type=click.Choice(sorted(FW_SETTINGS)), default="fw_soft", show_default=True)
 @click.option("--pool-size", type=int, default=8, show_default=True)
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="FW setting over the demo's (FW_SETTINGS); repeat.")
-def demo_cmd(out: Path, quick: bool, method: str, pool_size: int, settings: tuple[str, ...]) -> None:
+def demo_cmd(out: Path, quick: bool, zoo_dir: Path | None, method: str, pool_size: int,
+             settings: tuple[str, ...]) -> None:
     """Offline end to end: task zoo -> local Hub -> crawl -> auto (FroM, FW) -> evaluation table."""
     from mergekit_from.auto import parse_settings
 
-    summary = run_demo(out, quick, method, parse_settings(settings), pool_size)
+    summary = run_demo(out, quick, method, parse_settings(settings), pool_size, zoo_dir)
     print_table(summary)

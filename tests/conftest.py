@@ -93,6 +93,14 @@ def load_model(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="session")
+def quick_zoo(tmp_path_factory):
+    """The quick task zoo, built once per test session (about 20 s on one core)."""
+    from mergekit_from.taskzoo import build_zoo as build_task_zoo
+
+    return build_task_zoo(tmp_path_factory.mktemp("taskzoo"), quick=True)
+
+
+@pytest.fixture(scope="session")
 def _built_zoo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("zoo")
     return root, build_zoo(root)

@@ -14,12 +14,6 @@ from mergekit_from.taskzoo.evaluate import accuracy, predict
 from mergekit_from.taskzoo.tasks import examples
 
 
-@pytest.fixture(scope="session")
-def quick_zoo(tmp_path_factory):
-    """The quick task zoo, built once per test session (about 20 s on one core)."""
-    return build_zoo(tmp_path_factory.mktemp("taskzoo"), quick=True)
-
-
 def _card_metadata(folder):
     text = (folder / "README.md").read_text()
     assert text.startswith("---\n")
