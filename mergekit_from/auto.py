@@ -25,7 +25,9 @@ from sqlalchemy import select
 from mergekit_from.errors import ConfigError, MergekitFromError, ModelInputError, one_line
 from mergekit_from.release import Release, Source, model_card, push_folder
 
-METHODS = ("fw_hard", "fw_soft", "from")
+# fw_soft first: the default, the only method measured to keep most of several experts' skills on the task zoo
+# (benchmarks/results/quality.md; README "Which FW variant").
+METHODS = ("fw_soft", "fw_hard", "from")
 DATA_METHODS = ("fw_hard", "fw_soft")
 # What a snapshot may bring: weights as safetensors, configs, tokenizer, card. Never code.
 SAFE_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "tokenizer*", "*.model", "*.tiktoken",
@@ -42,7 +44,7 @@ class AutoRequest:
     endpoint: str | None = None
     db_url: str | None = None
     pool_size: int = 8
-    method: str = "fw_hard"
+    method: str = METHODS[0]
     settings: dict[str, Any] = field(default_factory=dict)  # method settings overriding the defaults
     push_to_hub: str | None = None
     allow_pickle: bool = False
@@ -355,7 +357,8 @@ def parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co).")
 @click.option("--db", "db_url", default=None, help="Zoo store URL (default: the per-user SQLite store).")
 @click.option("--pool-size", type=int, default=8, show_default=True, help="Top-K compatible candidates to merge.")
-@click.option("--method", type=click.Choice(METHODS), default="fw_hard", show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default=METHODS[0], show_default=True,
+              help="fw_soft/fw_hard need --calib; from is data-free.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Method setting (e.g. max_iters=5, lmo=tensor, k=4); repeat.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

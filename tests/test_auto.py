@@ -80,6 +80,15 @@ def test_from_merge_of_the_best_pool_with_provenance(writable_hub, tmp_path, mon
         assert {p["repo_id"] for p in row.picks} == set(pool)
     store.close()
 
+    # runs can be listed and compared from the CLI
+    db = f"sqlite:///{tmp_path / 'zoo.sqlite'}"
+    listed = [json.loads(line) for line in run_cli("zoo", "runs", "--db", db, "--json").stdout.splitlines()]
+    assert [(r["run_id"], r["method"], r["status"], r["pool"]) for r in listed] == [(row.run_id, "from", "done", pool)]
+    assert listed[0]["calib_loss_merged"] is None and listed[0]["output"] == str(out)
+    full = json.loads(run_cli("zoo", "runs", str(row.run_id), "--db", db).stdout)
+    assert full["inputs"]["target"] == TARGET and full["picks"] == row.picks
+    assert "no auto run 99" in run_cli("zoo", "runs", "99", "--db", db).stderr
+
 
 def test_bad_inputs_fail_in_one_line(hub, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)

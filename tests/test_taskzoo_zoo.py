@@ -155,20 +155,20 @@ def test_build_reuses_the_cached_zoo(quick_zoo):
     assert str(quick_zoo.root) in res.output
 
 
-def load_quality():
-    """benchmarks/quality.py as a module (benchmarks/ is not a package)."""
+def load_benchmark(name: str = "quality"):
+    """benchmarks/NAME.py as a module (benchmarks/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("quality", Path(__file__).parents[1] / "benchmarks" / "quality.py")
-    quality = importlib.util.module_from_spec(spec)
-    sys.modules["quality"] = quality  # dataclasses look their module up there
-    spec.loader.exec_module(quality)
-    return quality
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_quality_benchmark_quick(quick_zoo, tmp_path):
-    quality = load_quality()
+    quality = load_benchmark()
     data = quality.main(["--out", str(tmp_path), "--quick", "--zoo", str(quick_zoo.root), "--n", "16",
                          "--only", "fft2,lora2"])
     saved = json.loads((tmp_path / "quality.json").read_text())
@@ -188,7 +188,7 @@ def test_quality_benchmark_quick(quick_zoo, tmp_path):
 
 
 def test_quality_scaling_settings_quick(quick_zoo, tmp_path):
-    quality = load_quality()
+    quality = load_benchmark()
     data = quality.main(["--out", str(tmp_path), "--quick", "--zoo", str(quick_zoo.root), "--n", "16",
                          "--only", "irrelevance2,irrelevance4,relevance4"])
     sets = data["settings"]
@@ -216,8 +216,17 @@ def test_quality_scaling_settings_quick(quick_zoo, tmp_path):
     assert (tmp_path / "scaling.png").stat().st_size > 0
 
 
+def test_fw_step_probe_ends_on_the_vertex(quick_zoo):
+    targets = quick_zoo.targets[:2]
+    rows = load_benchmark("fw_step_probe").probe(quick_zoo, targets, 0.3, targets[0], [0.0, 1.0], n=16)
+    assert [r["c"] for r in rows] == [0.0, 1.0]
+    # c = 1 is the expert itself
+    assert rows[1]["accuracy"] == evaluate(quick_zoo.expert(targets[0]), targets, 16, tokenizer_dir=quick_zoo.base)
+    assert all(r["mean"] == pytest.approx(sum(r["accuracy"].values()) / 2, abs=1e-4) for r in rows)
+
+
 def test_folded_lora_expert_scores_like_the_adapter(quick_zoo):
-    quality = load_quality()
+    quality = load_benchmark()
     task = quick_zoo.targets[0]
     folded = quality.fold_lora(quick_zoo, task)
     assert quality.fold_lora(quick_zoo, task) == folded  # cached

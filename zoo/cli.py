@@ -171,6 +171,53 @@ def show_cmd(repo_id: str, db_url: str | None) -> None:
     click.echo(json.dumps(out, indent=2, default=str))
 
 
+def _run_row(run: Any) -> dict[str, Any]:
+    """A stored auto run, flattened for listing and comparison."""
+    details = run.details or {}
+    ev = details.get("evaluation") or {}
+
+    def mean_loss(which: str) -> float | None:
+        vals = list((ev.get(which) or {}).values())
+        return round(sum(vals) / len(vals), 4) if vals else None
+
+    return {"run_id": run.run_id, "created_at": run.created_at.isoformat(timespec="seconds"), "status": run.status,
+            "method": run.method, "base": run.inputs.get("base"), "target": run.inputs.get("target"),
+            "pool": run.pool, "picked": [p["repo_id"] for p in run.picks or [] if p.get("coefficient")],
+            "calib_loss_base": mean_loss("base"), "calib_loss_merged": mean_loss("merged"),
+            "seconds": details.get("seconds"), "output": run.output, "error": details.get("error")}
+
+
+@zoo.command("runs")
+@click.argument("run_id", type=int, required=False)
+@DB_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def runs_cmd(run_id: int | None, db_url: str | None, as_json: bool) -> None:
+    """List the `auto` runs recorded in the store, newest first; with RUN_ID, that run in full as JSON."""
+    from sqlalchemy import select
+
+    from db import MergeRun
+
+    store = _store(db_url)
+    with store.session() as s:
+        if run_id is not None:
+            run = s.get(MergeRun, run_id)
+            if run is None:
+                raise ConfigError(f"no auto run {run_id} in the store (`mergekit-from zoo runs` lists them)")
+            click.echo(json.dumps({c.key: getattr(run, c.key) for c in MergeRun.__mapper__.column_attrs},
+                                  indent=2, default=str))
+            return
+        rows = [_run_row(r) for r in s.scalars(select(MergeRun).order_by(MergeRun.run_id.desc()))]
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row))
+            continue
+        loss = ("-" if row["calib_loss_merged"] is None
+                else f"{row['calib_loss_base']:.3f}->{row['calib_loss_merged']:.3f}")
+        click.echo(f"{row['run_id']:>4} {row['created_at']} {row['method']:<8} {row['status']:<7} "
+                   f"pool={len(row['pool']):<3} picked={len(row['picked']):<3} calib-loss={loss:<13} "
+                   f"{row['output'] or row['error'] or ''}")
+
+
 @zoo.command("score")
 @click.option("--base", required=True, help="The target's base model.")
 @click.option("--target", "description", required=True, help="Free-text description of the task.")
