@@ -10,16 +10,37 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend: SQLite drops the offset on the way in (so convert to UTC
+    first) and hands back naive values; PostgreSQL's timestamptz keeps it. Naive input is taken as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    @staticmethod
+    def _utc(value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return self._utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return self._utc(value)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime}
 
 
 class Model(Base):
@@ -29,8 +50,8 @@ class Model(Base):
 
     repo_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     sha: Mapped[str | None] = mapped_column(String(64))
-    last_modified: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_modified: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime | None] = mapped_column()
     author: Mapped[str | None] = mapped_column(String(128))
     library_name: Mapped[str | None] = mapped_column(String(64))
     pipeline_tag: Mapped[str | None] = mapped_column(String(64))
@@ -51,8 +72,8 @@ class Model(Base):
     status: Mapped[str] = mapped_column(String(16), default="listed")
     error: Mapped[str | None] = mapped_column(Text)
     enriched_sha: Mapped[str | None] = mapped_column(String(64))
-    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Edge(Base):
@@ -64,7 +85,7 @@ class Edge(Base):
     parent_id: Mapped[str] = mapped_column(String(256), primary_key=True, index=True)
     relation: Mapped[str] = mapped_column(String(16), primary_key=True)  # finetune|adapter|merge|quantized
     source: Mapped[str] = mapped_column(String(32), primary_key=True)  # tag|card|adapter_config
-    observed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    observed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class WeightFile(Base):
@@ -126,7 +147,7 @@ class Target(Base):
     base_id: Mapped[str] = mapped_column(String(256), index=True)
     description: Mapped[str] = mapped_column(Text)
     calib_sha: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Score(Base):
@@ -140,7 +161,7 @@ class Score(Base):
     compatible: Mapped[bool | None] = mapped_column(Boolean)
     components: Mapped[dict[str, Any]]
     scorer_version: Mapped[str] = mapped_column(String(16))
-    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class CrawlState(Base):
@@ -155,7 +176,7 @@ class CrawlState(Base):
     pages_done: Mapped[int] = mapped_column(Integer, default=0)
     items_done: Mapped[int] = mapped_column(Integer, default=0)
     finished: Mapped[bool] = mapped_column(Boolean, default=False)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class MergeRun(Base):
@@ -172,5 +193,5 @@ class MergeRun(Base):
     picks: Mapped[list[Any] | None]
     output: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any] | None]
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()

@@ -130,9 +130,7 @@ def ensure_crawled(req: AutoRequest, store, crawler) -> None:
     with store.session() as s:
         stamps = s.scalars(select(Model.updated_at).join(Edge, Edge.child_id == Model.repo_id)
                            .where(Edge.parent_id == req.base)).all()
-    newest = max(stamps, default=None)
-    if newest is not None and newest.tzinfo is None:
-        newest = newest.replace(tzinfo=timezone.utc)
+    newest = max(stamps, default=None)  # the store hands back aware UTC datetimes
     fresh = newest is not None and datetime.now(timezone.utc) - newest < timedelta(hours=req.max_age_hours)
     if fresh and not req.refresh:
         _say(req, f"store has a crawl of {req.base} from {newest:%Y-%m-%d %H:%M} UTC; not crawling again")

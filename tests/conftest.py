@@ -125,6 +125,22 @@ def hub(zoo_dir):
         yield server
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server on 127.0.0.1; skipped where PostgreSQL is not installed, unless
+    MERGEKIT_FROM_REQUIRE_POSTGRES=1 (set by .ci/run) makes that a failure."""
+    from pg_server import PostgresServer, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        if os.environ.get("MERGEKIT_FROM_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL is required (MERGEKIT_FROM_REQUIRE_POSTGRES=1) but initdb/pg_ctl are not installed")
+        pytest.skip("PostgreSQL is not installed (no initdb/pg_ctl)")
+    server = PostgresServer(bindir).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def db_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'zoo.sqlite'}"

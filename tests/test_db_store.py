@@ -1,10 +1,26 @@
-"""The store: migrations shipped in the package, WAL SQLite, idempotent upserts, every table usable."""
+"""The store: migrations shipped in the package, WAL SQLite, idempotent upserts, every table usable;
+on SQLite and on PostgreSQL (a throwaway server on 127.0.0.1)."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, text
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import func, make_url, select, text
 
 from db import Edge, MergeRun, Model, Score, Target, default_url, open_store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """Each store test runs on both backends (a fresh database each time)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'zoo.sqlite'}"
+    return request.getfixturevalue("postgres").database()
+
+
+def _is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
 
 
 def test_open_migrates_to_head_and_reopen_is_a_noop(db_url):
@@ -16,7 +32,8 @@ def test_open_migrates_to_head_and_reopen_is_a_noop(db_url):
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     with store.engine.connect() as c:
         assert c.execute(text("select version_num from alembic_version")).scalar() == head
-        assert c.execute(text("pragma journal_mode")).scalar() == "wal"
+        if _is_sqlite(db_url):
+            assert c.execute(text("pragma journal_mode")).scalar() == "wal"
     assert {"models", "edges", "weight_files", "tensor_fingerprints", "adapter_configs", "targets", "scores",
             "crawl_state", "merge_runs"} <= set(store.table_names())
     store.close()
@@ -86,7 +103,7 @@ def test_default_url_is_per_user_cache_and_env_overrides(monkeypatch, tmp_path):
     assert default_url() == "sqlite:///elsewhere.sqlite"
 
 
-def test_json_columns_round_trip_what_json_dumps_took(store):
+def test_json_columns_round_trip_what_json_dumps_took(store, db_url):
     # orjson writes the columns; what it refuses (integers past 64 bits) goes through json.dumps.
     card = {"language": ["日本語", "français"], "widget": [{"text": "a\nb"}], "n": 2**70, "ok": True}
     with store.session() as s:
@@ -95,8 +112,22 @@ def test_json_columns_round_trip_what_json_dumps_took(store):
         m = s.get(Model, "org/m")
         assert m.card_data == card
         assert m.config == {"1": "int key"}  # as json.dumps writes non-string keys
-    with store.engine.connect() as c:  # valid JSON for SQLite's own functions too
-        assert c.execute(text("select json_extract(card_data, '$.language[0]') from models")).scalar() == "日本語"
+    query = ("select json_extract(card_data, '$.language[0]') from models" if _is_sqlite(db_url)
+             else "select card_data->'language'->>0 from models")
+    with store.engine.connect() as c:  # valid JSON for the database's own functions too
+        assert c.execute(text(query)).scalar() == "日本語"
+
+
+def test_datetimes_come_back_aware_in_utc(store):
+    # SQLite keeps no offset: a +02:00 time must be stored as UTC, not as its wall-clock reading
+    when = datetime(2026, 1, 2, 5, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+    with store.session() as s:
+        store.upsert(s, Model, [{"repo_id": "org/m", "last_modified": when, "created_at": datetime(2026, 1, 1)}])
+    with store.session() as s:
+        m = s.get(Model, "org/m")
+        assert m.last_modified == when and m.last_modified.tzinfo == timezone.utc and m.last_modified.hour == 3
+        assert m.created_at == datetime(2026, 1, 1, tzinfo=timezone.utc)  # naive input is taken as UTC
+        assert m.updated_at.tzinfo == timezone.utc
 
 
 def test_upsert_groups_rows_with_the_same_keys_in_another_order(store):
@@ -108,3 +139,32 @@ def test_upsert_groups_rows_with_the_same_keys_in_another_order(store):
     with store.session() as s:
         got = {m.repo_id: (m.likes, m.downloads) for m in s.scalars(select(Model))}
     assert got == {"org/a": (5, 10), "org/b": (2, 20), "org/c": (3, None)}
+
+
+def test_a_crawl_into_postgres_stores_what_sqlite_stores(postgres, hub, crawled, tmp_path):
+    from zoo.crawler import Crawler
+    from zoo.inventory import inventory
+    from zoo.scoring import score_target
+
+    store = open_store(postgres.database())
+    Crawler(store, hub.endpoint, token=False, cache_dir=tmp_path / "hf-cache", progress=False).crawl_tree(
+        "acme/tiny-llama", recursive=True)
+    rows, expected = inventory(store), inventory(crawled)
+    assert len(rows) == len(expected) > 5
+    diff = [(a["repo_id"], k, a[k], b[k]) for a, b in zip(rows, expected) for k in a if a[k] != b[k]]
+    assert not diff, diff[:5]
+    target = "solve grade school math word problems"
+    got = [(c.repo_id, round(c.score, 6)) for c in score_target(store, "acme/tiny-llama", target)]
+    assert got == [(c.repo_id, round(c.score, 6)) for c in score_target(crawled, "acme/tiny-llama", target)]
+    store.close()
+
+
+def test_migrations_build_exactly_the_models_schema(store):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from db.models import Base
+
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
