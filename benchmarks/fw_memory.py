@@ -89,8 +89,9 @@ def main() -> None:
     import yaml
     from fw_fixtures import task_samples, write_jsonl
 
+    args.out = args.out.resolve()  # recipes resolve data paths against their own folder
     args.out.mkdir(parents=True, exist_ok=True)
-    models = args.models_dir or args.out / "models"
+    models = (args.models_dir or args.out / "models").resolve()
     models.mkdir(parents=True, exist_ok=True)
     base, cands, params = build_pool(models, max(args.sizes), args.quick)
     data = write_jsonl(args.out / "rev.jsonl", task_samples("rev", args.samples, seed=3))

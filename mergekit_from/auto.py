@@ -243,8 +243,8 @@ def run_auto(req: AutoRequest) -> AutoResult:
 
     inputs = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(req).items()}
     with store.session() as s:
-        run = MergeRun(method=req.method, inputs=inputs, pool=[m.repo_id for m in pool], status="running",
-                       details={"excluded": excluded})
+        run = MergeRun(target_id=candidates[0].target_id, method=req.method, inputs=inputs,
+                       pool=[m.repo_id for m in pool], status="running", details={"excluded": excluded})
         s.add(run)
         s.flush()
         run_id = run.run_id

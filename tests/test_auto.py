@@ -12,7 +12,7 @@ from huggingface_hub import HfApi
 from sqlalchemy import select
 from zoo_fixtures import BASE, GATED, OTHER_DEPTH, OTHER_VOCAB, QUANTIZED
 
-from db import MergeRun, open_store
+from db import MergeRun, Target, open_store
 
 TARGET = "solve grade school math word problems"
 TOKEN = "hf_test_token_do_not_store"
@@ -77,6 +77,7 @@ def test_from_merge_of_the_best_pool_with_provenance(writable_hub, tmp_path, mon
     with store.session() as s:
         row = s.scalars(select(MergeRun)).one()
         assert row.status == "done" and row.pool == pool and row.output == str(out)
+        assert s.get(Target, row.target_id).description == TARGET  # the run points at the scores it used
         assert {p["repo_id"] for p in row.picks} == set(pool)
     store.close()
 

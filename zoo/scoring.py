@@ -51,6 +51,7 @@ class Candidate:
     score: float
     compatible: bool | None
     components: dict[str, Any]
+    target_id: str  # the stored Target this score belongs to
 
 
 def read_calibration(paths: str | Path | Sequence[str | Path]) -> tuple[str, str]:
@@ -225,6 +226,7 @@ def score_target(store: Store, base: str, description: str, *,
         if local.base is not None and len(experts) >= 2:
             kin = kinship(local, usable, experts)
 
+    tid = target_id(base, description, calib_sha)
     out = []
     for rid, (rel, hops) in paths.items():
         c = compat[rid]
@@ -252,9 +254,9 @@ def score_target(store: Store, base: str, description: str, *,
         m = models.get(rid)
         if m is not None and m.status in ("gated", "missing", "error"):
             comps["access"] = {"value": m.status, "weight": "info", "why": m.error or m.status}
-        out.append(Candidate(rid, rel, hops, round(gate * mean, 6), c.compatible, comps))
+        out.append(Candidate(rid, rel, hops, round(gate * mean, 6), c.compatible, comps, tid))
     out.sort(key=lambda c: (-c.score, c.repo_id))
-    _store(store, base, description, calib_sha, out)
+    _store(store, tid, base, description, calib_sha, out)
     return out
 
 
@@ -262,8 +264,8 @@ def target_id(base: str, description: str, calib_sha: str | None) -> str:
     return hashlib.sha256(f"{base}\n{description}\n{calib_sha or ''}".encode()).hexdigest()[:16]
 
 
-def _store(store: Store, base: str, description: str, calib_sha: str | None, cands: list[Candidate]) -> None:
-    tid = target_id(base, description, calib_sha)
+def _store(store: Store, tid: str, base: str, description: str, calib_sha: str | None,
+           cands: list[Candidate]) -> None:
     with store.session() as s:
         store.upsert(s, Target, [{"target_id": tid, "base_id": base, "description": description,
                                   "calib_sha": calib_sha}])
