@@ -24,22 +24,25 @@ def probe(zoo, targets: list[str], lam: float, towards: str, steps: list[float],
     from safetensors.torch import load_file
 
     from mergekit_from import calibration
+    from mergekit_from.frank_wolfe import HardSettings
     from mergekit_from.prepass import task_objective
     from mergekit_from.taskzoo.evaluate import evaluate_loaded, load_model
+
+    fw = {k: f.default for k, f in HardSettings.model_fields.items()}  # the objective exactly as fw_hard sees it
 
     base = load_file(zoo.base / "model.safetensors")
     experts = {t: load_file(zoo.expert(t) / "model.safetensors") for t in {*targets, towards}}
     theta0 = {k: base[k] + lam * sum(experts[t][k] - base[k] for t in targets) for k in base}
     model, tokenizer = load_model(zoo.base)
     files = {t: zoo.calibration(t) for t in targets}
-    tasks = calibration.load_tasks(files, 100)
-    batches = [list(calibration.batches(calibration.encode(s, tokenizer), 8, tokenizer.pad_token_id))
-               for s in tasks.values()]
+    tasks = calibration.load_tasks(files, fw["samples_per_task"])
+    batches = [list(calibration.batches(calibration.encode(s, tokenizer, fw["max_length"]), fw["batch_size"],
+                                        tokenizer.pad_token_id)) for s in tasks.values()]
     rows = []
     for c in steps:
         model.load_state_dict({k: theta0[k] + c * (experts[towards][k] - theta0[k]) for k in base}, strict=False)
         with torch.no_grad():
-            objective = task_objective(model, batches, [len(s) for s in tasks.values()], "cross_entropy",
+            objective = task_objective(model, batches, [len(s) for s in tasks.values()], fw["objective"],
                                        backward=False)
         acc = evaluate_loaded(model, tokenizer, targets, n=n)
         rows.append({"c": c, "objective": round(objective, 4), "accuracy": acc,

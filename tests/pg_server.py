@@ -28,13 +28,11 @@ class PostgresServer:
     def __init__(self, bindir: Path):
         self.bindir = bindir
         self.prefix: list[str] = []
-        self.owner: pwd.struct_passwd | None = None
-        if os.geteuid() == 0:  # the server refuses to run as root: run it as the postgres user
-            self.owner = pwd.getpwnam("postgres")
-            self.prefix = ["runuser", "-u", "postgres", "--"]
         self.root = Path(tempfile.mkdtemp(prefix="mergekit-from-pg-"))
-        if self.owner:
-            os.chown(self.root, self.owner.pw_uid, self.owner.pw_gid)
+        if os.geteuid() == 0:  # the server refuses to run as root: run it as the postgres user
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+            self.prefix = ["runuser", "-u", "postgres", "--"]
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]

@@ -12,11 +12,10 @@ from db import Edge, MergeRun, Model, Score, Target, default_url, open_store
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path) -> str:
-    """Each store test runs on both backends (a fresh database each time)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'zoo.sqlite'}"
-    return request.getfixturevalue("postgres").database()
+def db_url(request, db_url) -> str:
+    """Each store test runs on both backends (a fresh database each time): conftest's SQLite file, or
+    a new database on the throwaway PostgreSQL server."""
+    return db_url if request.param == "sqlite" else request.getfixturevalue("postgres").database()
 
 
 def _is_sqlite(url: str) -> bool:

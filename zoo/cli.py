@@ -25,6 +25,11 @@ def _store(db_url: str | None):  # noqa: ANN202
     return open_store(db_url)
 
 
+def _columns(row: Any) -> dict[str, Any]:
+    """Every mapped column of a store row, by name."""
+    return {c.key: getattr(row, c.key) for c in row.__mapper__.column_attrs}
+
+
 @click.group("zoo")
 def zoo() -> None:
     """A Hub model zoo: crawl a base's model tree, check compatibility, score candidates."""
@@ -151,7 +156,7 @@ def show_cmd(repo_id: str, db_url: str | None) -> None:
         m = s.get(Model, repo_id)
         if m is None:
             raise ConfigError(f"{repo_id!r} is not in the store; crawl it first")
-        out: dict[str, Any] = {c.key: getattr(m, c.key) for c in Model.__mapper__.column_attrs}
+        out = _columns(m)
         out["parents"] = [{"id": e.parent_id, "relation": e.relation, "source": e.source}
                           for e in s.scalars(select(Edge).where(Edge.child_id == repo_id))]
         out["children"] = [{"id": e.child_id, "relation": e.relation, "source": e.source}
@@ -203,8 +208,7 @@ def runs_cmd(run_id: int | None, db_url: str | None, as_json: bool) -> None:
             run = s.get(MergeRun, run_id)
             if run is None:
                 raise ConfigError(f"no auto run {run_id} in the store (`mergekit-from zoo runs` lists them)")
-            click.echo(json.dumps({c.key: getattr(run, c.key) for c in MergeRun.__mapper__.column_attrs},
-                                  indent=2, default=str))
+            click.echo(json.dumps(_columns(run), indent=2, default=str))
             return
         rows = [_run_row(r) for r in s.scalars(select(MergeRun).order_by(MergeRun.run_id.desc()))]
     for row in rows:
