@@ -187,7 +187,7 @@ def fold_lora(zoo: Zoo, task: str) -> Path:
     """``lora-<task>`` folded into the base (peft merge_and_unload), saved as safetensors, cached.
 
     The cache is keyed by the adapter's and the base's weight files (size and mtime)."""
-    from mergekit_from.recipe import staged_output
+    from mergekit_from.output import replace_atomically
     from mergekit_from.taskzoo import load_model
 
     adapter = zoo.expert(task, "lora")
@@ -198,7 +198,7 @@ def fold_lora(zoo: Zoo, task: str) -> Path:
     if stamp.is_file() and json.loads(stamp.read_text()) == key:
         return out
     model, tokenizer = load_model(adapter, tokenizer_dir=zoo.base, base_dir=zoo.base)
-    with staged_output(out) as tmp:
+    with replace_atomically(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "folded_from.json").write_text(json.dumps(key))

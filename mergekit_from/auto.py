@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -23,6 +22,7 @@ from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNot
 from sqlalchemy import select
 
 from mergekit_from.errors import ConfigError, MergekitFromError, ModelInputError, one_line
+from mergekit_from.output import Output, overwrite_option
 from mergekit_from.release import Release, Source, model_card, push_folder
 
 # fw_soft first: the default, the only method measured to keep most of several experts' skills on the task zoo
@@ -52,6 +52,7 @@ class AutoRequest:
     max_age_hours: float = 24.0
     cache_dir: Path | None = None  # Hugging Face cache (None: the standard one)
     quiet: bool = False
+    overwrite: bool = False  # write into a non-empty --out that mergekit-from did not write
 
 
 @dataclass
@@ -106,6 +107,18 @@ def check_request(req: AutoRequest) -> dict[str, Path]:
         if not get_token():
             raise ConfigError(f"--push-to-hub {req.push_to_hub}: no token; set HF_TOKEN or run `hf auth login`")
     return files
+
+
+def check_output(req: AutoRequest, files: dict[str, Path]) -> Output:
+    """--out must not hold the calibration files, the store or the download cache the run reads."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from sqlalchemy.engine import make_url
+
+    from db.store import default_url
+
+    url = make_url(req.db_url or default_url())
+    store = [url.database] if url.get_backend_name() == "sqlite" and url.database else []
+    return Output.check(req.out, "auto", [*files.values(), *store, req.cache_dir or HF_HUB_CACHE], req.overwrite)
 
 
 def probe_base(api: HfApi, base: str) -> str | None:
@@ -181,15 +194,16 @@ def download(repo_id: str, sha: str | None, req: AutoRequest) -> Path:
     return path
 
 
-def build_recipe(req: AutoRequest, base_path: Path, pool: list[PoolModel], tasks: list[str]) -> str:
-    """The recipe as text: a provenance header, then an ordinary mergekit recipe."""
+def build_recipe(req: AutoRequest, base_path: Path, pool: list[PoolModel], files: dict[str, Path]) -> str:
+    """The recipe as text: a provenance header, then an ordinary mergekit recipe (the output records
+    it with the calibration files copied next to it)."""
     recipe: dict[str, Any] = {
         "merge_method": req.method,
         "base_model": str(base_path),
         "models": [{"model": str(m.path)} for m in pool],
     }
     if req.method in DATA_METHODS:
-        recipe[req.method] = {"targets": {t: f"calibration/{t}.jsonl" for t in tasks}, **req.settings}
+        recipe[req.method] = {"targets": {t: str(p.resolve()) for t, p in files.items()}, **req.settings}
     else:
         recipe["parameters"] = {"k": 2.0, **req.settings}
     header = [f"# Written by `mergekit-from auto` for: {req.target}", f"# base: {req.base}"]
@@ -226,6 +240,7 @@ def run_auto(req: AutoRequest) -> AutoResult:
 
     started = time.perf_counter()
     files = check_request(req)
+    output = check_output(req, files)
     api = HfApi(endpoint=req.endpoint)
     endpoint = api.endpoint.rstrip("/")
     base_sha = probe_base(api, req.base)
@@ -249,7 +264,7 @@ def run_auto(req: AutoRequest) -> AutoResult:
         s.flush()
         run_id = run.run_id
     try:
-        result = _merge(req, files, base_sha, pool, excluded, endpoint, run_id)
+        result = _merge(req, output, files, base_sha, pool, excluded, endpoint, run_id)
     except BaseException as exc:
         with store.session() as s:
             row = s.get(MergeRun, run_id)
@@ -269,37 +284,33 @@ def run_auto(req: AutoRequest) -> AutoResult:
     return result
 
 
-def _merge(req: AutoRequest, files: dict[str, Path], base_sha: str | None, pool: list[PoolModel],
+def _merge(req: AutoRequest, output: Output, files: dict[str, Path], base_sha: str | None, pool: list[PoolModel],
            excluded: list[dict[str, str]], endpoint: str, run_id: int) -> AutoResult:
     """Download, write the recipe, merge through `mergekit-from yaml`'s path, evaluate, card, push."""
     from mergekit.options import MergeOptions
 
     from mergekit_from.prepass import calibration_losses
-    from mergekit_from.recipe import run_recipe, staged_output
+    from mergekit_from.recipe import check_recipe_file, merge_into
 
     base_path = download(req.base, base_sha, req)
     for m in pool:
         _say(req, f"downloading {m.repo_id}@{(m.sha or '')[:12]}")
         m.path = download(m.repo_id, m.sha, req)
-    recipe_text = build_recipe(req, base_path, pool, list(files))
-    with staged_output(req.out) as stage:
-        recipe_dir = stage.parent / "recipe"
-        (recipe_dir / "calibration").mkdir(parents=True)
-        for task, path in files.items():
-            shutil.copy(path, recipe_dir / "calibration" / f"{task}.jsonl")
-        (recipe_dir / "mergekit_config.yml").write_text(recipe_text)
-        run_recipe(recipe_dir / "mergekit_config.yml", stage, MergeOptions(quiet=req.quiet))
-        shutil.copytree(recipe_dir / "calibration", stage / "calibration")
+    with output.staged() as stage:
+        recipe_file = stage.parent / "recipe.yml"
+        recipe_file.write_text(build_recipe(req, base_path, pool, files))
+        merge_into(check_recipe_file(recipe_file, MergeOptions(quiet=req.quiet)), stage)
+        recipe_text = (stage / "mergekit_config.yml").read_text()  # as recorded: re-runs from anywhere
+        recipe = yaml.safe_load(recipe_text)
 
         coefficients, share = _coefficients(req, stage, base_path, pool)
         evaluation = None
         if files:
             _say(req, "evaluating on the calibration data")
-            calib = {t: stage / "calibration" / f"{t}.jsonl" for t in files}
+            calib = {t: stage / path for t, path in recipe[req.method]["targets"].items()}
             evaluation = {"base": calibration_losses(base_path, calib, base_path),
                           "merged": calibration_losses(stage, calib, base_path)}
             (stage / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
-        recipe = yaml.safe_load(recipe_text)
         settings = recipe.get(req.method) or recipe.get("parameters")
         release = Release(
             base=Source(req.base, base_sha),
@@ -351,7 +362,7 @@ def parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--target", required=True, help="What the merge is for, in words.")
 @click.option("--calib", multiple=True, metavar="[TASK=]FILE",
               help='Calibration JSONL per target task ({"prompt","response"} lines); TASK defaults to the file stem.')
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co).")
 @click.option("--db", "db_url", default=None, help="Zoo store URL (default: the per-user SQLite store).")
 @click.option("--pool-size", type=int, default=8, show_default=True, help="Top-K compatible candidates to merge.")
@@ -365,12 +376,14 @@ def parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--allow-pickle", is_flag=True, help="Also download pickled weights (.bin/.pt). Unsafe.")
 @click.option("--push-to-hub", default=None, metavar="REPO", help="Upload the result (needs HF_TOKEN).")
 @click.option("--quiet", is_flag=True)
+@overwrite_option
 def auto_cmd(base, target, calib, out, endpoint, db_url, pool_size, method, settings, cache_dir, refresh,
-             allow_pickle, push_to_hub, quiet) -> None:
+             allow_pickle, push_to_hub, quiet, overwrite) -> None:
     """Crawl, score, shortlist, download and merge the best pool of BASE's fine-tunes for TARGET."""
     req = AutoRequest(base=base, target=target, out=out, calib=calib, endpoint=endpoint, db_url=db_url,
                       pool_size=pool_size, method=method, settings=parse_settings(settings), push_to_hub=push_to_hub,
-                      allow_pickle=allow_pickle, refresh=refresh, cache_dir=cache_dir, quiet=quiet)
+                      allow_pickle=allow_pickle, refresh=refresh, cache_dir=cache_dir, quiet=quiet,
+                      overwrite=overwrite)
     result = run_auto(req)
     click.echo(f"merged {len(result.pool)} candidates with {method} into {result.out} in {result.seconds:.0f}s "
                f"(run {result.run_id})")

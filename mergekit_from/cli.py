@@ -15,6 +15,7 @@ import click
 from mergekit.options import MergeOptions, PrettyPrintHelp, add_merge_options
 
 from mergekit_from.errors import MergekitFromError, one_line
+from mergekit_from.output import overwrite_option
 
 
 class _Cli(click.Group):
@@ -44,13 +45,14 @@ def main() -> None:
 @main.command("yaml", cls=PrettyPrintHelp)
 @click.argument("config_file")
 @click.argument("out_path")
+@overwrite_option
 @add_merge_options
-def yaml_cmd(merge_options: MergeOptions, config_file: str, out_path: str) -> None:
+def yaml_cmd(merge_options: MergeOptions, config_file: str, out_path: str, overwrite: bool) -> None:
     """Run a mergekit YAML recipe (as mergekit-yaml) with the plugin's methods registered."""
     from mergekit_from.recipe import run_recipe
 
     merge_options.apply_global_options()
-    run_recipe(config_file, out_path, merge_options)
+    run_recipe(config_file, out_path, merge_options, overwrite)
 
 
 def _type_name(annotation: typing.Any) -> str:

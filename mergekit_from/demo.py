@@ -22,6 +22,8 @@ from typing import Any
 
 import click
 
+from mergekit_from.output import overwrite_option
+
 N_TARGETS = 4
 ORG = "demo"
 # FW settings measured on the task zoo (benchmarks/quality.py DataDefaults, results in benchmarks/results/quality.md):
@@ -31,6 +33,11 @@ FW_SETTINGS = {
     "fw_soft": {"max_iters": 3, "ada_iters": 100, "ada_loss": "cross_entropy", "ada_lr": 1e-2},
     "fw_hard": {"max_iters": 10, "step_size": 1.0, "init": "from"},
 }
+
+
+# Everything the demo writes into --out.
+DEMO_ENTRIES = ("hub", "zoo.sqlite", "zoo.sqlite-wal", "zoo.sqlite-shm", "zoo.sqlite-journal", "hf-cache",
+                "merged-from", *(f"merged-{m}" for m in FW_SETTINGS), "demo.json")
 
 
 def _link_files(src: Path, dst: Path, skip: tuple[str, ...] = ("README.md",)) -> None:
@@ -85,14 +92,16 @@ def describe(zoo, targets: list[str]) -> str:
 
 
 def run_demo(out: Path, quick: bool, method: str, settings: dict[str, Any], pool_size: int,
-             zoo_dir: Path | None = None) -> dict[str, Any]:
+             zoo_dir: Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     from mergekit_from.auto import AutoRequest, run_auto
+    from mergekit_from.output import Output
     from mergekit_from.taskzoo import build_zoo, evaluate
     from zoo.hub_server import HubServer
 
     start = time.perf_counter()
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    # A demo folder written before outputs were marked is recognised by its demo.json.
+    output = Output.check(out, "demo", [zoo_dir] if zoo_dir else [], overwrite or (out / "demo.json").is_file())
+    out = output.claim(DEMO_ENTRIES)
     click.echo("[1/5] task zoo", err=True)
     zoo = build_zoo(zoo_dir, quick=quick)
     targets = zoo.targets[:N_TARGETS]
@@ -146,8 +155,7 @@ def print_table(summary: dict[str, Any]) -> None:
 
 
 @click.command("demo")
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"),
-              show_default=True)
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True)
 @click.option("--quick", is_flag=True, help="Use the quick task zoo (seconds to build; for tests).")
 @click.option("--zoo", "zoo_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Task zoo folder, built there when missing [default: the per-user cache].")
@@ -155,10 +163,11 @@ def print_table(summary: dict[str, Any]) -> None:
 @click.option("--pool-size", type=int, default=8, show_default=True)
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="FW setting over the demo's (FW_SETTINGS); repeat.")
+@overwrite_option
 def demo_cmd(out: Path, quick: bool, zoo_dir: Path | None, method: str, pool_size: int,
-             settings: tuple[str, ...]) -> None:
+             settings: tuple[str, ...], overwrite: bool) -> None:
     """Offline end to end: task zoo -> local Hub -> crawl -> auto (FroM, FW) -> evaluation table."""
     from mergekit_from.auto import parse_settings
 
-    summary = run_demo(out, quick, method, parse_settings(settings), pool_size, zoo_dir)
+    summary = run_demo(out, quick, method, parse_settings(settings), pool_size, zoo_dir, overwrite)
     print_table(summary)

@@ -37,6 +37,10 @@ class CalibrationError(MergekitFromError):
     """Calibration data that is missing, malformed or empty (the message names file and line)."""
 
 
+class OutputError(MergekitFromError):
+    """An output location that a run must not write to (a file, a folder holding its inputs...)."""
+
+
 def one_line(exc: BaseException) -> str:
     """A single-line description of ``exc`` for the CLI (pydantic errors condensed)."""
     try:

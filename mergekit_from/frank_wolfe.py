@@ -48,6 +48,7 @@ from mergekit_from.methods.from_merge import from_coefficients
 from mergekit_from.prepass import (
     Pool,
     batch_loss,
+    copy_data,
     layout_mismatch,
     load_skeleton,
     merge_parameters,
@@ -55,6 +56,7 @@ from mergekit_from.prepass import (
     read_settings,
     ref_string,
     resolve_path,
+    set_setting,
     task_objective,
 )
 from mergekit_from.weights import TensorIndex
@@ -229,7 +231,7 @@ def _target_files(settings: CommonSettings, recipe_dir: Path) -> dict[str, Path]
         targets = {Path(f).stem: f for f in targets}
     if not targets:
         raise ConfigError("targets: give at least one target task's calibration file")
-    return {task: resolve_path(f, recipe_dir) for task, f in targets.items()}
+    return {task: resolve_path(f, recipe_dir, "calibration file not found") for task, f in targets.items()}
 
 
 @dataclass
@@ -311,24 +313,31 @@ class FWPrePass:
         self.settings = read_settings(model, raw, config, section=method)
         self.pool = Pool.from_config(config, method, self.settings.skip_incompatible)
         self.config = self.pool.without_skipped(config)
-        files = _target_files(self.settings, recipe_dir)
-        self.samples = calibration.load_tasks(files, self.settings.samples_per_task)
+        self.files = _target_files(self.settings, recipe_dir)
+        self.samples = calibration.load_tasks(self.files, self.settings.samples_per_task)
         self.init_dir = self._check_init(recipe_dir)
         self._init_weights: dict[str, list[float]] = {}  # θ₀'s per-tensor source weights (TA / FroM init)
-        tok_dir = Path(self.pool.base.root)
+        self.tokenizer_dir = None
         if self.settings.tokenizer:
-            tok_dir = resolve_path(self.settings.tokenizer, recipe_dir)
+            self.tokenizer_dir = resolve_path(self.settings.tokenizer, recipe_dir, "tokenizer folder not found",
+                                              Path.is_dir)
+        tok_dir = self.tokenizer_dir or Path(self.pool.base.root)
         self.tokenizer = calibration.load_tokenizer(tok_dir, self.settings.trust_remote_code)
+        self.inputs = [*self.files.values(), *filter(None, (self.init_dir, self.tokenizer_dir))]
+
+    def record(self, raw: dict[str, Any], out_dir: Path) -> None:
+        copies = copy_data(list(self.files.items()), out_dir)
+        set_setting(raw, self.method, "targets", dict(zip(self.files, copies)))
+        for key, path in (("init", self.init_dir), ("tokenizer", self.tokenizer_dir)):
+            if path is not None:
+                set_setting(raw, self.method, key, str(path.resolve()))
 
     def _check_init(self, recipe_dir: Path) -> Path | None:
         init = self.settings.init
         if init in INIT_KEYWORDS:
             return None
-        path = Path(init).expanduser()
-        if not path.is_absolute():
-            path = path if path.exists() else recipe_dir / path
-        if not TensorIndex.is_model_dir(path):
-            raise ConfigError(f"init: {init!r} is neither one of {'|'.join(INIT_KEYWORDS)} nor a model folder")
+        path = resolve_path(init, recipe_dir, f"init: neither one of {'|'.join(INIT_KEYWORDS)} nor a model folder",
+                            TensorIndex.is_model_dir)
         problem = layout_mismatch(self.pool.base, TensorIndex.open(path))
         if problem:
             raise ModelInputError(f"init model {init} is incompatible with the base: {problem}")

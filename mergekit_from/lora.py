@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 from mergekit_from.errors import AdapterError, ConfigError, ModelInputError
 from mergekit_from.methods.from_merge import DEFAULT_K, from_merge_tensors
+from mergekit_from.output import Output, overwrite_option
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -286,23 +287,23 @@ def write_adapter(
 @click.option("--lambda", "scale", type=float, default=1.0, show_default=True, help="Scale of the merged update.")
 @click.option("--weight", "weights", type=float, multiple=True, help="Prior weight per adapter, in order (repeat).")
 @click.option("--rank", type=int, default=None, help="Rank of the output adapter [default: largest input rank].")
-def lora_cmd(out_path: Path, adapters: tuple[str, ...], base, k, scale, weights, rank) -> None:
+@overwrite_option
+def lora_cmd(out_path: Path, adapters: tuple[str, ...], base, k, scale, weights, rank, overwrite) -> None:
     """Merge PEFT LoRA ADAPTERS of one base with FroM into one adapter at OUT_PATH.
 
     Each module's update scale*B@A is merged with FroM, then cut to --rank by truncated SVD;
     the written adapter loads with peft.PeftModel.from_pretrained.
     """
-    from mergekit_from.recipe import staged_output
-
     if scale <= 0:
         raise ConfigError(f"--lambda must be > 0, got {scale}")
     if any(w < 0 for w in weights):
         raise ConfigError("--weight values must be >= 0")
+    output = Output.check(out_path, "lora", [*adapters, *([base] if base else [])], overwrite)
     loaded = [LoraAdapter.load(p) for p in adapters]
     check_adapters(loaded, base)
     factors, report = merge_adapters(loaded, k=k, scale=scale, priors=list(weights) or None, rank=rank)
     params = {"k": k, "lambda": scale, "weights": list(weights) or None, "rank": report.rank}
-    with staged_output(out_path) as tmp:
+    with output.staged() as tmp:
         write_adapter(tmp, factors, loaded[0], report.rank, loaded, report, params)
     click.echo(
         f"wrote {out_path}: {len(factors)} modules at rank {report.rank}; rank-cut relative error "

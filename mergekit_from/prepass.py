@@ -16,9 +16,11 @@ pre-passes share:
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Protocol, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +42,11 @@ class PrePass(Protocol):
     """What a merge method with a pre-pass hands to :func:`mergekit_from.recipe.run_recipe`."""
 
     config: MergeConfiguration  # the recipe as checked (e.g. without skipped pool models)
+    inputs: list[Path]  # what it reads besides the models: data files, init model, tokenizer
+
+    def record(self, raw: dict[str, Any], out_dir: Path) -> None:
+        """Make the recipe ``raw`` re-run from anywhere: copy the data into ``out_dir``, point the
+        settings at the copies (relative to ``out_dir``) and make other paths absolute."""
 
     def run(self, out_dir: Path, work_dir: Path, options: MergeOptions) -> MergeConfiguration:
         """Compute, write side files into ``out_dir`` / ``work_dir``; return the config to merge."""
@@ -65,10 +72,44 @@ def read_settings(model: type[S], raw: dict[str, Any], config: MergeConfiguratio
         raise ConfigError(f"{section} settings: {one_line(exc)}") from None
 
 
-def resolve_path(path: str, recipe_dir: Path) -> Path:
-    """Data paths in a recipe are relative to the recipe's folder."""
+def resolve_path(path: str, recipe_dir: Path, what: str, accept: Callable[[Path], bool] = Path.exists) -> Path:
+    """A data path of a recipe (calibration file, init model, tokenizer): taken relative to the
+    recipe's folder first, then to the working directory. ``what`` starts the error, which names
+    every place looked at."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else recipe_dir / p
+    places = [p] if p.is_absolute() else list(dict.fromkeys([recipe_dir / p, Path.cwd() / p]))
+    found = next((place for place in places if accept(place)), None)
+    if found is None:
+        looked = "" if places == [Path(path)] else f" (looked in {', '.join(map(str, places))})"
+        raise ConfigError(f"{what}: {path}{looked}")
+    return found
+
+
+DATA_DIR = "calibration"  # where an output keeps the data its recorded recipe reads
+
+
+def copy_data(files: Sequence[tuple[str, Path]], out_dir: Path) -> list[str]:
+    """Copy data files into ``out_dir/calibration/`` as ``<stem>.jsonl`` (stems made unique) so that
+    the output's recorded recipe re-runs from anywhere; returns the copies' paths relative to ``out_dir``."""
+    (out_dir / DATA_DIR).mkdir(exist_ok=True)
+    copies: list[str] = []
+    for stem, src in files:
+        stem = re.sub(r"[^\w.-]+", "_", stem) or "data"
+        name, n = f"{stem}.jsonl", 1
+        while f"{DATA_DIR}/{name}" in copies:
+            n += 1
+            name = f"{stem}-{n}.jsonl"
+        shutil.copyfile(src, out_dir / DATA_DIR / name)
+        copies.append(f"{DATA_DIR}/{name}")
+    return copies
+
+
+def set_setting(raw: dict[str, Any], section: str, key: str, value: Any) -> None:
+    """Rewrite a setting where the recipe gave it (top-level ``parameters:`` or ``section:``)."""
+    if key in (raw.get("parameters") or {}):
+        raw["parameters"][key] = value
+    else:
+        raw.setdefault(section, {})[key] = value
 
 
 def ref_string(path: str) -> str:

@@ -4,15 +4,16 @@ mergekit validates most things late (after loading models, or deep inside the ex
 reports them as tracebacks. Everything here runs before any tensor is loaded and raises a
 :class:`~mergekit_from.errors.MergekitFromError` whose message names the culprit. The merge
 itself is mergekit's ``run_merge`` (planner -> executor -> safetensors), written to a
-temporary sibling directory and renamed into place only when it succeeded.
+staging folder and moved into place only when it succeeded (see :mod:`mergekit_from.output`).
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
+import itertools
 import os
-import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,11 +22,14 @@ from mergekit import merge_methods
 from mergekit.common import ModelReference
 from mergekit.config import MergeConfiguration
 from mergekit.merge_methods.base import BasePolicy, MergeMethod, ParameterScope
+from mergekit.options import MergeOptions
 from pydantic import ValidationError
 
 import mergekit_from  # noqa: F401  (registers the plugin's methods)
 from mergekit_from.errors import ConfigError, ModelInputError, one_line
+from mergekit_from.output import Output
 from mergekit_from.paths import cache_root
+from mergekit_from.prepass import PrePass
 from mergekit_from.weights import TensorIndex
 
 
@@ -187,46 +191,29 @@ def check_recipe(config: MergeConfiguration) -> MergeMethod:
     return method
 
 
-@contextlib.contextmanager
-def staged_output(out_path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a staging folder for ``out_path``; move it into place only on success.
+@dataclass
+class CheckedRecipe:
+    """A recipe that passed every check, ready to merge into a folder."""
 
-    The staging folder has the final name (inside a hidden sibling holder), so whatever the
-    writer derives from the folder's name, such as mergekit's card title, is already right.
-    """
-    out = Path(out_path).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    tmp = holder / out.name
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(holder, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(holder, ignore_errors=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    config: MergeConfiguration
+    source: str
+    raw: dict[str, Any]
+    prepass: PrePass | None
+    options: MergeOptions
+    inputs: list[Path]  # every local path the run reads: an output folder must not contain them
 
 
-def run_recipe(config_file: str | os.PathLike, out_path: str | os.PathLike, options) -> Path:
-    """Check a recipe, then run it through mergekit's ``run_merge`` into ``out_path``.
+def check_recipe_file(config_file: str | os.PathLike, options: MergeOptions) -> CheckedRecipe:
+    """Load and check a recipe, its pre-pass settings and its local inputs; nothing is computed.
 
     A method that needs the whole model (FW-Merging, RegMean) has a ``prepass(config, raw,
-    recipe_dir)`` hook: it validates its own settings before anything runs, then its ``run``
-    computes inside the staged output (side files such as traces land next to the model) and
-    returns the configuration that mergekit merges. ``mergekit_config.yml`` keeps the user's recipe.
+    recipe_dir)`` hook: it validates its own settings here; its ``run`` computes later, inside
+    the output (side files such as traces land next to the model).
     """
-    from mergekit.merge import run_merge
-
     config, source = load_recipe(config_file)
+    raw = yaml.safe_load(source)
     hook = getattr(resolve_method(config.merge_method), "prepass", None)
-    prepass = hook(config, yaml.safe_load(source), Path(config_file).resolve().parent) if hook else None
+    prepass = hook(config, raw, Path(config_file).resolve().parent) if hook else None
     if prepass is not None:
         config = prepass.config
     check_recipe(config)
@@ -234,12 +221,60 @@ def run_recipe(config_file: str | os.PathLike, out_path: str | os.PathLike, opti
     if options.lora_merge_cache is None and any(r.lora for r in _references(config)):
         # mergekit refuses base+lora inputs without a cache dir; give it a standard one.
         options = options.model_copy(update={"lora_merge_cache": str(cache_root() / "lora-merge")})
-    with staged_output(out_path) as tmp, tempfile.TemporaryDirectory(prefix=".prepass-", dir=tmp.parent) as work:
-        if prepass is not None:
-            config = prepass.run(tmp, Path(work), options)
-        run_merge(config, str(tmp), options=options, config_source=source)
-        _unlink_card_paths(tmp / "README.md", Path(work))
+    models = [Path(p) for ref in _references(config) for p in (ref.model.path, ref.lora and ref.lora.path) if p]
+    inputs = [Path(config_file), *models, *(prepass.inputs if prepass else ())]
+    return CheckedRecipe(config, source, raw, prepass, options, inputs)
+
+
+def merge_into(recipe: CheckedRecipe, folder: Path) -> None:
+    """Run the pre-pass (if any) and mergekit's ``run_merge`` into ``folder``."""
+    from mergekit.merge import run_merge
+
+    config = recipe.config
+    with tempfile.TemporaryDirectory(prefix=".prepass-", dir=folder.parent) as work:
+        if recipe.prepass is not None:
+            config = recipe.prepass.run(folder, Path(work), recipe.options)
+        source = recorded_source(recipe, folder)
+        run_merge(config, str(folder), options=recipe.options, config_source=source)
+        _unlink_card_paths(folder / "README.md", Path(work))
+
+
+def run_recipe(config_file: str | os.PathLike, out_path: str | os.PathLike, options: MergeOptions,
+               overwrite: bool = False) -> Path:
+    """Check a recipe and its output folder, then merge (mergekit's ``run_merge``) into the folder."""
+    recipe = check_recipe_file(config_file, options)
+    output = Output.check(out_path, "yaml", recipe.inputs, overwrite)
+    with output.staged() as tmp:
+        merge_into(recipe, tmp)
     return Path(out_path)
+
+
+def absolute_ref(text: str) -> str:
+    """A model reference as written in a recipe, its local paths made absolute."""
+    return str(_absolute(ModelReference.parse(text)))
+
+
+def recorded_source(recipe: CheckedRecipe, folder: Path) -> str:
+    """The recipe to record as ``mergekit_config.yml``: one that re-runs from any folder.
+
+    Local model paths become absolute (mergekit resolves models against the working directory)
+    and a pre-pass copies its data into ``folder``, relative to which the recorded recipe names
+    it. A recipe that already re-runs anywhere is recorded as written.
+    """
+    raw = copy.deepcopy(recipe.raw)
+    if isinstance(raw.get("base_model"), str):
+        raw["base_model"] = absolute_ref(raw["base_model"])
+    entries = [*(raw.get("models") or ()), *(src for sl in raw.get("slices") or () for src in sl.get("sources") or ())]
+    for entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get("model"), str):
+            entry["model"] = absolute_ref(entry["model"])
+    if recipe.prepass is not None:
+        recipe.prepass.record(raw, folder)
+    if raw == recipe.raw:
+        return recipe.source
+    lead = "".join(itertools.takewhile(lambda line: line.startswith("#"), recipe.source.splitlines(True)))
+    note = "# Recorded by mergekit-from: model paths made absolute, data copied next to this file.\n"
+    return lead + note + yaml.safe_dump(raw, sort_keys=False)
 
 
 def _unlink_card_paths(card: Path, work: Path) -> None:

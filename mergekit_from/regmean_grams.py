@@ -22,7 +22,16 @@ from safetensors.torch import save_file
 
 from mergekit_from import calibration
 from mergekit_from.errors import ConfigError
-from mergekit_from.prepass import Pool, load_skeleton, progress, read_settings, ref_string, resolve_path
+from mergekit_from.prepass import (
+    Pool,
+    copy_data,
+    load_skeleton,
+    progress,
+    read_settings,
+    ref_string,
+    resolve_path,
+    set_setting,
+)
 from mergekit_from.weights import SINGLE
 
 GRAMS_DIR = "regmean_grams"
@@ -103,10 +112,28 @@ class RegMeanPrePass:
         self.settings = read_settings(RegMeanSettings, raw, config, section="regmean")
         self.pool = Pool.from_config(config, "regmean", self.settings.skip_incompatible)
         self.config = self.pool.without_skipped(config)
-        files = self._calibration_files(recipe_dir)
-        self.samples = calibration.load_tasks(files, self.settings.samples_per_task)
-        tok_dir = resolve_path(self.settings.tokenizer, recipe_dir) if self.settings.tokenizer else self.pool.base.root
-        self.tokenizer = calibration.load_tokenizer(tok_dir, self.settings.trust_remote_code)
+        self.files = self._calibration_files(recipe_dir)
+        self.samples = calibration.load_tasks(self.files, self.settings.samples_per_task)
+        self.tokenizer_dir = None
+        if self.settings.tokenizer:
+            self.tokenizer_dir = resolve_path(self.settings.tokenizer, recipe_dir, "tokenizer folder not found",
+                                              Path.is_dir)
+        self.tokenizer = calibration.load_tokenizer(self.tokenizer_dir or self.pool.base.root,
+                                                    self.settings.trust_remote_code)
+        self.inputs = [*self.files.values(), *filter(None, [self.tokenizer_dir])]
+
+    def record(self, raw: dict[str, Any], out_dir: Path) -> None:
+        """One ``regmean.calibration`` mapping from each model's absolute reference to its copied file."""
+        from mergekit_from.recipe import absolute_ref
+
+        copies = copy_data([(Path(ref).name, f) for ref, f in self.files.items()], out_dir)
+        for m in raw.get("models") or ():
+            if isinstance(m, dict) and isinstance(m.get("parameters"), dict):
+                m["parameters"].pop("calibration", None)
+        (raw.get("parameters") or {}).pop("calibration", None)
+        set_setting(raw, "regmean", "calibration", {absolute_ref(r): c for r, c in zip(self.files, copies)})
+        if self.tokenizer_dir is not None:
+            set_setting(raw, "regmean", "tokenizer", str(self.tokenizer_dir.resolve()))
 
     def _calibration_files(self, recipe_dir: Path) -> dict[str, Path]:
         """Pool model reference -> its JSONL, from the section's mapping or per-model parameters."""
@@ -124,7 +151,7 @@ class RegMeanPrePass:
         for ref in self.pool.refs:
             if ref not in given:
                 raise ConfigError(f"regmean: pool model {ref} has no calibration data (map it in regmean.calibration)")
-            files[ref] = resolve_path(given[ref], recipe_dir)
+            files[ref] = resolve_path(given[ref], recipe_dir, "calibration file not found")
         return files
 
     def run(self, out_dir: Path, work_dir: Path, options: MergeOptions) -> MergeConfiguration:

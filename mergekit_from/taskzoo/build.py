@@ -33,13 +33,16 @@ import torch
 
 from mergekit_from.errors import ModelInputError
 from mergekit_from.paths import cache_root
-from mergekit_from.recipe import staged_output
+from mergekit_from.output import Output, replace_atomically
 from mergekit_from.taskzoo.evaluate import accuracy, evaluate_loaded
 from mergekit_from.taskzoo.tasks import TARGET_TASKS, TASKS, examples, stream, write_jsonl
 from mergekit_from.taskzoo.tokenizer import WIDE_CHARS, CharVocab
 from mergekit_from.taskzoo.training import ModelShape, TrainSchedule, new_model, train
 
 MANIFEST = "manifest.json"
+DATA = "data"
+# What a zoo folder holds: its build, and the caches benchmarks/quality.py derives from it.
+ZOO_ENTRIES = (DATA, "models", MANIFEST, MANIFEST + ".tmp", "lora-folded", "lora-merge-cache")
 FORMAT_VERSION = 2
 REPO_PREFIX = "taskzoo"
 MODELS = Path("models") / REPO_PREFIX  # repo id taskzoo/<name> lives in models/taskzoo/<name>
@@ -215,7 +218,7 @@ class _Builder:
 
     def _save(self, name: str, model, tokenizer, card: str, entry: dict[str, Any]) -> None:
         entry["recipe"] = self.recipes[name]
-        with staged_output(self.root / MODELS / name) as tmp:
+        with replace_atomically(self.root / MODELS / name) as tmp:
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
             (tmp / "README.md").write_text(card)
@@ -363,10 +366,10 @@ class _Builder:
 
     def export_data(self) -> dict[str, Any]:
         spec, tasks = self.spec, {}
-        (self.root / "data").mkdir(parents=True, exist_ok=True)
-        (self.root / "data" / "README.md").write_text(DATA_README)
+        (self.root / DATA).mkdir(parents=True, exist_ok=True)
+        (self.root / DATA / "README.md").write_text(DATA_README)
         for task in spec.tasks:
-            folder = self.root / "data" / task
+            folder = self.root / DATA / task
             folder.mkdir(parents=True, exist_ok=True)
             write_jsonl(folder / "calibration.jsonl", examples(task, "calibration", spec.n_calibration, seed=spec.seed))
             write_jsonl(folder / "test.jsonl", examples(task, "test", spec.n_test, seed=spec.seed))
@@ -377,22 +380,28 @@ class _Builder:
 
 
 def build_zoo(out: str | Path | None = None, quick: bool = False, *, force: bool = False,
-              threads: int | None = None, spec: ZooSpec | None = None) -> Zoo:
-    """Build the zoo into ``out`` (default :func:`default_zoo_dir`) or reuse a complete one there."""
+              threads: int | None = None, spec: ZooSpec | None = None, overwrite: bool = False) -> Zoo:
+    """Build the zoo into ``out`` (default :func:`default_zoo_dir`) or reuse a complete one there.
+
+    ``out`` follows :class:`~mergekit_from.output.Output`'s rule; a zoo is built in place, and
+    ``force`` removes only what a build writes."""
     from tqdm.auto import tqdm
 
     spec = spec or (QUICK if quick else FULL)
     root = Path(out).expanduser() if out else default_zoo_dir(quick)
+    # A zoo built before outputs were marked is recognised by its manifest.
+    output = Output.check(root, "taskzoo build", overwrite=overwrite or (root / MANIFEST).is_file())
     spec_json = json.loads(json.dumps(asdict(spec)))
     if (root / MANIFEST).is_file() and not force:
         built = json.loads((root / MANIFEST).read_text())
         if built.get("format") == FORMAT_VERSION and built.get("spec") == spec_json:
             return load_manifest(root)
-    if force and root.is_dir():
-        shutil.rmtree(root)
+    output.claim(ZOO_ENTRIES)
+    if force:
+        for entry in (DATA, MODELS):
+            shutil.rmtree(root / entry, ignore_errors=True)
     # Otherwise (re)build: every model folder whose recipe still matches is reused as it is.
     (root / MANIFEST).unlink(missing_ok=True)
-    root.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads or int(os.environ.get("MERGEKIT_FROM_THREADS", "0")) or (os.cpu_count() or 1))
     from transformers.utils import logging as hf_logging
 
@@ -419,7 +428,7 @@ def build_zoo(out: str | Path | None = None, quick: bool = False, *, force: bool
         if stale.name not in b.models:  # left over from a build with other settings
             shutil.rmtree(stale)
     for stale in sorted((root / "models").iterdir()):
-        if stale.name != REPO_PREFIX:  # the flat layout of format 1
+        if stale.name != REPO_PREFIX and (stale / "zoo_entry.json").is_file():  # the flat layout of format 1
             shutil.rmtree(stale)
     manifest = {
         "format": FORMAT_VERSION,

@@ -7,6 +7,7 @@ import json
 import click
 
 from mergekit_from.errors import ConfigError
+from mergekit_from.output import overwrite_option
 
 
 @click.group("taskzoo")
@@ -15,17 +16,18 @@ def taskzoo_cmd() -> None:
 
 
 @taskzoo_cmd.command("build")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", default=None,
               help="Zoo folder (default $MERGEKIT_FROM_TASKZOO or ~/.cache/mergekit-from/taskzoo[-quick]).")
 @click.option("--quick", is_flag=True, help="The tiny zoo the tests use (builds in seconds).")
 @click.option("--force", is_flag=True, help="Rebuild even if a zoo is already there.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="torch threads (default $MERGEKIT_FROM_THREADS or every core).")
-def build_cmd(out: str | None, quick: bool, force: bool, threads: int | None) -> None:
+@overwrite_option
+def build_cmd(out: str | None, quick: bool, force: bool, threads: int | None, overwrite: bool) -> None:
     """Build the zoo (or reuse the complete one already there) and print its folder."""
     from mergekit_from.taskzoo.build import build_zoo
 
-    zoo = build_zoo(out, quick=quick, force=force, threads=threads)
+    zoo = build_zoo(out, quick=quick, force=force, threads=threads, overwrite=overwrite)
     click.echo(f"{zoo.root}  ({len(zoo.manifest['models'])} models, {len(zoo.tasks)} tasks, "
                f"built in {zoo.manifest['build_seconds']} s)")
 
