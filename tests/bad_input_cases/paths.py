@@ -1,0 +1,69 @@
+"""Data paths of FW-Merging and RegMean recipes (issue 11 item 5): relative to the recipe's folder,
+then to the working directory; a path found in neither is an error naming every place looked at.
+Data a run reads is an input, so an output folder holding it is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bad_input_cases import Case, Run
+from bad_input_cases.recipe import recipe_file
+
+LOOKED = "(looked in "
+
+
+def _fw(**settings) -> dict:
+    from fw_fixtures import fw_recipe
+
+    recipe = fw_recipe("fw_hard", ["rev", "sort"], ["rev"], max_iters=1)
+    recipe["fw_hard"].update(settings)
+    return recipe
+
+
+def _from_elsewhere(env, recipe: dict, culprit: str) -> Run:
+    """The recipe in ``recipes/``, run from ``elsewhere/``; OUT must stay absent."""
+    folder, cwd = env.tmp / "recipes", env.tmp / "elsewhere"
+    folder.mkdir()
+    cwd.mkdir()
+    cfg = recipe_file(folder / "r.yml", recipe)
+    out = env.tmp / "out"
+    return Run(["yaml", str(cfg), str(out), "--quiet"], protect=[out, cfg], culprit=str(folder / culprit), cwd=cwd)
+
+
+def _regmean(env) -> Run:
+    from fw_fixtures import zoo
+
+    z = zoo()
+    recipe = {"merge_method": "regmean", "base_model": str(z["base"]),
+              "models": [{"model": str(z["expert_rev"]), "parameters": {"calibration": "data/rev.jsonl"}},
+                         {"model": str(z["expert_sort"]), "parameters": {"calibration": str(z["data_sort"])}}]}
+    return _from_elsewhere(env, recipe, "data/rev.jsonl")
+
+
+def _out_holds_calibration(env) -> Run:
+    data = env.tmp / "data"
+    data.mkdir()
+    rev = data / "rev.jsonl"
+    from fw_fixtures import zoo
+
+    rev.write_bytes(zoo()["data_rev"].read_bytes())
+    cfg = recipe_file(env.tmp / "r.yml", _fw(targets={"rev": "data/rev.jsonl"}))
+    return Run(["yaml", str(cfg), str(data), "--quiet"], protect=[data, cfg], culprit=str(rev))
+
+
+CASES = [
+    Case("fw-calibration-nowhere", "cd elsewhere && mergekit-from yaml ../recipes/r.yml OUT  # targets: data/rev.jsonl",
+         "calibration file not found: data/rev.jsonl (looked in ",
+         lambda env: _from_elsewhere(env, _fw(targets={"rev": "data/rev.jsonl"}), "data/rev.jsonl"), fixtures=()),
+    Case("regmean-calibration-nowhere", "cd elsewhere && mergekit-from yaml ../recipes/r.yml OUT  "
+         "# calibration: data/rev.jsonl", "calibration file not found: data/rev.jsonl (looked in ", _regmean,
+         fixtures=()),
+    Case("fw-init-nowhere", "cd elsewhere && mergekit-from yaml ../recipes/r.yml OUT  # init: ./my_init",
+         "nor a model folder: ./my_init (looked in ",
+         lambda env: _from_elsewhere(env, _fw(init="./my_init"), "my_init"), fixtures=()),
+    Case("fw-tokenizer-nowhere", "cd elsewhere && mergekit-from yaml ../recipes/r.yml OUT  # tokenizer: tok",
+         "tokenizer folder not found: tok (looked in ",
+         lambda env: _from_elsewhere(env, _fw(tokenizer="tok"), "tok"), fixtures=()),
+    Case("fw-out-holds-calibration", "mergekit-from yaml recipe.yml data/  # targets: data/rev.jsonl",
+         "contains the run's input", _out_holds_calibration, fixtures=()),
+]
