@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
+from mergekit.common import ModelReference
 from mergekit.config import MergeConfiguration
 from mergekit.options import MergeOptions
 from pydantic import BaseModel, ValidationError
@@ -112,11 +113,23 @@ def set_setting(raw: dict[str, Any], section: str, key: str, value: Any) -> None
         raw.setdefault(section, {})[key] = value
 
 
+def absolute_reference(ref: ModelReference) -> ModelReference:
+    """Local paths made absolute: mergekit's card generator asks the Hub about any relative
+    path without two slashes, which fails (and aborts the merge) on an offline machine."""
+
+    def fix(mp):
+        p = Path(mp.path).expanduser()
+        return mp.model_copy(update={"path": str(p.resolve())}) if p.exists() and not p.is_absolute() else mp
+
+    return ref.model_copy(update={"model": fix(ref.model), "lora": fix(ref.lora) if ref.lora else None})
+
+
 def ref_string(path: str) -> str:
-    """How mergekit spells the model reference for a path (``str(TensorEntry.id)``)."""
+    """How a recipe's model reference reaches the merge (``str(TensorEntry.id)``): local paths
+    are made absolute before anything runs."""
     from mergekit.config import InputModelDefinition
 
-    return str(InputModelDefinition(model=path).model)
+    return str(absolute_reference(InputModelDefinition(model=path).model))
 
 
 def _local_dir(ref, role: str) -> Path:

@@ -29,7 +29,7 @@ import mergekit_from  # noqa: F401  (registers the plugin's methods)
 from mergekit_from.errors import ConfigError, ModelInputError, one_line
 from mergekit_from.output import Output
 from mergekit_from.paths import cache_root
-from mergekit_from.prepass import PrePass
+from mergekit_from.prepass import PrePass, absolute_reference, ref_string
 from mergekit_from.weights import TensorIndex
 
 
@@ -133,26 +133,15 @@ def _references(config: MergeConfiguration) -> list[ModelReference]:
     return list(dict.fromkeys(refs))
 
 
-def _absolute(ref: ModelReference) -> ModelReference:
-    """Local paths made absolute: mergekit's card generator asks the Hub about any relative
-    path without two slashes, which fails (and aborts the merge) on an offline machine."""
-
-    def fix(mp):
-        p = Path(mp.path).expanduser()
-        return mp.model_copy(update={"path": str(p.resolve())}) if p.exists() and not p.is_absolute() else mp
-
-    return ref.model_copy(update={"model": fix(ref.model), "lora": fix(ref.lora) if ref.lora else None})
-
-
 def absolutize_paths(config: MergeConfiguration) -> MergeConfiguration:
     update: dict[str, Any] = {}
     if config.base_model is not None:
-        update["base_model"] = _absolute(config.base_model)
+        update["base_model"] = absolute_reference(config.base_model)
     if config.models:
-        update["models"] = [m.model_copy(update={"model": _absolute(m.model)}) for m in config.models]
+        update["models"] = [m.model_copy(update={"model": absolute_reference(m.model)}) for m in config.models]
     if config.slices:
         update["slices"] = [
-            sl.model_copy(update={"sources": [src.model_copy(update={"model": _absolute(src.model)}) for src in sl.sources]})
+            sl.model_copy(update={"sources": [src.model_copy(update={"model": absolute_reference(src.model)}) for src in sl.sources]})
             for sl in config.slices
         ]
     return config.model_copy(update=update)
@@ -211,13 +200,13 @@ def check_recipe_file(config_file: str | os.PathLike, options: MergeOptions) -> 
     the output (side files such as traces land next to the model).
     """
     config, source = load_recipe(config_file)
+    config = absolutize_paths(config)  # models resolve against the working directory, as in mergekit
     raw = yaml.safe_load(source)
     hook = getattr(resolve_method(config.merge_method), "prepass", None)
     prepass = hook(config, raw, Path(config_file).resolve().parent) if hook else None
     if prepass is not None:
         config = prepass.config
     check_recipe(config)
-    config = absolutize_paths(config)
     if options.lora_merge_cache is None and any(r.lora for r in _references(config)):
         # mergekit refuses base+lora inputs without a cache dir; give it a standard one.
         options = options.model_copy(update={"lora_merge_cache": str(cache_root() / "lora-merge")})
@@ -249,11 +238,6 @@ def run_recipe(config_file: str | os.PathLike, out_path: str | os.PathLike, opti
     return Path(out_path)
 
 
-def absolute_ref(text: str) -> str:
-    """A model reference as written in a recipe, its local paths made absolute."""
-    return str(_absolute(ModelReference.parse(text)))
-
-
 def recorded_source(recipe: CheckedRecipe, folder: Path) -> str:
     """The recipe to record as ``mergekit_config.yml``: one that re-runs from any folder.
 
@@ -263,11 +247,11 @@ def recorded_source(recipe: CheckedRecipe, folder: Path) -> str:
     """
     raw = copy.deepcopy(recipe.raw)
     if isinstance(raw.get("base_model"), str):
-        raw["base_model"] = absolute_ref(raw["base_model"])
+        raw["base_model"] = ref_string(raw["base_model"])
     entries = [*(raw.get("models") or ()), *(src for sl in raw.get("slices") or () for src in sl.get("sources") or ())]
     for entry in entries:
         if isinstance(entry, dict) and isinstance(entry.get("model"), str):
-            entry["model"] = absolute_ref(entry["model"])
+            entry["model"] = ref_string(entry["model"])
     if recipe.prepass is not None:
         recipe.prepass.record(raw, folder)
     if raw == recipe.raw:

@@ -123,15 +123,13 @@ class RegMeanPrePass:
         self.inputs = [*self.files.values(), *filter(None, [self.tokenizer_dir])]
 
     def record(self, raw: dict[str, Any], out_dir: Path) -> None:
-        """One ``regmean.calibration`` mapping from each model's absolute reference to its copied file."""
-        from mergekit_from.recipe import absolute_ref
-
+        """One ``regmean.calibration`` mapping from each model's (absolute) reference to its copied file."""
         copies = copy_data([(Path(ref).name, f) for ref, f in self.files.items()], out_dir)
         for m in raw.get("models") or ():
             if isinstance(m, dict) and isinstance(m.get("parameters"), dict):
                 m["parameters"].pop("calibration", None)
         (raw.get("parameters") or {}).pop("calibration", None)
-        set_setting(raw, "regmean", "calibration", {absolute_ref(r): c for r, c in zip(self.files, copies)})
+        set_setting(raw, "regmean", "calibration", dict(zip(self.files, copies)))
         if self.tokenizer_dir is not None:
             set_setting(raw, "regmean", "tokenizer", str(self.tokenizer_dir.resolve()))
 
