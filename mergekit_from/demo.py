@@ -37,7 +37,7 @@ FW_SETTINGS = {
 
 # Everything the demo writes into --out.
 DEMO_ENTRIES = ("hub", "zoo.sqlite", "zoo.sqlite-wal", "zoo.sqlite-shm", "zoo.sqlite-journal", "hf-cache",
-                "merged-from", *(f"merged-{m}" for m in FW_SETTINGS), "demo.json")
+                "merged-from", "merged-fw_soft", "merged-fw_hard", "demo.json")
 
 
 def _link_files(src: Path, dst: Path, skip: tuple[str, ...] = ("README.md",)) -> None:

@@ -44,3 +44,6 @@ def test_demo_end_to_end_on_the_quick_zoo(quick_zoo, tmp_path):
         card = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
         assert card["base_model"][0] == summary["base"]
     assert (out / "merged-fw_soft" / "fw_trace.json").is_file() and (out / "merged-fw_soft" / "fw_trace.png").is_file()
+    # the recorded recipe re-runs from anywhere: its calibration data is copied next to it
+    recorded = yaml.safe_load((out / "merged-fw_soft" / "mergekit_config.yml").read_text())
+    assert all((out / "merged-fw_soft" / p).is_file() for p in recorded["fw_soft"]["targets"].values())
