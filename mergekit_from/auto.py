@@ -307,9 +307,8 @@ def _merge(req: AutoRequest, output: Output, files: dict[str, Path], base_sha: s
         evaluation = None
         if files:
             _say(req, "evaluating on the calibration data")
-            calib = {t: stage / path for t, path in recipe[req.method]["targets"].items()}
-            evaluation = {"base": calibration_losses(base_path, calib, base_path),
-                          "merged": calibration_losses(stage, calib, base_path)}
+            evaluation = {"base": calibration_losses(base_path, files, base_path),
+                          "merged": calibration_losses(stage, files, base_path)}
             (stage / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
         settings = recipe.get(req.method) or recipe.get("parameters")
         release = Release(
