@@ -4,7 +4,7 @@ Data a run reads is an input, so an output folder holding it is refused."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from fw_fixtures import fw_recipe, zoo
 
 from bad_input_cases import Case, Run
 from bad_input_cases.recipe import recipe_file
@@ -13,8 +13,6 @@ LOOKED = "(looked in "
 
 
 def _fw(**settings) -> dict:
-    from fw_fixtures import fw_recipe
-
     recipe = fw_recipe("fw_hard", ["rev", "sort"], ["rev"], max_iters=1)
     recipe["fw_hard"].update(settings)
     return recipe
@@ -31,8 +29,6 @@ def _from_elsewhere(env, recipe: dict, culprit: str) -> Run:
 
 
 def _regmean(env) -> Run:
-    from fw_fixtures import zoo
-
     z = zoo()
     recipe = {"merge_method": "regmean", "base_model": str(z["base"]),
               "models": [{"model": str(z["expert_rev"]), "parameters": {"calibration": "data/rev.jsonl"}},
@@ -44,8 +40,6 @@ def _out_holds_calibration(env) -> Run:
     data = env.tmp / "data"
     data.mkdir()
     rev = data / "rev.jsonl"
-    from fw_fixtures import zoo
-
     rev.write_bytes(zoo()["data_rev"].read_bytes())
     cfg = recipe_file(env.tmp / "r.yml", _fw(targets={"rev": "data/rev.jsonl"}))
     return Run(["yaml", str(cfg), str(data), "--quiet"], protect=[data, cfg], culprit=str(rev))
