@@ -294,7 +294,7 @@ def from_coefficients_of(base_path: Path, paths: list[Path], parameters: dict[st
     arch = arch_info_for_config(config)
     metadata = {w.name: TensorMetadata.from_weight_info(w) for w in (arch.all_weights(config) if arch else ())}
     k, scale, scope = parameters.get("k", DEFAULT_K), parameters.get("lambda", 1.0), parameters.get("scope", "all")
-    prior_t = torch.tensor(priors or [1.0] * len(paths), dtype=torch.float64)
+    prior_t = torch.tensor(priors or [parameters.get("weight", 1.0)] * len(paths), dtype=torch.float64)
     base = TensorIndex.open(base_path)
     indexes = [TensorIndex.open(p) for p in paths]
     totals = torch.zeros(len(paths), dtype=torch.float64)
