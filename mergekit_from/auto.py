@@ -144,7 +144,8 @@ def _check_repo_id(option: str, repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        raise ConfigError(f"{option} {repo_id!r} is not a Hub repo id: {one_line(exc).removeprefix('HFValidationError: ')}") from None
+        why = one_line(exc).removeprefix("HFValidationError: ")
+        raise ConfigError(f"{option} {repo_id!r} is not a Hub repo id: {why}") from None
 
 
 def check_settings(method: str, settings: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
@@ -188,7 +189,7 @@ def check_settings(method: str, settings: dict[str, Any], tasks: list[str]) -> d
 
 def probe_base(api: HfApi, base: str) -> str | None:
     """The base's current commit; fails fast, in one line, when the Hub is unreachable or the
-    base does not exist there."""
+    base does not exist there or is gated."""
     try:
         info = api.model_info(base, expand=["sha", "gated"])
         if info.gated:  # metadata is public; the files are what a gate withholds

@@ -276,8 +276,8 @@ def plot_trace(trace: Trace, path: Path, labels: dict[str, str] | None = None) -
     import matplotlib.pyplot as plt
 
     fig = trace_figure(trace, labels)
-    names = [t.get_text() for t in fig.axes[1].get_yticklabels()]
-    fig.savefig(path, dpi=110, metadata={"Title": fig.axes[0].get_title(), "Description": "candidates: " + ", ".join(names)})
+    names = ", ".join(t.get_text() for t in fig.axes[1].get_yticklabels())
+    fig.savefig(path, dpi=110, metadata={"Title": fig.axes[0].get_title(), "Description": f"candidates: {names}"})
     plt.close(fig)
 
 

@@ -33,7 +33,8 @@ def auto_run(env, *extra: str, culprit: str | None = None, base: str = BASE, end
     files = [_calib(env)] if calib else []
     argv = ["auto", "--base", base, "--target", "math word problems", "--out", str(out),
             "--endpoint", endpoint or _closed_endpoint(), "--db", f"sqlite:///{env.tmp / 'zoo.sqlite'}",
-            "--cache-dir", str(env.tmp / "hf-cache"), "--quiet", *(a for f in files for a in ("--calib", str(f))), *extra]
+            "--cache-dir", str(env.tmp / "hf-cache"), "--quiet", *(a for f in files for a in ("--calib", str(f))),
+            *extra]
     return Run(argv, protect=[out, *files], culprit=culprit, env=run_env or {})
 
 
