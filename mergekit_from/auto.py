@@ -7,23 +7,28 @@ the output's ``mergekit_config.yml``; the run is recorded in the store's ``merge
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 import yaml
 from huggingface_hub import HfApi, snapshot_download
-from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+from huggingface_hub.utils import validate_repo_id
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from mergekit_from.errors import ConfigError, MergekitFromError, ModelInputError, one_line
 from mergekit_from.output import Output, overwrite_option
-from mergekit_from.release import Release, Source, model_card, push_folder
+from mergekit_from.release import Release, Source, model_card, push_folder, worse_than_base
 
 # fw_soft first: the default, the only method measured to keep most of several experts' skills on the task zoo
 # (benchmarks/results/quality.md; README "Which FW variant").
@@ -81,12 +86,37 @@ def _say(req: AutoRequest, msg: str) -> None:
         click.echo(msg, err=True)
 
 
+@contextlib.contextmanager
+def silenced(quiet: bool) -> Iterator[None]:
+    """``--quiet``: no progress bars (huggingface_hub's "Fetching N files" included), no log
+    records below ERROR and no Python warnings while auto runs; all restored afterwards."""
+    if not quiet:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    bars_were_off, level = are_progress_bars_disabled(), logging.root.manager.disable
+    disable_progress_bars()
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(level)
+        if not bars_were_off:
+            enable_progress_bars()
+
+
 def check_request(req: AutoRequest) -> dict[str, Path]:
     """Everything checkable before any network call; returns {task: calibration file}."""
     from mergekit_from.calibration import read_jsonl
 
     if req.method not in METHODS:
         raise ConfigError(f"--method {req.method!r}: expected one of {', '.join(METHODS)}")
+    _check_repo_id("--base", req.base)
+    if not req.target.strip():
+        raise ConfigError("--target is empty: say in words what the merge is for")
     if req.pool_size < 1:
         raise ConfigError(f"--pool-size must be >= 1, got {req.pool_size}")
     if req.method in DATA_METHODS and not req.calib:
@@ -101,9 +131,11 @@ def check_request(req: AutoRequest) -> dict[str, Path]:
         if task in files:
             raise ConfigError(f"--calib: two files for task {task!r} ({files[task]} and {path})")
         files[task] = Path(path)
+    req.settings = check_settings(req.method, req.settings, list(files))
     if req.push_to_hub:
         from huggingface_hub import get_token
 
+        _check_repo_id("--push-to-hub", req.push_to_hub)
         if not get_token():
             raise ConfigError(f"--push-to-hub {req.push_to_hub}: no token; set HF_TOKEN or run `hf auth login`")
     return files
@@ -121,15 +153,65 @@ def check_output(req: AutoRequest, files: dict[str, Path]) -> Output:
     return Output.check(req.out, "auto", [*files.values(), *store, req.cache_dir or HF_HUB_CACHE], req.overwrite)
 
 
+def _check_repo_id(option: str, repo_id: str) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        why = one_line(exc).removeprefix("HFValidationError: ")
+        raise ConfigError(f"{option} {repo_id!r} is not a Hub repo id: {why}") from None
+
+
+def check_settings(method: str, settings: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
+    """``--set`` values checked against the method's own settings (the recipe's checks, run now,
+    not after the downloads); returns them with local paths made absolute, since the recipe that
+    auto writes lives elsewhere."""
+    if method == "from":
+        from mergekit_from.methods.from_merge import from_merge
+
+        specs = {p.name: p for p in from_merge.spec.parameters}
+        for key, value in settings.items():
+            if key not in specs:
+                raise ConfigError(f"--set {key}: not a setting of {method} (accepted: {', '.join(sorted(specs))})")
+            try:
+                specs[key].validate(value)
+            except ValidationError as exc:
+                raise ConfigError(f"--set {key}={value!r} is invalid for {method}: {one_line(exc)}") from None
+        return settings
+    from mergekit_from.frank_wolfe import INIT_KEYWORDS, HardSettings, SoftSettings
+
+    model = SoftSettings if method == "fw_soft" else HardSettings
+    accepted = sorted(set(model.model_fields) - {"targets"})  # auto sets the targets from --calib
+    for key in settings:
+        if key not in accepted:
+            raise ConfigError(f"--set {key}: not a setting of {method} (accepted: {', '.join(accepted)})")
+    try:
+        model.model_validate({"targets": tasks, **settings})
+    except ValidationError as exc:
+        raise ConfigError(f"--set for {method}: {one_line(exc)}") from None
+    paths = {}
+    for key in ("init", "tokenizer"):
+        value = settings.get(key)
+        if value is None or (key == "init" and value in INIT_KEYWORDS):
+            continue
+        if not Path(value).expanduser().is_dir():
+            hint = f" (and not one of {'|'.join(INIT_KEYWORDS)})" if key == "init" else ""
+            raise ConfigError(f"--set {key}={value}: no such folder{hint}")
+        paths[key] = str(Path(value).expanduser().resolve())
+    return {**settings, **paths}
+
+
 def probe_base(api: HfApi, base: str) -> str | None:
     """The base's current commit; fails fast, in one line, when the Hub is unreachable or the
-    base does not exist there."""
+    base does not exist there or is gated."""
     try:
-        return api.model_info(base, expand=["sha"]).sha
+        info = api.model_info(base, expand=["sha", "gated"])
+        if info.gated:  # metadata is public; the files are what a gate withholds
+            api.file_exists(base, "config.json", revision=info.sha)
+        return info.sha
+    except GatedRepoError:  # before its parent class RepositoryNotFoundError
+        raise ModelInputError(f"base model {base!r} is gated on {api.endpoint}: set HF_TOKEN with access") from None
     except RepositoryNotFoundError:
         raise ModelInputError(f"base model {base!r} not found on {api.endpoint}") from None
-    except GatedRepoError:
-        raise ModelInputError(f"base model {base!r} is gated on {api.endpoint}: set HF_TOKEN with access") from None
     except HfHubHTTPError as exc:
         raise MergekitFromError(f"the Hub at {api.endpoint} answered {one_line(exc)}") from None
     except Exception as exc:  # transport errors from the HTTP client
@@ -211,29 +293,45 @@ def build_recipe(req: AutoRequest, base_path: Path, pool: list[PoolModel], files
     return "\n".join(header) + "\n" + yaml.safe_dump(recipe, sort_keys=False)
 
 
-def from_coefficients_of(base_path: Path, pool: list[PoolModel], k: float) -> dict[str, float]:
-    """FroM's per-source weight, averaged over tensors by size (one streaming pass over the pool)."""
+def from_coefficients_of(base_path: Path, paths: list[Path], parameters: dict[str, Any],
+                         priors: list[float] | None = None) -> list[float]:
+    """FroM's coefficient per source, as the merge applies it (k, lambda, scope and the per-model
+    weight ``priors``), averaged over floating tensors by size; one streaming pass over the pool."""
     import torch
+    from mergekit.architecture import arch_info_for_config
+    from mergekit.merge_methods.base import TensorMetadata
+    from transformers import AutoConfig
 
-    from mergekit_from.methods.from_merge import from_coefficients
+    from mergekit_from.methods.from_merge import DEFAULT_K, tensor_weights, uses_norms
     from mergekit_from.weights import TensorIndex
 
+    config = AutoConfig.from_pretrained(base_path)
+    arch = arch_info_for_config(config)
+    metadata = {w.name: TensorMetadata.from_weight_info(w) for w in (arch.all_weights(config) if arch else ())}
+    k, scale, scope = parameters.get("k", DEFAULT_K), parameters.get("lambda", 1.0), parameters.get("scope", "all")
+    prior_t = torch.tensor(priors or [parameters.get("weight", 1.0)] * len(paths), dtype=torch.float64)
     base = TensorIndex.open(base_path)
-    indexes = [TensorIndex.open(m.path) for m in pool]
-    totals = torch.zeros(len(pool), dtype=torch.float64)
+    indexes = [TensorIndex.open(p) for p in paths]
+    totals = torch.zeros(len(paths), dtype=torch.float64)
     size = 0
     for name, shape in base.shapes.items():
         b = base.tensor(name)
         if not b.is_floating_point():
             continue
         norms = torch.tensor([float((ix.tensor(name).float() - b.float()).norm()) for ix in indexes])
+        use = uses_norms(scope, len(shape), metadata.get(name, TensorMetadata(name=name)))
         n = math.prod(shape)
-        totals += from_coefficients(norms, torch.ones(len(pool)), k) * n
+        totals += tensor_weights(norms, prior_t, k, use) * scale * n
         size += n
-    return {m.repo_id: round(float(v / size), 6) for m, v in zip(pool, totals)}
+    return [round(float(v / size), 6) for v in totals]
 
 
 def run_auto(req: AutoRequest) -> AutoResult:
+    with silenced(req.quiet):
+        return _run_auto(req)
+
+
+def _run_auto(req: AutoRequest) -> AutoResult:
     from db import MergeRun, open_store
     from zoo.crawler import Crawler
     from zoo.scoring import score_target
@@ -301,6 +399,8 @@ def _merge(req: AutoRequest, output: Output, files: dict[str, Path], base_sha: s
         recipe_file.write_text(build_recipe(req, base_path, pool, files))
         merge_into(check_recipe_file(recipe_file, MergeOptions(quiet=req.quiet)), stage)
         recipe_text = (stage / "mergekit_config.yml").read_text()  # as recorded: re-runs from anywhere
+        if req.method in DATA_METHODS:
+            _label_trace(stage, {str(base_path): req.base, **{str(m.path): m.repo_id for m in pool}})
         recipe = yaml.safe_load(recipe_text)
 
         coefficients, share = _coefficients(req, stage, base_path, pool)
@@ -310,6 +410,10 @@ def _merge(req: AutoRequest, output: Output, files: dict[str, Path], base_sha: s
             evaluation = {"base": calibration_losses(base_path, files, base_path),
                           "merged": calibration_losses(stage, files, base_path)}
             (stage / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
+        worse = worse_than_base(evaluation)
+        for task in worse:
+            _say(req, f"warning: the merge's calibration loss on {task} is worse than the base's "
+                      f"({evaluation['base'][task]:.3f} -> {evaluation['merged'][task]:.3f})")
         settings = recipe.get(req.method) or recipe.get("parameters")
         release = Release(
             base=Source(req.base, base_sha),
@@ -321,7 +425,8 @@ def _merge(req: AutoRequest, output: Output, files: dict[str, Path], base_sha: s
         (stage / "README.md").write_text(model_card(release))
         (stage / "auto_run.json").write_text(json.dumps(
             {"run_id": run_id, "base": asdict(release.base), "sources": [asdict(s) for s in release.sources],
-             "excluded": excluded, "method": req.method, "settings": settings, "evaluation": evaluation},
+             "excluded": excluded, "method": req.method, "settings": settings, "evaluation": evaluation,
+             "worse_than_base": worse},
             indent=1, default=str))
     pushed = None
     if req.push_to_hub:
@@ -330,12 +435,19 @@ def _merge(req: AutoRequest, output: Output, files: dict[str, Path], base_sha: s
     return AutoResult(req.out, run_id, pool, coefficients, share, evaluation, pushed, 0.0)
 
 
+def _label_trace(out: Path, labels: dict[str, str]) -> None:
+    """Redraw ``fw_trace.png`` with repo ids instead of the cache's snapshot folders."""
+    from mergekit_from.frank_wolfe import PLOT_FILE, TRACE_FILE, Trace, plot_trace
+
+    plot_trace(Trace(**json.loads((out / TRACE_FILE).read_text())), out / PLOT_FILE, labels)
+
+
 def _coefficients(req, out: Path, base_path: Path, pool: list[PoolModel]) -> tuple[dict[str, float], dict[str, float]]:
     """Per source repo: its coefficient in the merge, and (FW) its share of the picks."""
     by_path = {str(m.path): m.repo_id for m in pool}
     if req.method == "from":
-        k = float(req.settings.get("k", 2.0))
-        return from_coefficients_of(base_path, pool, k), {}
+        weights = from_coefficients_of(base_path, [m.path for m in pool], req.settings)
+        return {m.repo_id: w for m, w in zip(pool, weights)}, {}
     trace = json.loads((out / "fw_trace.json").read_text())
     coefficients = {by_path.get(r, r): v for r, v in trace.get("coefficients", {}).items()}
     share: dict[str, float] = {}

@@ -22,17 +22,11 @@ from typing import Any
 
 import click
 
+from mergekit_from.auto import DATA_METHODS
 from mergekit_from.output import overwrite_option
 
 N_TARGETS = 4
 ORG = "demo"
-# FW settings measured on the task zoo (benchmarks/quality.py DataDefaults, results in benchmarks/results/quality.md):
-# the recipe defaults (step_size 0.1; fw_soft's entropy inner loss) barely move the merge on it. fw_soft's
-# ada_lr 1e-2 was chosen between two values on irrelevance4's test split.
-FW_SETTINGS = {
-    "fw_soft": {"max_iters": 3, "ada_iters": 100, "ada_loss": "cross_entropy", "ada_lr": 1e-2},
-    "fw_hard": {"max_iters": 10, "step_size": 1.0, "init": "from"},
-}
 
 
 # Everything the demo writes into --out.
@@ -119,7 +113,7 @@ def run_demo(out: Path, quick: bool, method: str, settings: dict[str, Any], pool
             click.echo(f"[{step}/5] auto --method {m}" + (" (crawls the Hub first)" if step == 3 else ""), err=True)
             req = AutoRequest(base=base_id, target=target, out=out / f"merged-{m}", calib=calib, endpoint=hub.endpoint,
                               db_url=f"sqlite:///{db}", pool_size=pool_size, method=m,
-                              settings={**FW_SETTINGS[m], **settings} if m != "from" else {},
+                              settings=settings if m != "from" else {},
                               cache_dir=out / "hf-cache")
             results[label] = run_auto(req)
     click.echo("[5/5] evaluating (exact match on the test split)", err=True)
@@ -159,10 +153,10 @@ def print_table(summary: dict[str, Any]) -> None:
 @click.option("--quick", is_flag=True, help="Use the quick task zoo (seconds to build; for tests).")
 @click.option("--zoo", "zoo_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Task zoo folder, built there when missing [default: the per-user cache].")
-@click.option("--method", type=click.Choice(sorted(FW_SETTINGS)), default="fw_soft", show_default=True)
+@click.option("--method", type=click.Choice(DATA_METHODS), default="fw_soft", show_default=True)
 @click.option("--pool-size", type=int, default=8, show_default=True)
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="FW setting over the demo's (FW_SETTINGS); repeat.")
+              help="FW setting over the recipe defaults; repeat.")
 @overwrite_option
 def demo_cmd(out: Path, quick: bool, zoo_dir: Path | None, method: str, pool_size: int,
              settings: tuple[str, ...], overwrite: bool) -> None:

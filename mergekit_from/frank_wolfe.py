@@ -135,13 +135,16 @@ class SoftSettings(CommonSettings):
     """AdaMerging inner loop: ada_iters Adam steps (lr ada_lr) on ada_loss over ada_batch_size
     samples per target; coefficients start at ada_first_coeff (t = 0), then ada_coeff."""
 
+    # Measured on the task zoo (README "Which FW variant"; benchmarks/quality.py DataDefaults): the paper's
+    # entropy loss, lr 1e-3 and 500 steps left the merge near, or worse than, the base.
     init: str = "base"
-    ada_iters: PositiveInt = 500
-    ada_lr: PositiveFloat = 1e-3
+    max_iters: PositiveInt = 3
+    ada_iters: PositiveInt = 100
+    ada_lr: PositiveFloat = 1e-2
     ada_coeff: float = 1e-2
     ada_first_coeff: float = 0.3
     ada_batch_size: PositiveInt = 16
-    ada_loss: Literal["entropy", "cross_entropy"] = "entropy"
+    ada_loss: Literal["entropy", "cross_entropy"] = "cross_entropy"
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,8 +273,22 @@ class Trace:
         plot_trace(self, out_dir / PLOT_FILE)
 
 
-def plot_trace(trace: Trace, path: Path) -> None:
-    """Objective per iteration, and which models were picked (share of tensors) per iteration."""
+def plot_trace(trace: Trace, path: Path, labels: dict[str, str] | None = None) -> None:
+    """Save :func:`trace_figure` as a PNG whose metadata lists the candidates as labelled."""
+    import matplotlib.pyplot as plt
+
+    fig = trace_figure(trace, labels)
+    names = ", ".join(t.get_text() for t in fig.axes[1].get_yticklabels())
+    fig.savefig(path, dpi=110, metadata={"Title": fig.axes[0].get_title(), "Description": f"candidates: {names}"})
+    plt.close(fig)
+
+
+def trace_figure(trace: Trace, labels: dict[str, str] | None = None):
+    """Objective per iteration, and which models were picked (share of tensors) per iteration.
+
+    Candidates are labelled by ``labels[ref]`` (e.g. Hub repo ids), else by their folder name."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -280,7 +297,7 @@ def plot_trace(trace: Trace, path: Path) -> None:
     its = trace.iterations
     xs = [it["iter"] for it in its] + [len(its)]
     ys = [it["objective"] for it in its] + [trace.final_objective]
-    names = [Path(r).name or r for r in trace.pool]
+    names = [(labels or {}).get(r) or Path(r).name or r for r in trace.pool]
     share = torch.zeros(len(names), len(its))
     for j, it in enumerate(its):
         for ref, frac in it["pick_share"].items():
@@ -289,7 +306,8 @@ def plot_trace(trace: Trace, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 3 + 0.25 * len(names)), sharex=True)
     ax1.plot(xs, ys, marker="o")
     ax1.set_ylabel(f"objective ({trace.settings['objective']})")
-    ax1.set_title(f"{trace.method}: targets {', '.join(trace.targets)} (last point: after the last step)")
+    title = f"{trace.method}: targets {', '.join(trace.targets)} (last point: after the last step)"
+    ax1.set_title(textwrap.fill(title, 70), fontsize=9)  # wrapped: tight_layout keeps every line in the figure
     extent = (-0.5, len(its) - 0.5, len(names) - 0.5, -0.5)
     ax2.imshow(share.numpy(), aspect="auto", cmap="Blues", vmin=0, interpolation="nearest", extent=extent)
     ax2.set_yticks(range(len(names)), names, fontsize=7)
@@ -298,8 +316,7 @@ def plot_trace(trace: Trace, path: Path) -> None:
     ax2.set_xlabel("iteration")
     ax2.set_ylabel("picked (share of tensors)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 class FWPrePass:

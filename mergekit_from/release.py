@@ -50,6 +50,13 @@ class Release:
     run_id: int | None = None
 
 
+def worse_than_base(evaluation: dict[str, dict[str, float]] | None) -> list[str]:
+    """The target tasks on which the merge's calibration loss is higher than the base's."""
+    if not evaluation:
+        return []
+    return [t for t, loss in evaluation["merged"].items() if loss > evaluation["base"][t]]
+
+
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
@@ -116,6 +123,10 @@ def model_card(r: Release) -> str:
             vals = [row.get(t) for t in tasks]
             mean = sum(v for v in vals if v is not None) / max(1, sum(v is not None for v in vals))
             lines.append(f"| {label} | " + " | ".join(_fmt(v) for v in vals) + f" | {_fmt(mean)} |")
+        worse = worse_than_base(r.evaluation)
+        if worse:
+            lines += ["", f"**Warning: the merge is worse than the base on {', '.join(worse)}** (higher calibration "
+                      "loss). Try another method, other settings or a smaller pool before using it for these tasks."]
     lines += [
         "",
         "## Reproduce",

@@ -35,6 +35,8 @@ def test_demo_end_to_end_on_the_quick_zoo(quick_zoo, tmp_path):
         return sum(rows[row].values()) / len(targets)
 
     assert mean("FW merge (fw_soft)") > max(mean("base"), mean("FroM merge (from)")) + 0.2, rows
+    # with fw_soft's recipe defaults (the demo passes none): no target's calibration loss got worse
+    assert json.loads((out / "merged-fw_soft" / "auto_run.json").read_text())["worse_than_base"] == []
 
     # each merge is a release folder: weights, the recipe it ran, a card that names the base; FW adds its trace
     for method in ("from", "fw_soft"):

@@ -44,6 +44,15 @@ def test_quick_zoo_folders_are_hub_style(quick_zoo):
     assert {e["kind"] for e in models.values()} == {"base", "fft", "lora", "misfit"}
 
 
+def test_manifest_is_strict_json(quick_zoo):
+    def refuse(constant):
+        raise ValueError(f"bare {constant} in manifest.json")
+
+    manifest = json.loads((quick_zoo.root / "manifest.json").read_text(), parse_constant=refuse)
+    base = manifest["models"]["base"]["train"]
+    assert base["probe"] is None and base["probe_note"] == "no probe: trained for the full schedule"
+
+
 def test_models_folder_serves_as_a_hub_unchanged(quick_zoo):
     """``models/`` is a Hub layout: each folder is found under the repo id the manifest and cards name."""
     from zoo.local_repos import Catalog

@@ -30,6 +30,7 @@ from mergekit.merge_methods.base import (
     ParameterScope,
     ParameterSpec,
     TensorGroup,
+    TensorMetadata,
 )
 from pydantic import Field
 
@@ -58,6 +59,17 @@ def from_coefficients(norms: torch.Tensor, priors: torch.Tensor, k: float) -> to
     )
     logits = logits.masked_fill(~active, float("-inf"))
     return torch.softmax(logits, dim=0)
+
+
+def tensor_weights(norms: torch.Tensor, priors: torch.Tensor, k: float, use_norms: bool) -> torch.Tensor:
+    """One tensor's weight per input, as the merge applies them (before ``lambda``): FroM's, or
+    the prior-weighted mean where ``use_norms`` is off. `auto`'s card reports these too."""
+    return from_coefficients(norms, priors, k if use_norms else 0.0)
+
+
+def uses_norms(scope: str, ndim: int, metadata: TensorMetadata) -> bool:
+    """Whether ``scope`` applies FroM's norm weighting to a tensor (else the plain prior mean)."""
+    return scope == "all" or is_linear_weight(ndim, metadata)
 
 
 def from_merge_tensors(
@@ -92,7 +104,7 @@ def from_merge_tensors(
         _raise_non_finite(base, tensors, i, names, tensor_name)
         norms[i] = torch.linalg.vector_norm(tensors[i].double() - base.double())  # finite inputs, fp32 overflow
 
-    weights = from_coefficients(norms, prior_t, k if use_norms else 0.0)
+    weights = tensor_weights(norms, prior_t, k, use_norms)
     if not bool((weights > 0).any()):
         return base
     merged = torch.tensordot(weights.to(torch.float32) * scale, taus, dims=1)
@@ -109,10 +121,10 @@ def _raise_non_finite(base, tensors, index, names, tensor_name) -> None:
         raise TensorValueError(f"model {who!r} has NaN/Inf values in {where}")
 
 
-def is_linear_weight(group: TensorGroup) -> bool:
+def is_linear_weight(ndim: int, metadata: TensorMetadata) -> bool:
     """A 2-D weight that is not an embedding / LM head (no vocabulary axis)."""
-    return group.entries[0].tensor.ndim == 2 and group.metadata.vocabulary_axis is None and (
-        group.metadata.name is None or group.metadata.name.endswith("weight")
+    return ndim == 2 and metadata.vocabulary_axis is None and (
+        metadata.name is None or metadata.name.endswith("weight")
     )
 
 
@@ -155,7 +167,7 @@ class FroMMerge(GroupMergeMethod):
             k=parameters["k"],
             scale=parameters["lambda"],
             priors=[parameters["weight"][e.id] for e in entries],
-            use_norms=parameters["scope"] == "all" or is_linear_weight(group),
+            use_norms=uses_norms(parameters["scope"], group.entries[0].tensor.ndim, group.metadata),
             names=[str(e.id) for e in entries],
             tensor_name=group.metadata.name,
         )

@@ -43,7 +43,7 @@ MANIFEST = "manifest.json"
 DATA = "data"
 # What a zoo folder holds: its build, and the caches benchmarks/quality.py derives from it.
 ZOO_ENTRIES = (DATA, "models", MANIFEST, MANIFEST + ".tmp", "lora-folded", "lora-merge-cache")
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: strict JSON (a run without a probe logs null and why, not NaN)
 REPO_PREFIX = "taskzoo"
 MODELS = Path("models") / REPO_PREFIX  # repo id taskzoo/<name> lives in models/taskzoo/<name>
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -222,7 +222,7 @@ class _Builder:
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
             (tmp / "README.md").write_text(card)
-            (tmp / "zoo_entry.json").write_text(json.dumps(entry, indent=1))
+            (tmp / "zoo_entry.json").write_text(json.dumps(entry, indent=1, allow_nan=False))
         self.models[name] = entry
 
     def _cached(self, name: str, recipe: dict[str, Any]) -> bool:
@@ -231,7 +231,8 @@ class _Builder:
         self.recipes[name] = recipe
         entry_file = self.root / MODELS / name / "zoo_entry.json"
         if entry_file.is_file():
-            entry = json.loads(entry_file.read_text())
+            # entries written before probe-less runs logged null held a bare NaN, which is not JSON
+            entry = json.loads(entry_file.read_text(), parse_constant=lambda _: None)
             if entry.get("recipe") == recipe:
                 self.models[name] = entry
                 self.progress.update(1)
@@ -442,6 +443,6 @@ def build_zoo(out: str | Path | None = None, quick: bool = False, *, force: bool
         "threads": torch.get_num_threads(),
     }
     tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.write_text(json.dumps(manifest, indent=1, allow_nan=False))
     tmp.rename(root / MANIFEST)
     return load_manifest(root)

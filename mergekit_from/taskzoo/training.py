@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -85,7 +85,7 @@ def train(
     probe: Callable[[], float] | None = None,
     probe_every: int = 25,
     target: float = 1.0,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """AdamW with warmup and cosine decay; stops early once ``probe()`` reaches ``target``."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay, betas=(0.9, 0.98))
@@ -100,7 +100,7 @@ def train(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
-    loss_ema, score, step = float("nan"), float("nan"), 0
+    loss_ema, score, step = float("nan"), None, 0
     bar = tqdm(range(schedule.steps), desc=desc, leave=False, mininterval=1.0)
     for step in bar:
         batch = encode_batch([next(data) for _ in range(schedule.batch_size)], vocab)
@@ -121,4 +121,8 @@ def train(
                 break
     bar.close()
     model.eval()
-    return {"steps": step + 1, "loss": round(loss_ema, 4), "probe": score}
+    log: dict[str, Any] = {"steps": step + 1, "loss": round(loss_ema, 4), "probe": score}
+    if score is None:  # JSON has no NaN: say why there is no probe accuracy
+        why = "trained for the full schedule" if probe is None else f"fewer than {probe_every} steps"
+        log["probe_note"] = f"no probe: {why}"
+    return log
