@@ -99,7 +99,7 @@ def _accepted_keys(method: MergeMethod) -> dict[str, list[str]]:
     return {
         "top": [p.name for p in params] + list(settings.model_fields if settings else ()),
         "slice": [p.name for p in params],
-        "model": per_input + list(settings.per_model if settings else ()),
+        "model": per_input + list(getattr(settings, "per_model", ())),
     }
 
 
