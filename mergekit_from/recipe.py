@@ -128,8 +128,8 @@ def check_parameters(config: MergeConfiguration, method: MergeMethod) -> None:
             if accepted is not None:
                 _check_key(key, where, level, method, accepted)
             spec = specs.get(key)
-            if spec is None:
-                continue
+            if spec is None or (level == "model" and spec.scope == ParameterScope.SHARED):
+                continue  # mergekit never reads it
             for value, label in _setting_values(setting):
                 try:
                     spec.validate(value)

@@ -84,8 +84,9 @@ def _ties(t):
         {"model": str(t["a"]), "parameters": {"weight": [0.2, 0.8],
                                               "density": [{"filter": "mlp", "value": 0.5}, {"value": 0.9}]}},
         {"model": str(t["b"]), "parameters": {"weight": 0.5, "density": 0.7}},
-        {"model": str(t["c"]), "parameters": {"weight": 1.0, "density": [0.3, 1.0]}},
-    ], "parameters": {"normalize": True, "not_a_ties_key": 3}}  # mergekit ignores unknown keys: so do we
+        # mergekit ignores unknown keys and shared ones on a model (whatever their value): so do we
+        {"model": str(t["c"]), "parameters": {"weight": 1.0, "density": [0.3, 1.0], "normalize": "maybe"}},
+    ], "parameters": {"normalize": True, "not_a_ties_key": 3}}
 
 
 def _slices(t):
