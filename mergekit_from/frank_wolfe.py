@@ -127,7 +127,7 @@ class HardSettings(CommonSettings):
     step_size: PositiveFloat = Field(0.1, description="step size of c_t = step_size·2/(t+2)·scaling_factor")
     scaling_factor: PositiveFloat = Field(0.3, description="task arithmetic's scale in c_t")
     update: Literal["task_arithmetic", "ties"] = Field(
-        "task_arithmetic", description="direction D: task_arithmetic (s − θ) | ties (s − θ trimmed to ties_density)"
+        "task_arithmetic", description="direction D: task_arithmetic (s − θ) | ties (s − θ, ties_density kept)"
     )
     ties_density: Fraction = Field(0.2, description="share of entries a ties update keeps")
 

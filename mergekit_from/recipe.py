@@ -85,7 +85,8 @@ def _setting_values(setting: ParameterSetting, label: str = "") -> Iterator[tupl
         return
     for item in setting:
         if isinstance(item, ConditionalParameter):
-            yield from _setting_values(item.value, label if item.filter in (None, "*") else f" (filter {item.filter!r})")
+            matches_all = item.filter in (None, "*")
+            yield from _setting_values(item.value, label if matches_all else f" (filter {item.filter!r})")
         else:
             yield item, label
 
