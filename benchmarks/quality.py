@@ -54,7 +54,8 @@ FROM_LAMBDAS = (1.0, 2.0, 4.0, 8.0)
 
 @dataclass(frozen=True)
 class Run:
-    """One merge: ``merge_method`` with top-level ``params`` and a ``weight`` of 1 per expert."""
+    """One merge: ``merge_method`` with top-level ``params`` and a ``weight`` of 1 per expert
+    (except for pre-pass methods)."""
 
     label: str
     method: str
@@ -67,7 +68,9 @@ class Run:
         recipe: dict[str, Any] = {"merge_method": self.method}
         if self.with_base:
             recipe["base_model"] = base
-        recipe["models"] = [{"model": m, "parameters": {"weight": 1.0}} for m in models]
+        # a pre-pass method takes no per-model weight (and refuses one)
+        weight = {} if self.section else {"parameters": {"weight": 1.0}}
+        recipe["models"] = [{"model": m, **weight} for m in models]
         recipe["parameters"] = dict(self.params)
         if self.section:
             recipe[self.method] = self.section

@@ -72,10 +72,12 @@ INIT_KEYWORDS = ("task_arithmetic", "base", "from")
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0, le=1)]
+_INIT_HELP = "θ₀: task_arithmetic (λ = init_lambda) | base | from (FroM, k = from_k) | a model folder"
 
 
 class CommonSettings(BaseModel):
-    """Settings shared by fw_hard and fw_soft (recipe section or top-level ``parameters:``).
+    """Settings shared by fw_hard and fw_soft (recipe section or top-level ``parameters:``);
+    each field's description says what it does (``mergekit-from methods`` lists them).
 
     Example recipe (data paths are relative to the recipe's folder)::
 
@@ -86,65 +88,67 @@ class CommonSettings(BaseModel):
           targets: {rev: data/rev.jsonl}     # {"prompt","response"} or {"text"} lines
           max_iters: 10
           lmo: tensor
-
-    - targets: the tasks the merge is for; samples_per_task first lines of each (official: 100)
-    - max_length / batch_size: tokenisation cut-off and padded batch size of the objective
-    - init: task_arithmetic (λ = init_lambda) | base | from (FroM, k = from_k) | a model folder
-    - lmo: model (one pick per iteration) | tensor (one pick per stored tensor)
-    - score: cosine (official, against full weights) | inner_product (textbook ⟨g, s − θ⟩)
-    - objective: cross_entropy on responses | entropy of next-token predictions on prompts
-    - initial_vertex: θ₀ is a candidate too (the official ViT code does this)
-    - skip_incompatible: leave out pool models whose layout differs from the base (warns)
-    - preload_candidates: hold every candidate in RAM like the official code (benchmarks only)
-    - tokenizer / trust_remote_code: where to load the tokenizer from (default: the base)
     """
 
     model_config = ConfigDict(extra="forbid")
 
     targets: Union[dict[str, str], list[str]] = Field(
-        description="target tasks: {task: JSONL file} or a list of files (task = file stem)"
+        description="the tasks the merge is for: {task: JSONL file} or a list of files (task = file stem)"
     )
-    samples_per_task: PositiveInt = 100
-    max_length: PositiveInt = 256
-    batch_size: PositiveInt = 8
-    max_iters: PositiveInt = 10
-    init: str = "task_arithmetic"
-    init_lambda: PositiveFloat = 0.3
-    from_k: Annotated[float, Field(ge=0)] = 2.0
-    lmo: Literal["model", "tensor"] = "model"
-    score: Literal["cosine", "inner_product"] = "cosine"
-    objective: Literal["cross_entropy", "entropy"] = "cross_entropy"
-    initial_vertex: bool = False
-    skip_incompatible: bool = False
-    preload_candidates: bool = False  # the official code's load-everything behaviour (for comparison)
-    tokenizer: Optional[str] = None
-    trust_remote_code: bool = False
-    seed: int = 0
+    samples_per_task: PositiveInt = Field(100, description="first lines of each target file used (official: 100)")
+    max_length: PositiveInt = Field(256, description="tokenisation cut-off of the objective's samples")
+    batch_size: PositiveInt = Field(8, description="padded batch size of the objective")
+    max_iters: PositiveInt = Field(10, description="Frank-Wolfe iterations")
+    init: str = Field("task_arithmetic", description=_INIT_HELP)
+    init_lambda: PositiveFloat = Field(0.3, description="task arithmetic's λ for init: task_arithmetic")
+    from_k: Annotated[float, Field(ge=0)] = Field(2.0, description="FroM's k for init: from")
+    lmo: Literal["model", "tensor"] = Field(
+        "model", description="model: one pick per iteration | tensor: one pick per stored tensor"
+    )
+    score: Literal["cosine", "inner_product"] = Field(
+        "cosine", description="LMO score: cosine (official, against full weights) | inner_product (⟨g, s − θ⟩)"
+    )
+    objective: Literal["cross_entropy", "entropy"] = Field(
+        "cross_entropy", description="cross_entropy on responses | entropy of next-token predictions on prompts"
+    )
+    initial_vertex: bool = Field(False, description="θ₀ is a candidate too (the official ViT code does this)")
+    skip_incompatible: bool = Field(
+        False, description="leave out pool models whose layout differs from the base (warns)"
+    )
+    preload_candidates: bool = Field(
+        False, description="hold every candidate in RAM like the official code (benchmarks only)"
+    )
+    tokenizer: Optional[str] = Field(None, description="folder to load the tokenizer from (default: the base)")
+    trust_remote_code: bool = Field(False, description="run the model's own code when loading it and its tokenizer")
+    seed: int = Field(0, description="seed of the random draws (torch, AdaMerging's batches)")
 
 
 class HardSettings(CommonSettings):
-    """Step c_t = step_size·2/(t+2)·scaling_factor; update task_arithmetic or ties (keeps ties_density)."""
+    """fw_hard: the step θ ← θ + c_t·D(s − θ) with c_t = step_size·2/(t+2)·scaling_factor."""
 
-    step_size: PositiveFloat = 0.1
-    scaling_factor: PositiveFloat = 0.3
-    update: Literal["task_arithmetic", "ties"] = "task_arithmetic"
-    ties_density: Fraction = 0.2
+    step_size: PositiveFloat = Field(0.1, description="step size of c_t = step_size·2/(t+2)·scaling_factor")
+    scaling_factor: PositiveFloat = Field(0.3, description="task arithmetic's scale in c_t")
+    update: Literal["task_arithmetic", "ties"] = Field(
+        "task_arithmetic", description="direction D: task_arithmetic (s − θ) | ties (s − θ, ties_density kept)"
+    )
+    ties_density: Fraction = Field(0.2, description="share of entries a ties update keeps")
 
 
 class SoftSettings(CommonSettings):
-    """AdaMerging inner loop: ada_iters Adam steps (lr ada_lr) on ada_loss over ada_batch_size
-    samples per target; coefficients start at ada_first_coeff (t = 0), then ada_coeff."""
+    """fw_soft: per iteration, one pick per target, then AdaMerging learns their coefficients."""
 
     # Measured on the task zoo (README "Which FW variant"; benchmarks/quality.py DataDefaults): the paper's
     # entropy loss, lr 1e-3 and 500 steps left the merge near, or worse than, the base.
-    init: str = "base"
-    max_iters: PositiveInt = 3
-    ada_iters: PositiveInt = 100
-    ada_lr: PositiveFloat = 1e-2
-    ada_coeff: float = 1e-2
-    ada_first_coeff: float = 0.3
-    ada_batch_size: PositiveInt = 16
-    ada_loss: Literal["entropy", "cross_entropy"] = "cross_entropy"
+    init: str = Field("base", description=_INIT_HELP)
+    max_iters: PositiveInt = Field(3, description="Frank-Wolfe iterations")
+    ada_iters: PositiveInt = Field(100, description="Adam steps of the AdaMerging inner loop per iteration")
+    ada_lr: PositiveFloat = Field(1e-2, description="Adam's learning rate")
+    ada_coeff: float = Field(1e-2, description="starting coefficient of each pick after the first iteration")
+    ada_first_coeff: float = Field(0.3, description="starting coefficient of each pick at the first iteration")
+    ada_batch_size: PositiveInt = Field(16, description="samples drawn per target for each Adam step")
+    ada_loss: Literal["entropy", "cross_entropy"] = Field(
+        "cross_entropy", description="inner loop's loss: cross_entropy on responses | entropy (AdaMerging, label-free)"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ staging folder and moved into place only when it succeeded (see :mod:`mergekit_f
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import os
 import tempfile
@@ -20,7 +21,7 @@ from typing import Any, Iterator
 import yaml
 from mergekit import merge_methods
 from mergekit.common import ModelReference
-from mergekit.config import MergeConfiguration
+from mergekit.config import ConditionalParameter, MergeConfiguration, ParameterSetting
 from mergekit.merge_methods.base import BasePolicy, MergeMethod, ParameterScope
 from mergekit.options import MergeOptions
 from pydantic import ValidationError
@@ -28,8 +29,10 @@ from pydantic import ValidationError
 import mergekit_from  # noqa: F401  (registers the plugin's methods)
 from mergekit_from.errors import ConfigError, ModelInputError, one_line
 from mergekit_from.output import Output
+from mergekit_from.methods.side_file import user_parameters
 from mergekit_from.paths import cache_root
 from mergekit_from.prepass import PrePass, absolute_reference, ref_string
+from mergekit_from.registry import is_plugin_method
 from mergekit_from.weights import TensorIndex
 
 
@@ -59,47 +62,85 @@ def resolve_method(name: str) -> MergeMethod:
         raise ConfigError(f"unknown merge_method {name!r} (registered: {known})") from None
 
 
-def _parameter_sources(config: MergeConfiguration) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every parameter mapping in a recipe, labelled for error messages."""
+def _parameter_sources(config: MergeConfiguration) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Every parameter mapping in a recipe: its label for error messages, its level
+    (``top``, ``slice`` or ``model``) and the mapping."""
     if config.parameters:
-        yield "parameters", config.parameters
+        yield "parameters", "top", config.parameters
     for model in config.models or ():
         if model.parameters:
-            yield f"models[{model.model}].parameters", model.parameters
+            yield f"models[{model.model}].parameters", "model", model.parameters
     for i, sl in enumerate(config.slices or ()):
         if sl.parameters:
-            yield f"slices[{i}].parameters", sl.parameters
+            yield f"slices[{i}].parameters", "slice", sl.parameters
         for src in sl.sources:
             if src.parameters:
-                yield f"slices[{i}].sources[{src.model}].parameters", src.parameters
+                yield f"slices[{i}].sources[{src.model}].parameters", "model", src.parameters
 
 
-def _setting_values(value: Any) -> Iterator[Any]:
-    """Concrete values of a mergekit setting: a scalar, a gradient list, or filter entries."""
-    if isinstance(value, list):
-        for item in value:
-            if isinstance(item, dict) and "value" in item:
-                yield from _setting_values(item["value"])
-            else:
-                yield item
-    else:
-        yield value
+def _setting_values(setting: ParameterSetting, label: str = "") -> Iterator[tuple[Any, str]]:
+    """The values a mergekit setting can resolve to, as ``evaluate_setting`` reads it (a scalar,
+    a gradient's endpoints, each filter's value), each with its filter for error messages.
+    Checking a gradient's endpoints suffices: the bounds a parameter type has are convex."""
+    if isinstance(setting, ConditionalParameter):
+        setting = [setting]
+    if not isinstance(setting, list):
+        yield setting, label
+        return
+    for item in setting:
+        if isinstance(item, ConditionalParameter):
+            matches_all = item.filter in (None, "*")
+            yield from _setting_values(item.value, label if matches_all else f" (filter {item.filter!r})")
+        else:
+            yield item, label
+
+
+def _accepted_keys(method: MergeMethod) -> dict[str, list[str]]:
+    """The keys a recipe may give one of the plugin's methods, per level: its parameters
+    (per-model ones also on models and sources) and, at the top, its pre-pass settings."""
+    params = user_parameters(method.spec)
+    per_input = [p.name for p in params if p.scope != ParameterScope.SHARED]
+    settings = getattr(method, "settings_model", None)
+    return {
+        "top": [p.name for p in params] + list(settings.model_fields if settings else ()),
+        "slice": [p.name for p in params],
+        "model": per_input + list(getattr(settings, "per_model", ())),
+    }
+
+
+def _check_key(key: str, where: str, level: str, method: MergeMethod, accepted: dict[str, list[str]]) -> None:
+    """mergekit ignores keys its methods do not take; for the plugin's methods a key that does
+    nothing is a typo or a misplaced setting, and an error."""
+    if key in accepted[level]:
+        return
+    name = method.spec.name
+    here = ", ".join(accepted[level]) or "none"
+    if key in accepted["top"]:
+        raise ConfigError(f"{where}: {key!r} of merge_method {name!r} belongs in the top-level parameters: "
+                          f"(accepted here: {here})")
+    close = difflib.get_close_matches(key, accepted[level], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"{where}: unknown parameter {key!r} for merge_method {name!r} (accepted: {here}){hint}")
 
 
 def check_parameters(config: MergeConfiguration, method: MergeMethod) -> None:
-    """Validate every value given for the method's parameters, wherever the recipe sets it."""
+    """Every key the recipe gives the plugin's methods is one they take, and every value given
+    for a method's parameters (filters and gradients included) is valid."""
     specs = {p.name: p for p in method.spec.parameters}
-    for where, params in _parameter_sources(config):
-        for key, value in params.items():
+    accepted = _accepted_keys(method) if is_plugin_method(method.spec.name) else None
+    for where, level, params in _parameter_sources(config):
+        for key, setting in params.items():
+            if accepted is not None:
+                _check_key(key, where, level, method, accepted)
             spec = specs.get(key)
-            if spec is None:
-                continue
-            for v in _setting_values(value):
+            if spec is None or (level == "model" and spec.scope == ParameterScope.SHARED):
+                continue  # mergekit never reads it
+            for value, label in _setting_values(setting):
                 try:
-                    spec.validate(v)
+                    spec.validate(value)
                 except ValidationError as exc:
                     raise ConfigError(
-                        f"{where}: {key}={v!r} is invalid for merge_method "
+                        f"{where}: {key}={value!r}{label} is invalid for merge_method "
                         f"{method.spec.name!r}: {one_line(exc)}"
                     ) from None
 
@@ -170,11 +211,11 @@ def check_models(config: MergeConfiguration) -> None:
 
 
 def check_recipe(config: MergeConfiguration) -> MergeMethod:
-    """All checks that can run before loading a tensor; returns the resolved method."""
+    """The checks that can run before loading a tensor, after :func:`check_parameters` and a
+    pre-pass's own (which may leave models out); returns the resolved method."""
     method = resolve_method(config.merge_method)
     if method.spec.contract.base == BasePolicy.REQUIRED and config.base_model is None:
         raise ConfigError(f"merge_method {config.merge_method!r} needs a base_model")
-    check_parameters(config, method)
     check_required(config, method)
     check_models(config)
     return method
@@ -202,7 +243,9 @@ def check_recipe_file(config_file: str | os.PathLike, options: MergeOptions) -> 
     config, source = load_recipe(config_file)
     config = absolutize_paths(config)  # models resolve against the working directory, as in mergekit
     raw = yaml.safe_load(source)
-    hook = getattr(resolve_method(config.merge_method), "prepass", None)
+    method = resolve_method(config.merge_method)
+    check_parameters(config, method)  # before a pre-pass reads its settings and data
+    hook = getattr(method, "prepass", None)
     prepass = hook(config, raw, Path(config_file).resolve().parent) if hook else None
     if prepass is not None:
         config = prepass.config

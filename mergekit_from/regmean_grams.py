@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, ClassVar, Optional
 
 import torch
 from mergekit.config import MergeConfiguration
@@ -39,7 +39,8 @@ GRAMS_INDEX = "grams.json"
 
 
 class RegMeanSettings(BaseModel):
-    """Recipe section ``regmean:`` (or top-level ``parameters:`` for scalars)::
+    """Recipe section ``regmean:`` (or top-level ``parameters:`` for scalars); each field's
+    description says what it does (``mergekit-from methods`` lists them)::
 
         merge_method: regmean
         base_model: ./base
@@ -49,21 +50,29 @@ class RegMeanSettings(BaseModel):
           - model: ./expert_sort
         regmean:
           calibration: {./expert_sort: data/sort.jsonl}
-          alpha: 0.9          # off-diagonal shrink (1 = none); official configs use 0.1-0.9
-
-    Each model's Grams come from the first samples_per_task lines of its own file.
+          alpha: 0.9
     """
 
     model_config = ConfigDict(extra="forbid")
+    per_model: ClassVar[tuple[str, ...]] = ("calibration",)  # also accepted in models[].parameters
 
-    calibration: dict[str, str] = Field(default_factory=dict, description="pool model -> its task's JSONL")
-    alpha: Annotated[float, Field(ge=0, le=1)] = 0.9
-    samples_per_task: Annotated[int, Field(gt=0)] = 100
-    max_length: Annotated[int, Field(gt=0)] = 256
-    batch_size: Annotated[int, Field(gt=0)] = 8
-    skip_incompatible: bool = False
-    tokenizer: Optional[str] = None
-    trust_remote_code: bool = False
+    calibration: dict[str, str] = Field(
+        default_factory=dict,
+        description="pool model -> its task's JSONL (or models[].parameters.calibration: the file)",
+    )
+    alpha: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.9, description="off-diagonal shrink of the Grams (1 = none); official configs use 0.1-0.9"
+    )
+    samples_per_task: Annotated[int, Field(gt=0)] = Field(
+        100, description="first lines of each model's calibration file used for its Grams"
+    )
+    max_length: Annotated[int, Field(gt=0)] = Field(256, description="tokenisation cut-off of the calibration samples")
+    batch_size: Annotated[int, Field(gt=0)] = Field(8, description="padded batch size of the Gram pass")
+    skip_incompatible: bool = Field(
+        False, description="leave out pool models whose layout differs from the base (warns)"
+    )
+    tokenizer: Optional[str] = Field(None, description="folder to load the tokenizer from (default: the base)")
+    trust_remote_code: bool = Field(False, description="run the model's own code when loading it and its tokenizer")
 
 
 class GramAccumulator:

@@ -24,6 +24,7 @@ from mergekit.merge_methods.base import (
     MergeMethodSpec,
     TensorGroup,
 )
+from pydantic import BaseModel
 
 from mergekit_from.methods.side_file import side_file, side_file_spec
 
@@ -73,6 +74,13 @@ class FWMerge(GroupMergeMethod):
             parameters=(side_file_spec("plan", "the Frank-Wolfe plan file"),),
             contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=1),
         )
+
+    @property
+    def settings_model(self) -> type[BaseModel]:
+        """What a recipe sets for the pre-pass (section ``fw_hard:``/``fw_soft:`` or ``parameters:``)."""
+        from mergekit_from.frank_wolfe import HardSettings, SoftSettings
+
+        return SoftSettings if self.variant == "soft" else HardSettings
 
     def prepass(self, config, raw: dict[str, Any], recipe_dir: Path):
         from mergekit_from.frank_wolfe import FWPrePass

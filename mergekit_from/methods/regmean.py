@@ -26,6 +26,7 @@ from mergekit.merge_methods.base import (
     MergeMethodSpec,
     TensorGroup,
 )
+from pydantic import BaseModel
 
 from mergekit_from.errors import TensorValueError
 from mergekit_from.methods.side_file import side_file, side_file_spec
@@ -75,6 +76,13 @@ class RegMeanMerge(GroupMergeMethod):
             parameters=(side_file_spec("grams", "the index of the Gram files"),),
             contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=1),
         )
+
+    @property
+    def settings_model(self) -> type[BaseModel]:
+        """What a recipe sets for the pre-pass (section ``regmean:`` or ``parameters:``)."""
+        from mergekit_from.regmean_grams import RegMeanSettings
+
+        return RegMeanSettings
 
     def prepass(self, config, raw: dict[str, Any], recipe_dir: Path):
         from mergekit_from.regmean_grams import RegMeanPrePass
