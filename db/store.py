@@ -72,7 +72,7 @@ def _sqlite_engine(url: str) -> Engine:
         if folder == cache_root():  # ours to create; a folder the user named that is not there is a typo
             folder.mkdir(parents=True, exist_ok=True)
         elif not folder.is_dir():
-            raise StoreError(f"cannot open the store {path}: {folder} is not a folder")
+            raise StoreError(f"cannot open the store {path}: no folder {folder}")
     engine = create_engine(url, connect_args={"timeout": 60}, json_serializer=json_dumps)
 
     @event.listens_for(engine, "connect")

@@ -268,7 +268,10 @@ def export_cmd(db_url: str | None, base: str | None, fmt: str, out: str) -> None
     from zoo.inventory import FIELDS, inventory
 
     rows = inventory(_store(db_url), base)
-    stream = sys.stdout if out == "-" else open(out, "w", newline="")  # noqa: SIM115 - closed below
+    try:
+        stream = sys.stdout if out == "-" else open(out, "w", newline="")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write it ({exc.strerror})") from None
     try:
         if fmt == "json":
             json.dump(rows, stream, indent=2)
