@@ -21,8 +21,8 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from huggingface_hub.errors import HfHubHTTPError
-from huggingface_hub.utils import httpx  # the HTTP module huggingface_hub itself uses (httpx2 from 2.0)
-from huggingface_hub.utils import parse_ratelimit_headers
+# httpx: the HTTP module huggingface_hub itself uses (httpx up to 1.x, httpx2 from 2.0), exported since 1.30
+from huggingface_hub.utils import httpx, parse_ratelimit_headers
 
 T = TypeVar("T")
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
