@@ -16,7 +16,7 @@ from db.models import (
     TensorFingerprint,
     WeightFile,
 )
-from db.store import Store, default_url, open_store
+from db.store import Store, StoreError, default_url, open_store
 
 __all__ = [
     "AdapterConfig",
@@ -27,6 +27,7 @@ __all__ = [
     "Model",
     "Score",
     "Store",
+    "StoreError",
     "Target",
     "TensorFingerprint",
     "WeightFile",

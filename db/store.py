@@ -16,14 +16,22 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Base
 from mergekit_from.paths import cache_root
 
 MIGRATIONS = "db:migrations"  # package-resource form: works from an installed wheel too
+
+
+class StoreError(Exception):
+    """The store cannot be opened: a malformed URL, a corrupt file, a place that cannot be written."""
+
+    exit_code = 2  # a user error: the CLI prints this one line and exits 2
 
 
 def default_url() -> str:
@@ -60,7 +68,11 @@ def _enable_wal(cur, patience_s: float = 60.0) -> None:  # noqa: ANN001 - DB-API
 def _sqlite_engine(url: str) -> Engine:
     path = make_url(url).database
     if path and path != ":memory:":
-        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(path).expanduser().parent
+        if folder == cache_root():  # ours to create; a folder the user named that is not there is a typo
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not folder.is_dir():
+            raise StoreError(f"cannot open the store {path}: no folder {folder}")
     engine = create_engine(url, connect_args={"timeout": 60}, json_serializer=json_dumps)
 
     @event.listens_for(engine, "connect")
@@ -155,13 +167,37 @@ class Store:
         self.engine.dispose()
 
 
+def _where(url: URL) -> str:
+    """The store as a user named it: the file of a SQLite store, else the URL without its password."""
+    return url.database if url.get_backend_name() == "sqlite" and url.database else \
+        url.render_as_string(hide_password=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's own words when there are some ("file is not a database"), on one line."""
+    inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text = str(inner).strip()
+    return text.splitlines()[0] if text else type(inner).__name__
+
+
 def open_store(url: str | None = None) -> Store:
-    """Open (creating if needed) the store at ``url`` and migrate it to the newest schema."""
+    """Open (creating if needed) the store at ``url`` and migrate it to the newest schema; a store
+    that cannot be opened is a :class:`StoreError` naming it."""
     url = url or default_url()
-    backend = make_url(url).get_backend_name()
-    if backend == "sqlite":
-        engine = _sqlite_engine(url)
-    else:  # not every dialect takes a JSON serializer (the two that upsert natively do)
-        engine = create_engine(url, **({"json_serializer": json_dumps} if backend == "postgresql" else {}))
-    upgrade(engine)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"--db {url!r} is not a database URL (e.g. sqlite:///zoo.sqlite)") from None
+    backend = parsed.get_backend_name()
+    engine = None
+    try:
+        if backend == "sqlite":
+            engine = _sqlite_engine(url)
+        else:  # not every dialect takes a JSON serializer (the two that upsert natively do)
+            engine = create_engine(url, **({"json_serializer": json_dumps} if backend == "postgresql" else {}))
+        upgrade(engine)
+    except (SQLAlchemyError, CommandError, OSError, ImportError) as exc:
+        if engine is not None:
+            engine.dispose()
+        raise StoreError(f"cannot open the store {_where(parsed)}: {_reason(exc)}") from None
     return Store(engine)

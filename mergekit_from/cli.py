@@ -14,7 +14,7 @@ import typing
 import click
 from mergekit.options import MergeOptions, PrettyPrintHelp, add_merge_options
 
-from mergekit_from.errors import MergekitFromError, one_line
+from mergekit_from.errors import one_line, user_exit_code
 from mergekit_from.output import overwrite_option
 
 
@@ -33,10 +33,10 @@ class _Cli(click.Group):
         except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into lines
             if os.environ.get("MERGEKIT_FROM_DEBUG"):
                 raise
-            code = exc.exit_code if isinstance(exc, MergekitFromError) else 1
-            hint = "" if isinstance(exc, MergekitFromError) else " (MERGEKIT_FROM_DEBUG=1 shows the traceback)"
+            code = user_exit_code(exc)
+            hint = "" if code is not None else " (MERGEKIT_FROM_DEBUG=1 shows the traceback)"
             click.echo(f"error: {one_line(exc)}{hint}", err=True)
-            ctx.exit(code)
+            ctx.exit(1 if code is None else code)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})

@@ -41,6 +41,13 @@ class OutputError(MergekitFromError):
     """An output location that a run must not write to (a file, a folder holding its inputs...)."""
 
 
+def user_exit_code(exc: BaseException) -> int | None:
+    """The exit code of a user error: a :class:`MergekitFromError`'s, or the ``exit_code`` that the
+    zoo's and the store's own error classes carry; None for a bug."""
+    code = getattr(exc, "exit_code", None)
+    return code if isinstance(code, int) else None
+
+
 def one_line(exc: BaseException) -> str:
     """A single-line description of ``exc`` for the CLI (pydantic errors condensed)."""
     try:
@@ -56,4 +63,4 @@ def one_line(exc: BaseException) -> str:
         return "; ".join(parts)
     text = str(exc).strip() or type(exc).__name__
     first = text.splitlines()[0]
-    return first if isinstance(exc, MergekitFromError) else f"{type(exc).__name__}: {first}"
+    return first if user_exit_code(exc) is not None else f"{type(exc).__name__}: {first}"

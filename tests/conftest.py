@@ -162,7 +162,7 @@ def make_crawler(store, hub, tmp_path):
     from zoo.resilience import RetryPolicy
 
     def make(**kw):
-        kw.setdefault("retry", RetryPolicy(backoff_s=0.01))
+        kw.setdefault("retry", RetryPolicy(floor_s=0.01))
         return Crawler(kw.pop("store", store), hub.endpoint, token=False, cache_dir=tmp_path / "hf-cache",
                        progress=False, **kw)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
 
 from mergekit_from.cli import main
 from zoo_fixtures import BASE, GATED, OTHER_VOCAB
@@ -82,6 +83,9 @@ def test_serve_command_serves_a_folder(zoo_dir, tmp_path):
         assert endpoint.startswith("http://127.0.0.1:")
         ids = [m.id for m in HfApi(endpoint=endpoint, token=False).list_models(filter=f"base_model:{BASE}")]
         assert len(ids) == len(set(ids)) == 11
+        with pytest.raises(HfHubHTTPError) as refused:  # read-only without --writable or --access-token
+            HfApi(endpoint=endpoint, token=False).create_repo("team/new")
+        assert refused.value.response.status_code == 403 and not (zoo_dir / "team").exists()
     finally:
         proc.terminate()
         proc.wait(10)

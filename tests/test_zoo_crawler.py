@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from db import AdapterConfig, CrawlState, Edge, Model, TensorFingerprint, open_store
 from mergekit_from.errors import HubCrawlError
-from zoo.resilience import RetryPolicy
+from zoo.resilience import HubAccessError, RetryPolicy
 from zoo_fixtures import ADAPTER, BASE, GATED, QUANTIZED, SECOND_LEVEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def test_non_recursive_crawl_stops_at_direct_children(make_crawler, store):
 
 
 def test_missing_repo_is_recorded_not_raised(make_crawler, store):
-    report = make_crawler().crawl_tree("nobody/nothing")
+    report = make_crawler().enrich(["nobody/nothing"])
     assert report.statuses == {"missing": 1}
     with store.session() as s:
         m = s.get(Model, "nobody/nothing")
@@ -105,8 +105,8 @@ def test_rate_limit_wait_follows_the_ratelimit_header(make_crawler, hub):
 def test_listing_failure_keeps_pages_and_a_rerun_resumes(make_crawler, store, hub, zoo_layout):
     query = f"base_model:finetune:{BASE}"
     expected = {r for r, rel in zoo_layout.items() if rel == "finetune" and r != SECOND_LEVEL}
-    crawler = make_crawler(retry=RetryPolicy(max_tries=2, backoff_s=0.01))
-    hub.inject(r"^/api/models$", 503, times=2, after=2)  # the Hub goes down after the second page
+    crawler = make_crawler(retry=RetryPolicy(patience_s=0))  # gives up at the first failure
+    hub.inject(r"^/api/models$", 503, times=1, after=2)  # the Hub goes down after the second page
     with pytest.raises(HubCrawlError, match="run the crawl again to resume"):
         crawler.list_query({"filter": query})
     assert len(_ids(store)) == 6
@@ -173,27 +173,27 @@ CRAWL_SCRIPT = """
 import sys
 from db import open_store
 from zoo.crawler import Crawler
-db_url, endpoint, base, relations, recursive, enrich = sys.argv[1:]
-crawler = Crawler(open_store(db_url), endpoint, token=False, workers=2, progress=False)
+from zoo.resilience import RetryPolicy
+db_url, endpoint, base, relations, recursive, enrich, floor = sys.argv[1:]
+crawler = Crawler(open_store(db_url), endpoint, token=False, workers=2, progress=False,
+                  retry=RetryPolicy(floor_s=float(floor)))
 crawler.crawl_tree(base, relations=relations.split(","), recursive=recursive == "1", enrich=enrich == "1")
 """
 
 
-def _crawl_cmd(db_url: str, endpoint: str, relations: str, recursive: bool, enrich: bool) -> list[str]:
+def _crawl_cmd(db_url: str, endpoint: str, relations: str, recursive: bool, enrich: bool,
+               floor_s: float = 1.0) -> list[str]:
     return [sys.executable, "-c", CRAWL_SCRIPT, db_url, endpoint, BASE, relations, str(int(recursive)),
-            str(int(enrich))]
+            str(int(enrich)), str(floor_s)]
 
 
 def _env(cache: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_CACHE": str(cache), "HF_TOKEN": ""}
 
 
-def test_kill_9_mid_crawl_then_resume_loses_and_duplicates_nothing(hub, db_url, tmp_path, zoo_layout):
-    """A crawler process killed with SIGKILL between pages resumes from the saved next-page URL."""
-    hub.page_size = 1
-    hub.inject(r"^/api/models$", 200, times=100, delay_s=0.25)  # a slow Hub, so the kill lands mid-listing
-    cmd = _crawl_cmd(db_url, hub.endpoint, "finetune", recursive=False, enrich=False)
-    proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _kill_9_once_listed(cmd: list[str], env: dict[str, str], db_url: str, items: int = 3) -> None:
+    """Run ``cmd`` and SIGKILL it once ``items`` listed models are committed."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     engine = create_engine(db_url)
     deadline = time.monotonic() + 60
     try:
@@ -203,13 +203,21 @@ def test_kill_9_mid_crawl_then_resume_loses_and_duplicates_nothing(hub, db_url, 
                     done = c.execute(text("select max(items_done) from crawl_state")).scalar() or 0
             except Exception:  # noqa: BLE001 - the schema may not exist yet
                 done = 0
-            if done >= 3:
+            if done >= items:
                 break
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
         engine.dispose()
+
+
+def test_kill_9_mid_crawl_then_resume_loses_and_duplicates_nothing(hub, db_url, tmp_path, zoo_layout):
+    """A crawler process killed with SIGKILL between pages resumes from the saved next-page URL."""
+    hub.page_size = 1
+    hub.inject(r"^/api/models$", 200, times=100, delay_s=0.25)  # a slow Hub, so the kill lands mid-listing
+    cmd = _crawl_cmd(db_url, hub.endpoint, "finetune", recursive=False, enrich=False)
+    _kill_9_once_listed(cmd, _env(tmp_path), db_url)
     store = open_store(db_url)
     before = _ids(store) - {BASE}
     assert 3 <= len(before) < 8, "the kill should land mid-listing"
@@ -221,11 +229,77 @@ def test_kill_9_mid_crawl_then_resume_loses_and_duplicates_nothing(hub, db_url, 
     assert done.returncode == 0, done.stderr
     expected = {r for r, rel in zoo_layout.items() if rel == "finetune" and r != SECOND_LEVEL}
     assert _ids(store) - {BASE} == expected
-    listing = [p for _, p, _ in hub.requests if p.startswith("/api/models")]
+    listing = [p for _, p, _ in hub.requests if p.startswith("/api/models?")]
     assert "cursor=" in listing[0]  # resumed, not restarted
     with store.engine.connect() as c:
         assert c.execute(text("select count(*) - count(distinct repo_id) from models")).scalar() == 0
     store.close()
+
+
+def test_kill_9_amid_rate_limits_and_outages_then_resume_stores_every_model_once(hub, db_url, tmp_path,
+                                                                                 zoo_layout):
+    """Bursts of 429 (t=0) and 5xx on listing, model_info and file reads, a SIGKILL mid-listing,
+    a resume through the rest of the bursts: every model ends in the store exactly once, enriched."""
+    hub.page_size = 1
+    hub.inject(r"^/api/models$", 429, times=6, after=1)  # the issue's double, after the first page
+    hub.inject(r"^/api/models$", 503, times=4, after=1)
+    hub.inject(r"^/api/models$", 200, times=100, delay_s=0.25)  # then a slow Hub, so the kill lands mid-listing
+    hub.inject(r"^/api/models/acme/", 429, times=7)
+    hub.inject(r"^/api/models/other/", 502, times=6)
+    hub.inject(r"/resolve/.*\.json$", 503, times=6)
+    cmd = _crawl_cmd(db_url, hub.endpoint, "finetune,adapter,merge,quantized", recursive=True, enrich=True,
+                     floor_s=0.02)
+    _kill_9_once_listed(cmd, _env(tmp_path), db_url)
+    store = open_store(db_url)
+    assert len(_ids(store) - {BASE}) < len(zoo_layout) - 1, "the kill should land mid-listing"
+    done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert _ids(store) == set(zoo_layout)
+    with store.engine.connect() as c:
+        assert c.execute(text("select count(*) - count(distinct repo_id) from models")).scalar() == 0
+    with store.session() as s:
+        statuses = dict(s.execute(select(Model.status, func.count()).group_by(Model.status)).all())
+    assert statuses == {"enriched": len(zoo_layout) - 1, "gated": 1}
+    assert all(f.times == 0 for f in hub._faults if f.status != 200)  # every burst was met and outlasted
+    store.close()
+
+
+def test_long_bursts_on_every_kind_of_call_are_outlasted(make_crawler, store, hub, zoo_layout):
+    """Bursts longer than the old fixed five retries, on listing, model_info, header reads and
+    downloads, with quick waits: the crawl completes."""
+    hub.inject(r"^/api/models$", 429, times=6, reset_s=0)
+    hub.inject(r"^/api/models$", 502, times=8)
+    hub.inject(r"^/api/models/acme/", 429, times=9, reset_s=0)  # model_info
+    hub.inject(r"^/api/models/other/", 500, times=7)
+    hub.inject(r"/resolve/.*\.safetensors$", 503, times=8)  # safetensors header reads
+    hub.inject(r"/resolve/.*README\.md$", 504, times=7)  # downloads
+    report = make_crawler(retry=RetryPolicy(floor_s=0.002)).crawl_tree(BASE, recursive=True)
+    assert _ids(store) == set(zoo_layout)
+    assert report.statuses == {"enriched": len(zoo_layout) - 1, "gated": 1}
+    statuses = [status for _, _, status in hub.requests]
+    assert [statuses.count(code) for code in (429, 500, 502, 503, 504)] == [15, 7, 8, 8, 7]
+
+
+def test_unknown_base_is_an_error_and_stores_nothing(make_crawler, store):
+    with pytest.raises(HubAccessError, match="base 'nobody/nothing' not found on http://127.0.0.1:"):
+        make_crawler().crawl_tree("nobody/nothing")
+    assert _count(store, Model) == 0
+
+
+def test_a_refused_connection_fails_within_seconds_naming_the_endpoint(store):
+    import socket
+
+    from zoo.crawler import Crawler
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    crawler = Crawler(store, endpoint, token=False, progress=False)  # the default policy
+    for crawl in (lambda: crawler.crawl_tree(BASE), lambda: crawler.crawl_search(search="llama")):
+        t0 = time.monotonic()
+        with pytest.raises(HubAccessError, match=f"cannot connect to the Hub at {endpoint}"):
+            crawl()
+        assert time.monotonic() - t0 < 10
 
 
 def test_two_crawlers_on_one_database_do_not_corrupt_it(hub, db_url, tmp_path, zoo_layout):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
+    HfHubHTTPError,
     RemoteEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
@@ -106,7 +107,7 @@ def test_create_repo_and_upload_folder_publish_a_model(zoo_dir, tmp_path):
     root = tmp_path / "hub"
     shutil.copytree(zoo_dir / BASE, root / BASE)
     source = zoo_dir / "acme/tiny-llama-math"
-    with HubServer(root) as hub:
+    with HubServer(root, writable=True) as hub:
         api = HfApi(endpoint=hub.endpoint, token="hf_local")
         assert api.create_repo("team/merged") == f"{hub.endpoint}/team/merged"
         api.create_repo("team/merged", exist_ok=True)
@@ -130,7 +131,7 @@ def test_create_repo_and_upload_folder_publish_a_model(zoo_dir, tmp_path):
             api.upload_folder(repo_id="team/merged", folder_path=bad)
         with pytest.raises(RepositoryNotFoundError):
             api.upload_folder(repo_id="team/absent", folder_path=source)
-    with HubServer(root, read_only=True) as hub:
+    with HubServer(root) as hub:  # read-only unless told
         with pytest.raises(Exception, match="403"):
             HfApi(endpoint=hub.endpoint, token="hf_local").create_repo("team/other")
 
@@ -145,3 +146,81 @@ def test_sorted_pagination_keeps_order_across_pages(zoo_dir, zoo_layout):
     keys = [(-m.likes, m.id) for m in got]
     assert keys == sorted(keys) and {m.id for m in got} == set(zoo_layout) and len(got) == len(zoo_layout)
     assert pages == -(-len(zoo_layout) // 2)
+
+
+def _hub_with_a_model(zoo_dir, tmp_path) -> Path:
+    import shutil
+
+    root = tmp_path / "hub"
+    shutil.copytree(zoo_dir / BASE, root / BASE)
+    return root
+
+
+def _status(call) -> int:
+    with pytest.raises(HfHubHTTPError) as err:
+        call()
+    return err.value.response.status_code
+
+
+def test_writes_need_writable_or_an_access_token(zoo_dir, tmp_path):
+    """A served folder is read-only unless the operator says otherwise; refusals are the Hub's
+    own statuses, so huggingface_hub raises its usual errors."""
+    from bad_input_cases import snapshot
+    from zoo.hub_server import HubServer
+
+    root = _hub_with_a_model(zoo_dir, tmp_path)
+    before = snapshot(root)
+    upload = {"path_or_fileobj": b'{"x": 1}', "path_in_repo": "notes.json", "repo_id": BASE}
+    with HubServer(root) as hub:
+        for token in (False, "hf_any"):
+            api = HfApi(endpoint=hub.endpoint, token=token)
+            assert _status(lambda: api.upload_file(**upload)) == 403
+            delete = [CommitOperationDelete("config.json")]
+            assert _status(lambda: api.create_commit(BASE, delete, commit_message="rm")) == 403
+            assert _status(lambda: api.create_repo("team/new")) == 403
+        assert HfApi(endpoint=hub.endpoint, token=False).model_info(BASE).id == BASE  # reads are open
+    assert snapshot(root) == before
+    with HubServer(root, access_tokens={"hf_writer"}) as hub:
+        assert _status(lambda: HfApi(endpoint=hub.endpoint, token="hf_other").upload_file(**upload)) == 401
+        assert snapshot(root) == before
+        HfApi(endpoint=hub.endpoint, token="hf_writer").upload_file(**upload)
+    assert (root / BASE / "notes.json").read_bytes() == b'{"x": 1}'
+    with HubServer(root, writable=True) as hub:
+        HfApi(endpoint=hub.endpoint, token=False).create_commit(
+            BASE, [CommitOperationAdd("more.json", b"{}")], commit_message="anyone may write")
+    assert (root / BASE / "more.json").read_bytes() == b"{}"
+
+
+def test_writes_never_go_through_a_symlink(zoo_dir, tmp_path):
+    """Reads follow the operator's symlinks; a write into a symlinked repo, org or subfolder is
+    refused and nothing lands outside the served folder."""
+    import shutil
+
+    from bad_input_cases import snapshot
+    from zoo.hub_server import HubServer
+
+    root = _hub_with_a_model(zoo_dir, tmp_path)
+    outside = tmp_path / "outside"
+    shutil.copytree(zoo_dir / BASE, outside / "model")
+    (outside / "org").mkdir()
+    (outside / "data").mkdir()
+    (root / "team").mkdir()
+    (root / "team" / "linked").symlink_to(outside / "model")  # a repo folder that is a symlink
+    (root / "evil").symlink_to(outside / "org")  # an org folder that is a symlink
+    (root / BASE / "data").symlink_to(outside / "data")  # a subfolder of a real repo
+    before = snapshot(outside)
+    with HubServer(root, writable=True) as hub:
+        api = HfApi(endpoint=hub.endpoint, token=False)
+        assert "config.json" in {s.rfilename for s in api.model_info("team/linked").siblings}
+        got = hf_hub_download("team/linked", "config.json", endpoint=hub.endpoint, cache_dir=tmp_path / "c")
+        assert Path(got).read_bytes() == (outside / "model" / "config.json").read_bytes()
+        assert _status(lambda: api.upload_file(path_or_fileobj=b"x", path_in_repo="x.json",
+                                               repo_id="team/linked")) == 403
+        assert _status(lambda: api.delete_file("config.json", "team/linked")) == 403
+        assert _status(lambda: api.create_repo("evil/new")) == 403
+        mixed = [CommitOperationAdd("ok.json", b"1"), CommitOperationAdd("data/x.json", b"2")]
+        assert _status(lambda: api.create_commit(BASE, mixed, commit_message="mixed")) == 403
+        assert not (root / BASE / "ok.json").exists()  # the whole commit is refused, not half of it
+        api.upload_file(path_or_fileobj=b"fine", path_in_repo="fine.txt", repo_id=BASE)  # a plain folder takes them
+    assert snapshot(outside) == before
+    assert (root / BASE / "fine.txt").read_bytes() == b"fine"

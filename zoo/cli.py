@@ -41,13 +41,14 @@ def zoo() -> None:
 @click.option("--page-size", default=1000, show_default=True, help="Models per listing page.")
 @click.option("--gated", "gated", multiple=True, metavar="REPO_ID", help="Serve this repo as gated (repeatable).")
 @click.option("--access-token", "access_tokens", multiple=True, envvar="ZOO_ACCESS_TOKENS",
-              help="Bearer tokens that may read gated files (repeatable; also $ZOO_ACCESS_TOKENS).")
+              help="Bearer tokens that may read gated files and write (repeatable; also $ZOO_ACCESS_TOKENS).")
 @click.option("--stats", type=click.Path(exists=True, dir_okay=False),
               help='JSON {"repo_id": {"downloads": n, "likes": n}} for the popularity fields.')
-@click.option("--read-only", is_flag=True, help="Refuse create_repo and uploads.")
+@click.option("--writable", is_flag=True,
+              help="Accept create_repo and uploads from anyone (without it, only --access-token holders write).")
 @click.option("--verbose", is_flag=True, help="Log every request.")
 def serve_cmd(folder: str, port: int, page_size: int, gated: tuple[str, ...], access_tokens: tuple[str, ...],
-              stats: str | None, read_only: bool, verbose: bool) -> None:
+              stats: str | None, writable: bool, verbose: bool) -> None:
     """Serve FOLDER (HF model folders as <org>/<name>/ or <name>/) over the Hub API on 127.0.0.1."""
     from zoo.hub_server import HubServer
 
@@ -59,7 +60,7 @@ def serve_cmd(folder: str, port: int, page_size: int, gated: tuple[str, ...], ac
             raise ConfigError(f"{stats}: not JSON ({exc})") from None
     try:
         hub = HubServer(folder, port, page_size=page_size, gated=dict.fromkeys(gated, "manual"), stats=stats_map,
-                        access_tokens=set(access_tokens), read_only=read_only, verbose=verbose)
+                        access_tokens=set(access_tokens), writable=writable, verbose=verbose)
     except OSError as exc:
         raise ConfigError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror})") from None
     click.echo(f"serving {len(hub.catalog.repos)} repos from {folder} at {hub.endpoint} (Ctrl-C stops)", err=True)
@@ -97,15 +98,20 @@ def _relations(value: str) -> tuple[str, ...]:
 @click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Concurrent enrichment requests.")
 @click.option("--max-rps", type=float, default=None, help="Cap on requests per second (polite crawling).")
+@click.option("--patience", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="MINUTES",
+              help="How long one Hub request keeps retrying rate limits and server errors before the crawl stops "
+                   "(a rerun resumes).")
 @click.option("--no-enrich", is_flag=True, help="Listing metadata only (no model_info / headers).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="huggingface_hub cache for the small files read (default: $HF_HUB_CACHE).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def crawl_cmd(base: str | None, search: str | None, filters: tuple[str, ...], author: str | None,
               endpoint: str | None, db_url: str | None, max_models: int | None, relations: str, recursive: bool,
-              workers: int, max_rps: float | None, no_enrich: bool, cache_dir: str | None, quiet: bool) -> None:
+              workers: int, max_rps: float | None, patience: float, no_enrich: bool, cache_dir: str | None,
+              quiet: bool) -> None:
     """Crawl a Hub into the store: resumable (kill it, run it again), incremental (unchanged sha skipped)."""
     from zoo.crawler import Crawler
+    from zoo.resilience import RetryPolicy
 
     if not base and not (search or filters or author):
         raise ConfigError("crawl needs --base ID, or --search / --filter / --author")
@@ -113,7 +119,8 @@ def crawl_cmd(base: str | None, search: str | None, filters: tuple[str, ...], au
         raise ConfigError("crawl takes either --base (a model tree) or --search / --filter / --author, not both")
     rels = _relations(relations)
     store = _store(db_url)
-    crawler = Crawler(store, endpoint, workers=workers, max_rps=max_rps, cache_dir=cache_dir, progress=not quiet)
+    crawler = Crawler(store, endpoint, workers=workers, max_rps=max_rps, retry=RetryPolicy(patience_s=60 * patience),
+                      cache_dir=cache_dir, progress=not quiet)
     if base:
         report = crawler.crawl_tree(base, relations=rels, recursive=recursive, max_models=max_models,
                                     enrich=not no_enrich)
@@ -261,7 +268,10 @@ def export_cmd(db_url: str | None, base: str | None, fmt: str, out: str) -> None
     from zoo.inventory import FIELDS, inventory
 
     rows = inventory(_store(db_url), base)
-    stream = sys.stdout if out == "-" else open(out, "w", newline="")  # noqa: SIM115 - closed below
+    try:
+        stream = sys.stdout if out == "-" else open(out, "w", newline="")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write it ({exc.strerror})") from None
     try:
         if fmt == "json":
             json.dump(rows, stream, indent=2)

@@ -47,7 +47,14 @@ from db import AdapterConfig, CrawlState, Edge, Model, Store, TensorFingerprint,
 from mergekit_from.errors import ConfigError, HubCrawlError
 from zoo.fingerprint import Fingerprint
 from zoo.local_repos import RELATIONS
-from zoo.resilience import RetryPolicy, Throttle, call_with_retry
+from zoo.resilience import (
+    HubAccessError,
+    RetryPolicy,
+    Throttle,
+    call_with_retry,
+    checked_endpoint,
+    is_connect_failure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,21 +193,27 @@ class Crawler:
                  cache_dir: str | Path | None = None, progress: bool = True):
         self.store = store
         self.api = HfApi(endpoint=endpoint, token=token)
-        self.endpoint = self.api.endpoint.rstrip("/")
+        self.endpoint = checked_endpoint(self.api.endpoint)
         self._token = token
         self.workers = max(1, workers)
         self.retry = retry or RetryPolicy()
         self.throttle = Throttle(max_rps)
         self.cache_dir = cache_dir  # huggingface_hub's cache for the small files read (None: HF_HUB_CACHE)
-        self.progress = progress
+        self.progress = progress  # progress bars and retry notes on stderr
 
     # -- listing --------------------------------------------------------------------------------
 
     def _call(self, fn):  # noqa: ANN001, ANN202 - thin wrapper
         def on_retry(exc: BaseException, wait: float) -> None:
-            log.warning("retrying in %.1fs after %s", wait, type(exc).__name__)
+            log.warning("retrying in %.1fs after %s", wait, _short(exc))
 
-        return call_with_retry(fn, self.retry, self.throttle, on_retry)
+        return call_with_retry(fn, self.retry, self.throttle, on_retry if self.progress else None)
+
+    def _failure(self, exc: BaseException, what: str) -> Exception:
+        """The one-line error for a Hub call that kept failing: an unreachable Hub is named as such."""
+        if is_connect_failure(exc):
+            return HubAccessError(f"cannot connect to the Hub at {self.endpoint} ({_short(exc)})")
+        return HubCrawlError(f"{what} failed ({_short(exc)}); what is stored stays, run the crawl again to resume")
 
     def _state_key(self, params: dict[str, Any]) -> str:
         return hashlib.sha256(json.dumps([self.endpoint, params], sort_keys=True).encode()).hexdigest()[:32]
@@ -216,8 +229,7 @@ class Crawler:
         try:
             r = self._call(fetch)
         except Exception as exc:  # noqa: BLE001 - pages stored so far stay; a rerun resumes here
-            raise HubCrawlError(f"listing {url} failed ({_short(exc)}); the pages before it are stored, "
-                                "run the crawl again to resume") from exc
+            raise self._failure(exc, f"listing {url}") from exc
         limit = parse_ratelimit_headers(r.headers)
         if limit is not None and limit.remaining == 0:  # the window is spent: wait it out before asking
             self.throttle.pause(limit.reset_in_seconds)
@@ -283,6 +295,7 @@ class Crawler:
         unknown = [r for r in relations if r not in RELATIONS]
         if unknown:
             raise ConfigError(f"unknown relation {unknown[0]!r}; expected one of {', '.join(RELATIONS)}")
+        self._check_base(base)
         report = CrawlReport()
         with self.store.session() as s:
             self.store.upsert(s, Model, [{"repo_id": base}])
@@ -308,6 +321,17 @@ class Crawler:
         if enrich:
             self.enrich(self.descendants(base, relations) | {base}, report)
         return report
+
+    def _check_base(self, base: str) -> None:
+        """Fail before anything is stored when ``base`` is not on this Hub (its listing would be empty)."""
+        try:
+            self._call(lambda: self.api.model_info(base, expand=["sha"]))
+        except GatedRepoError:  # a subclass of the next one: the repo is there, its files need access
+            return
+        except RepositoryNotFoundError:
+            raise HubAccessError(f"base {base!r} not found on {self.endpoint}") from None
+        except Exception as exc:  # noqa: BLE001 - one line for the user
+            raise self._failure(exc, f"looking up {base!r}") from exc
 
     def crawl_search(self, *, search: str | None = None, filters: list[str] | None = None,
                      author: str | None = None, max_models: int | None = None, enrich: bool = True) -> CrawlReport:

@@ -8,7 +8,9 @@ headers and ranged reads, so ``hf_hub_download``, ``snapshot_download`` and
 ``get_safetensors_metadata`` work. Errors carry the Hub's ``X-Error-Code``. Gated repos and
 fault injection (429 with ``RateLimit``, 5xx bursts) are configurable for tests. Writes take
 ``create_repo`` and ``upload_folder`` / ``create_commit`` with files sent inline (the preupload
-answer is always "regular", so neither LFS nor Xet storage is involved).
+answer is always "regular", so neither LFS nor Xet storage is involved). Writes need one of the
+configured access tokens, or a server started ``writable``; they never go through a symlink, so
+they stay inside the served folder (reads follow the operator's symlinks).
 
 Standard-library ``ThreadingHTTPServer``; it only ever binds 127.0.0.1.
 """
@@ -73,9 +75,9 @@ class HubServer:
 
     def __init__(self, root: str | Path, port: int = 0, *, page_size: int = DEFAULT_PAGE_SIZE,
                  gated: dict[str, str] | None = None, stats: dict[str, dict[str, int]] | None = None,
-                 access_tokens: set[str] | None = None, read_only: bool = False, verbose: bool = False):
+                 access_tokens: set[str] | None = None, writable: bool = False, verbose: bool = False):
         self.catalog = Catalog(root, gated=gated, stats=stats)
-        self.read_only = read_only
+        self.writable = writable
         self._write_lock = threading.Lock()
         self.page_size = page_size
         self.access_tokens = set(access_tokens or ())
@@ -164,10 +166,28 @@ class HubServer:
         raise HubError(403 if token else 401, "GatedRepo", msg)
 
     def check_write(self, authorization: str | None) -> None:
-        """With access tokens configured, writes need one of them (as on the Hub); without, anyone writes."""
+        """With access tokens configured, writes need one of them (as on the Hub); without, only a
+        server started writable takes writes, from anyone."""
         token = (authorization or "").removeprefix("Bearer ").strip()
-        if self.access_tokens and token not in self.access_tokens:
-            raise HubError(401, None, "Invalid credentials in Authorization header")
+        if self.access_tokens:
+            if token not in self.access_tokens:
+                raise HubError(401, None, "Invalid credentials in Authorization header")
+        elif not self.writable:
+            raise HubError(403, None, "This zoo server is read-only (start it with --writable or --access-token)")
+
+    def write_target(self, *parts: str) -> Path:
+        """Where a write to ``<repo>/<path>`` lands in the served folder; refused (403) when the way
+        there passes through a symlink, which could lead outside it."""
+        root = self.catalog.root  # resolved
+        target = root.joinpath(*parts)
+        step = root
+        for part in target.relative_to(root).parts:
+            step = step / part
+            if step.is_symlink():
+                raise HubError(403, None, f"Refusing to write through a symlink: {step.relative_to(root).as_posix()}")
+        if not target.resolve().is_relative_to(root):  # unreachable with safe paths; a guard all the same
+            raise HubError(403, None, f"Refusing to write outside the served folder: {'/'.join(parts)}")
+        return target
 
     def list_models(self, query: dict[str, list[str]]) -> tuple[list[dict[str, Any]], str | None]:
         filters = [f for v in query.get("filter", []) for f in v.split(",") if f]
@@ -313,7 +333,7 @@ class HubServer:
             if self.catalog.get(repo_id) is not None:
                 raise HubError(409, None, "You already created this model repo",
                                body={"url": f"{self.endpoint}/{repo_id}"})
-            folder = self.catalog.root / repo_id
+            folder = self.write_target(repo_id)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
             self.catalog.rescan(repo_id)
@@ -352,13 +372,12 @@ class HubServer:
                 ops.append(("delete", path, b""))
             else:
                 raise HubError(400, None, f"Unsupported commit operation {key!r} (this server takes files inline)")
-        root = repo.root
         with self._write_lock:
-            missing = [path for op, path, _ in ops if op == "delete" and not (root / path).exists()]
+            targets = [self.write_target(repo_id, path) for _, path, _ in ops]  # all checked before any write
+            missing = [path for (op, path, _), target in zip(ops, targets) if op == "delete" and not target.exists()]
             if missing:  # refused before anything is touched
                 raise HubError(404, "EntryNotFound", f"A file with this name doesn't exist: {missing[0]}")
-            for op, path, data in ops:  # each file lands whole: written aside, then renamed
-                target = root / path
+            for (op, _, data), target in zip(ops, targets):  # each file lands whole: written aside, then renamed
                 if op == "write":
                     target.parent.mkdir(parents=True, exist_ok=True)
                     tmp = target.with_name(f".{target.name}.upload")
@@ -501,8 +520,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _post(self, segs: list[str], query: dict[str, list[str]], body: bool) -> None:
         hub = self.hub
-        if hub.read_only:
-            raise HubError(403, None, "This zoo server is read-only")
         hub.check_write(self.headers.get("Authorization"))
         if (query.get("create_pr") or ["0"])[0] in ("1", "true"):
             raise HubError(400, None, "Pull requests are not supported by this server")

@@ -1,7 +1,13 @@
-"""Retry rules for Hub calls the client does not retry itself (``model_info``, header reads...).
+"""One retry policy for every Hub call the crawler makes: listing pages, ``model_info``, header
+reads and file downloads.
 
-429s wait what the ``RateLimit`` header says (every worker pauses, not only the one that was
-refused); 408/5xx and transport errors back off exponentially; everything else is permanent.
+A failure worth retrying (429, 408, 5xx, a dropped or timed-out connection) waits, then tries
+again, for as long as the policy's patience lasts, not for a fixed count. Waits start at a floor
+and double up to a cap, whatever the server says: a 429 with ``RateLimit: "api";r=0;t=0`` still
+waits the floor, and a larger ``t`` or ``Retry-After`` is honoured. A 429 pauses every worker,
+not only the one that was refused. A connection that cannot be made at all (refused, unknown
+host) gets a few seconds, not minutes: a wrong endpoint is likelier than an outage. Everything
+else is permanent.
 """
 
 from __future__ import annotations
@@ -12,55 +18,78 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import urlsplit
 
-import httpx2
 from huggingface_hub.errors import HfHubHTTPError
-from huggingface_hub.utils import parse_ratelimit_headers
+# httpx: the HTTP module huggingface_hub itself uses (httpx up to 1.x, httpx2 from 2.0), exported since 1.30
+from huggingface_hub.utils import httpx, parse_ratelimit_headers
 
 T = TypeVar("T")
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+TRANSIENT_TRANSPORT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+CONNECT_FAILURES = (httpx.ConnectError, httpx.ConnectTimeout)  # the server was never reached
+
+
+class HubAccessError(Exception):
+    """The Hub cannot be asked as requested: a malformed or unreachable endpoint, an unknown repo."""
+
+    exit_code = 2  # a user error: the CLI prints this one line and exits 2
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_tries: int = 6
-    backoff_s: float = 1.0  # 1, 2, 4, 8... seconds
-    max_backoff_s: float = 30.0
-    max_rate_limit_wait_s: float = 300.0  # the Hub's windows are 5 minutes
+    patience_s: float = 600.0  # how long one call keeps retrying (the Hub's rate-limit windows are 5 minutes)
+    floor_s: float = 1.0  # the first wait, even when the server says t=0; it doubles on each retry
+    max_backoff_s: float = 60.0
+    connect_patience_s: float = 3.0  # for a server that cannot be reached at all
+
+    def backoff(self, attempt: int) -> float:
+        return min(self.floor_s * 2**attempt, self.max_backoff_s) * (1 + 0.1 * random.random())
 
 
-def _http_error(exc: BaseException) -> HfHubHTTPError | None:
-    """The HTTP error behind ``exc`` (``LocalEntryNotFoundError`` wraps it as its cause)."""
+def _chain(exc: BaseException | None):  # noqa: ANN202 - a generator of exceptions
+    """``exc`` and its causes (``LocalEntryNotFoundError`` wraps the HTTP error as its cause)."""
     while exc is not None:
-        if isinstance(exc, HfHubHTTPError):
-            return exc
+        yield exc
         exc = exc.__cause__
-    return None
 
 
-def transient_wait(exc: BaseException, attempt: int, policy: RetryPolicy) -> tuple[float, bool] | None:
-    """(seconds to wait, is a rate limit) when ``exc`` is worth retrying, else None."""
-    backoff = min(policy.backoff_s * 2**attempt, policy.max_backoff_s) * (1 + 0.1 * random.random())
-    http = _http_error(exc)
+def is_connect_failure(exc: BaseException) -> bool:
+    return any(isinstance(e, CONNECT_FAILURES) for e in _chain(exc))
+
+
+def transient_wait(exc: BaseException, attempt: int, policy: RetryPolicy) -> tuple[float, bool, float] | None:
+    """(seconds to wait, is a rate limit, patience for this kind of failure) when ``exc`` is worth
+    retrying, else None."""
+    backoff = policy.backoff(attempt)
+    http = next((e for e in _chain(exc) if isinstance(e, HfHubHTTPError)), None)
     if http is not None and http.response is not None:
         status = http.response.status_code
         if status == 429:
             info = parse_ratelimit_headers(http.response.headers)
             retry_after = http.response.headers.get("Retry-After", "")
-            if info is not None:
-                wait = float(info.reset_in_seconds)
-            elif retry_after.isdigit():
-                wait = float(retry_after)
-            else:
-                wait = backoff
-            return min(wait, policy.max_rate_limit_wait_s), True
-        return (backoff, False) if status in TRANSIENT_STATUS else None
-    cause = exc
-    while cause is not None:
-        if isinstance(cause, httpx2.TransportError):
-            return backoff, False
-        cause = cause.__cause__
+            told = float(info.reset_in_seconds) if info is not None else \
+                float(retry_after) if retry_after.isdigit() else 0.0
+            return max(told, backoff), True, policy.patience_s
+        return (backoff, False, policy.patience_s) if status in TRANSIENT_STATUS else None
+    if is_connect_failure(exc):
+        return backoff, False, policy.connect_patience_s
+    if any(isinstance(e, TRANSIENT_TRANSPORT) for e in _chain(exc)):
+        return backoff, False, policy.patience_s
     return None
+
+
+def checked_endpoint(url: str) -> str:
+    """``url`` without a trailing slash, when it is an http(s) URL with a host; fails at once otherwise
+    (the HTTP client would call a scheme-less URL a transport error and retry it)."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise HubAccessError(f"Hub endpoint {url!r} (--endpoint or $HF_ENDPOINT) is not an http(s)://host URL")
+    return url.rstrip("/")
 
 
 class Throttle:
@@ -87,19 +116,27 @@ class Throttle:
 
 def call_with_retry(fn: Callable[[], T], policy: RetryPolicy, throttle: Throttle,
                     on_retry: Callable[[BaseException, float], None] | None = None) -> T:
-    for attempt in range(policy.max_tries):
+    """``fn()``, retried while its failures are transient and the policy's patience lasts; the
+    last failure is raised."""
+    start = time.monotonic()
+    attempt = 0
+    while True:
         throttle.wait()
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - classified just below
             verdict = transient_wait(exc, attempt, policy)
-            if verdict is None or attempt == policy.max_tries - 1:
+            if verdict is None:
                 raise
-            wait, rate_limited = verdict
+            wait, rate_limited, patience = verdict
+            left = start + patience - time.monotonic()
+            if left <= 0:
+                raise
+            wait = min(wait, left)  # one last try when the patience runs out
             if rate_limited:
                 throttle.pause(wait)
             if on_retry is not None:
                 on_retry(exc, wait)
             if not rate_limited:
                 time.sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover
+            attempt += 1
