@@ -15,6 +15,7 @@ import click
 from mergekit.options import MergeOptions, PrettyPrintHelp, add_merge_options
 
 from mergekit_from.errors import MergekitFromError, one_line
+from mergekit_from.weights import allow_pickle_option
 
 
 class _Cli(click.Group):
@@ -23,6 +24,9 @@ class _Cli(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT; staged outputs are already gone
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
         except BrokenPipeError:  # `mergekit-from methods | head`: the reader left, nothing to report
             sys.stderr = open(os.devnull, "w")
             ctx.exit(0)
@@ -44,13 +48,14 @@ def main() -> None:
 @main.command("yaml", cls=PrettyPrintHelp)
 @click.argument("config_file")
 @click.argument("out_path")
+@allow_pickle_option
 @add_merge_options
-def yaml_cmd(merge_options: MergeOptions, config_file: str, out_path: str) -> None:
+def yaml_cmd(merge_options: MergeOptions, config_file: str, out_path: str, allow_pickle: bool) -> None:
     """Run a mergekit YAML recipe (as mergekit-yaml) with the plugin's methods registered."""
     from mergekit_from.recipe import run_recipe
 
     merge_options.apply_global_options()
-    run_recipe(config_file, out_path, merge_options)
+    run_recipe(config_file, out_path, merge_options, allow_pickle=allow_pickle)
 
 
 def _type_name(annotation: typing.Any) -> str:
