@@ -24,7 +24,7 @@ class _Cli(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT; staged outputs are already gone
+        except KeyboardInterrupt:  # Ctrl-C: 128 + SIGINT, as shells report it; staged outputs removed themselves
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
         except BrokenPipeError:  # `mergekit-from methods | head`: the reader left, nothing to report

@@ -20,7 +20,7 @@ from mergekit_from.errors import ModelInputError
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 # Tensors whose first axis is the vocabulary: a size difference there is a tokenizer question
-# that mergekit resolves (or reports) itself through the recipe's tokenizer settings.
+# that mergekit resolves through the recipe's tokenizer settings (check_same_vocab when there are none).
 VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight", "wte.weight")
 # Weights that only torch.load reads: unpickling can run code, so they are read only on request.
 PICKLE_FILES = ["*.bin", "*.pt", "*.pth"]
