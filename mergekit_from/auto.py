@@ -29,6 +29,7 @@ from sqlalchemy import select
 from mergekit_from.errors import ConfigError, MergekitFromError, ModelInputError, one_line
 from mergekit_from.output import Output, overwrite_option
 from mergekit_from.release import Release, Source, model_card, push_folder, worse_than_base
+from mergekit_from.weights import PICKLE_FILES
 
 # fw_soft first: the default, the only method measured to keep most of several experts' skills on the task zoo
 # (benchmarks/results/quality.md; README "Which FW variant").
@@ -37,7 +38,6 @@ DATA_METHODS = ("fw_hard", "fw_soft")
 # What a snapshot may bring: weights as safetensors, configs, tokenizer, card. Never code.
 SAFE_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "tokenizer*", "*.model", "*.tiktoken",
               "vocab*", "merges.txt", "README.md"]
-PICKLE_FILES = ["*.bin", "*.pt", "*.pth"]
 
 
 @dataclass

@@ -16,6 +16,7 @@ from mergekit.options import MergeOptions, PrettyPrintHelp, add_merge_options
 
 from mergekit_from.errors import one_line, user_exit_code
 from mergekit_from.output import overwrite_option
+from mergekit_from.weights import allow_pickle_option
 
 
 class _Cli(click.Group):
@@ -27,6 +28,9 @@ class _Cli(click.Group):
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except KeyboardInterrupt:  # Ctrl-C: 128 + SIGINT, as shells report it; staged outputs removed themselves
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
         except BrokenPipeError:  # `mergekit-from methods | head`: the reader left, nothing to report
             sys.stderr = open(os.devnull, "w")
             ctx.exit(0)
@@ -49,13 +53,15 @@ def main() -> None:
 @click.argument("config_file")
 @click.argument("out_path")
 @overwrite_option
+@allow_pickle_option
 @add_merge_options
-def yaml_cmd(merge_options: MergeOptions, config_file: str, out_path: str, overwrite: bool) -> None:
+def yaml_cmd(merge_options: MergeOptions, config_file: str, out_path: str, overwrite: bool,
+             allow_pickle: bool) -> None:
     """Run a mergekit YAML recipe (as mergekit-yaml) with the plugin's methods registered."""
     from mergekit_from.recipe import run_recipe
 
     merge_options.apply_global_options()
-    run_recipe(config_file, out_path, merge_options, overwrite)
+    run_recipe(config_file, out_path, merge_options, overwrite, allow_pickle)
 
 
 def _type_name(annotation: typing.Any) -> str:

@@ -11,6 +11,7 @@ The cut's relative Frobenius error is reported per module and overall.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -115,8 +116,22 @@ def _same_base(a: str | None, b: str | None) -> bool:
     return a.rstrip("/") == b.rstrip("/")
 
 
+def check_distinct(adapters: Sequence[LoraAdapter]) -> None:
+    """No adapter given twice, by path or as a copy: FroM would count its update twice."""
+    seen: dict[str, LoraAdapter] = {}
+    for adapter in adapters:
+        digest = hashlib.sha256((adapter.path / WEIGHTS).read_bytes()).hexdigest()
+        earlier = seen.setdefault(digest, adapter)
+        if earlier is adapter:
+            continue
+        if earlier.path.resolve() == adapter.path.resolve():
+            raise AdapterError(f"adapter {adapter.path} is given twice")
+        raise AdapterError(f"adapters {earlier.path} and {adapter.path} hold identical weights (a duplicate)")
+
+
 def check_adapters(adapters: Sequence[LoraAdapter], base: str | Path | None = None) -> None:
-    """Same recorded base, and consistent module shapes (against ``base``'s weights if given)."""
+    """No duplicates, same recorded base, and consistent module shapes (against ``base``'s weights if given)."""
+    check_distinct(adapters)
     first = adapters[0]
     for other in adapters[1:]:
         if not _same_base(first.base_model, other.base_model):
@@ -173,6 +188,18 @@ def truncate(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor
     return b, a, residual
 
 
+def full_rank(adapters: Sequence[LoraAdapter], modules: Sequence[str]) -> int:
+    """The highest rank any module's merged update can have: the sum of the ranks of the adapters
+    that adapt it, capped by its shape. One rank serves every module (PEFT's ``r``); modules whose
+    update has a lower rank are padded with zero directions, so a higher rank only adds zeros."""
+    def most(module: str) -> int:
+        ranks = sum(a.factors[module]["A"].shape[0] for a in adapters if module in a.factors)
+        shape = next(a.delta_shape(module) for a in adapters if module in a.factors)
+        return min(ranks, *shape)
+
+    return max(most(m) for m in modules)
+
+
 @dataclass
 class LoraMergeReport:
     rank: int
@@ -208,10 +235,15 @@ def merge_adapters(
         raise ConfigError(f"{len(priors)} weights given for {len(adapters)} adapters")
     if k < 0 or not math.isfinite(k):
         raise ConfigError(f"k must be a finite number >= 0, got {k}")
-    rank = rank or max(p["A"].shape[0] for a in adapters for p in a.factors.values())
-    if rank < 1:
-        raise ConfigError(f"rank must be >= 1, got {rank}")
     modules = sorted({m for a in adapters for m in a.factors})
+    most = full_rank(adapters, modules)
+    if rank is None:
+        rank = min(most, max(p["A"].shape[0] for a in adapters for p in a.factors.values()))
+    if not 1 <= rank <= most:
+        raise ConfigError(
+            f"rank must be between 1 and {most}, the merged update's full rank (input ranks summed, "
+            f"capped by each module's shape), got {rank}"
+        )
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     report: dict[str, dict] = {}
     total_sq = resid_sq = 0.0
@@ -286,7 +318,9 @@ def write_adapter(
 @click.option("--k", "k", type=float, default=DEFAULT_K, show_default=True, help="FroM exponent of ||Delta||_F.")
 @click.option("--lambda", "scale", type=float, default=1.0, show_default=True, help="Scale of the merged update.")
 @click.option("--weight", "weights", type=float, multiple=True, help="Prior weight per adapter, in order (repeat).")
-@click.option("--rank", type=int, default=None, help="Rank of the output adapter [default: largest input rank].")
+@click.option("--rank", type=int, default=None,
+              help="Rank of the output adapter, 1 to the merged update's full rank (input ranks summed, capped by "
+                   "each module's shape) [default: largest input rank].")
 @overwrite_option
 def lora_cmd(out_path: Path, adapters: tuple[str, ...], base, k, scale, weights, rank, overwrite) -> None:
     """Merge PEFT LoRA ADAPTERS of one base with FroM into one adapter at OUT_PATH.

@@ -28,12 +28,12 @@ from pydantic import ValidationError
 
 import mergekit_from  # noqa: F401  (registers the plugin's methods)
 from mergekit_from.errors import ConfigError, ModelInputError, one_line
-from mergekit_from.output import Output
 from mergekit_from.methods.side_file import user_parameters
+from mergekit_from.output import Output
 from mergekit_from.paths import cache_root
 from mergekit_from.prepass import PrePass, absolute_reference, ref_string
 from mergekit_from.registry import is_plugin_method
-from mergekit_from.weights import TensorIndex
+from mergekit_from.weights import TensorIndex, refuse_pickles
 
 
 def load_recipe(path: str | os.PathLike) -> tuple[MergeConfiguration, str]:
@@ -48,10 +48,15 @@ def load_recipe(path: str | os.PathLike) -> tuple[MergeConfiguration, str]:
         raise ConfigError(f"{path}: not valid YAML: {one_line(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping")
+    for key in ("models", "slices"):
+        if data.get(key) == []:
+            raise ConfigError(f"{path}: `{key}:` is empty; list at least one entry")
     try:
         return MergeConfiguration.model_validate(data), source
     except ValidationError as exc:
         raise ConfigError(f"{path}: {one_line(exc)}") from None
+    except RuntimeError as exc:  # mergekit's own validators ("Exactly one of 'models', 'slices'...")
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def resolve_method(name: str) -> MergeMethod:
@@ -193,31 +198,62 @@ def _looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or path.count("/") != 1 or Path(path).exists()
 
 
-def check_models(config: MergeConfiguration) -> None:
-    """Local inputs exist, and every local model's tensors have the base's shapes."""
+def _input_key(ref: ModelReference) -> tuple:
+    """What a reference reads: local paths resolved, so `./a` and `a` are the same input."""
+
+    def where(mp) -> str:
+        p = Path(mp.path).expanduser()
+        return str(p.resolve()) if p.exists() else mp.path
+
+    return where(ref.model), ref.model.revision, ref.lora and (where(ref.lora), ref.lora.revision)
+
+
+def check_distinct(config: MergeConfiguration) -> None:
+    """No input listed twice among ``models:`` or within one slice (mergekit stops mid-plan)."""
+    groups = [("models", [m.model for m in config.models or ()])]
+    groups += [(f"slices[{i}].sources", [s.model for s in sl.sources]) for i, sl in enumerate(config.slices or ())]
+    for where, refs in groups:
+        seen: set[tuple] = set()
+        for ref in refs:
+            key = _input_key(ref)
+            if key in seen:
+                raise ConfigError(f"{where}: {ref} is listed twice; each input may appear once")
+            seen.add(key)
+
+
+def check_models(config: MergeConfiguration, allow_pickle: bool = False) -> None:
+    """Local inputs exist, hold no pickles (unless allowed) and appear once; every local model's
+    tensors have the base's shapes, and its vocabulary size unless the recipe aligns tokenizers."""
     for ref in _references(config):
         paths = [ref.model.path] + ([ref.lora.path] if ref.lora else [])
         for p in paths:
             if _looks_local(p) and not Path(p).expanduser().exists():
                 raise ModelInputError(f"model path not found: {p}")
+            if not allow_pickle:
+                refuse_pickles(p)
+    check_distinct(config)
+    indexes = {r: TensorIndex.open(r.model.path) for r in _references(config)
+               if not r.lora and TensorIndex.is_model_dir(r.model.path)}
     base = config.base_model
-    if base is None or base.lora or not TensorIndex.is_model_dir(base.model.path):
-        return
-    base_index = TensorIndex.open(base.model.path)
-    for ref in _references(config):
-        if ref == base or ref.lora or not TensorIndex.is_model_dir(ref.model.path):
-            continue
-        base_index.check_compatible(TensorIndex.open(ref.model.path), label=str(ref))
+    if base in indexes:
+        for ref, index in indexes.items():
+            if ref != base:
+                indexes[base].check_compatible(index, label=str(ref))
+    if indexes and config.models and config.tokenizer is None and config.tokenizer_source is None:
+        first, *rest = indexes  # the base when it is local: _references lists it first
+        label = "the base" if first == base else repr(str(first))
+        for ref in rest:
+            indexes[first].check_same_vocab(indexes[ref], label=str(ref), reference=label)
 
 
-def check_recipe(config: MergeConfiguration) -> MergeMethod:
+def check_recipe(config: MergeConfiguration, allow_pickle: bool = False) -> MergeMethod:
     """The checks that can run before loading a tensor, after :func:`check_parameters` and a
     pre-pass's own (which may leave models out); returns the resolved method."""
     method = resolve_method(config.merge_method)
     if method.spec.contract.base == BasePolicy.REQUIRED and config.base_model is None:
         raise ConfigError(f"merge_method {config.merge_method!r} needs a base_model")
     check_required(config, method)
-    check_models(config)
+    check_models(config, allow_pickle)
     return method
 
 
@@ -233,7 +269,8 @@ class CheckedRecipe:
     inputs: list[Path]  # every local path the run reads: an output folder must not contain them
 
 
-def check_recipe_file(config_file: str | os.PathLike, options: MergeOptions) -> CheckedRecipe:
+def check_recipe_file(config_file: str | os.PathLike, options: MergeOptions,
+                      allow_pickle: bool = False) -> CheckedRecipe:
     """Load and check a recipe, its pre-pass settings and its local inputs; nothing is computed.
 
     A method that needs the whole model (FW-Merging, RegMean) has a ``prepass(config, raw,
@@ -249,7 +286,7 @@ def check_recipe_file(config_file: str | os.PathLike, options: MergeOptions) -> 
     prepass = hook(config, raw, Path(config_file).resolve().parent) if hook else None
     if prepass is not None:
         config = prepass.config
-    check_recipe(config)
+    check_recipe(config, allow_pickle)
     if options.lora_merge_cache is None and any(r.lora for r in _references(config)):
         # mergekit refuses base+lora inputs without a cache dir; give it a standard one.
         options = options.model_copy(update={"lora_merge_cache": str(cache_root() / "lora-merge")})
@@ -272,9 +309,9 @@ def merge_into(recipe: CheckedRecipe, folder: Path) -> None:
 
 
 def run_recipe(config_file: str | os.PathLike, out_path: str | os.PathLike, options: MergeOptions,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, allow_pickle: bool = False) -> Path:
     """Check a recipe and its output folder, then merge (mergekit's ``run_merge``) into the folder."""
-    recipe = check_recipe_file(config_file, options)
+    recipe = check_recipe_file(config_file, options, allow_pickle)
     output = Output.check(out_path, "yaml", recipe.inputs, overwrite)
     with output.staged() as tmp:
         merge_into(recipe, tmp)

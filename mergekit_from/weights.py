@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
 import torch
 from safetensors import safe_open
 
@@ -19,8 +20,27 @@ from mergekit_from.errors import ModelInputError
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 # Tensors whose first axis is the vocabulary: a size difference there is a tokenizer question
-# that mergekit resolves (or reports) itself through the recipe's tokenizer settings.
+# that mergekit resolves through the recipe's tokenizer settings (check_same_vocab when there are none).
 VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight", "wte.weight")
+# Weights that only torch.load reads: unpickling can run code, so they are read only on request.
+PICKLE_FILES = ["*.bin", "*.pt", "*.pth"]
+allow_pickle_option = click.option(
+    "--allow-pickle", is_flag=True,
+    help="Read pickled weights (.bin/.pt) of a folder without safetensors. Unsafe: unpickling can run code.")
+
+
+def refuse_pickles(folder: str | Path) -> None:
+    """Raise naming the pickled weights of a folder that has no safetensors (``--allow-pickle`` skips this)."""
+    root = Path(folder).expanduser()
+    if not root.is_dir() or any(root.glob("*.safetensors")):
+        return
+    pickled = sorted(f for pattern in PICKLE_FILES for f in root.glob(pattern))
+    if pickled:
+        raise ModelInputError(
+            f"{pickled[0]}: pickled weights and no safetensors in {root}; loading a pickle can run code. "
+            "Convert it to safetensors (save_pretrained(..., safe_serialization=True)), or pass --allow-pickle "
+            "if you trust it"
+        )
 
 
 @dataclass
@@ -83,3 +103,17 @@ class TensorIndex:
         missing = sorted(set(self.shapes) - set(other.shapes))
         if missing:
             raise ModelInputError(f"model {label!r} lacks tensor {missing[0]!r} that the base has")
+
+    def check_same_vocab(self, other: "TensorIndex", label: str, reference: str) -> None:
+        """Raise naming the first vocabulary tensor whose size in ``other`` differs from this one's.
+
+        Only a recipe's ``tokenizer:``/``tokenizer_source:`` settings let mergekit align them;
+        without one it stops mid-merge with "Tensor size mismatch"."""
+        for name, shape in sorted(other.shapes.items()):
+            mine = self.shapes.get(name)
+            if name.endswith(VOCAB_TENSORS) and mine is not None and mine[0] != shape[0]:
+                raise ModelInputError(
+                    f"model {label!r} has a {shape[0]}-token vocabulary ({name!r} is {list(shape)}) but {reference} "
+                    f"has {mine[0]} ({list(mine)}); set `tokenizer_source: base` or a `tokenizer:` section in the "
+                    "recipe so mergekit aligns the vocabularies"
+                )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
-from mergekit_from.errors import ConfigError
+from mergekit_from.errors import ConfigError, ModelInputError
 from mergekit_from.output import overwrite_option
+from mergekit_from.weights import allow_pickle_option
 
 
 @click.group("taskzoo")
@@ -33,22 +35,25 @@ def build_cmd(out: str | None, quick: bool, force: bool, threads: int | None, ov
 
 
 @click.command("eval")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("model_dir")
 @click.option("--tasks", required=True, help="Comma-separated task names, e.g. reverse,sort.")
 @click.option("--n", type=click.IntRange(1), default=200, show_default=True, help="Test examples per task.")
-@click.option("--tokenizer", "tokenizer_dir", type=click.Path(exists=True, file_okay=False), default=None,
+@click.option("--tokenizer", "tokenizer_dir", default=None,
               help="Tokenizer folder for models saved without one (e.g. the zoo's models/taskzoo/base).")
-@click.option("--base", "base_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Base model folder when MODEL_DIR is a PEFT adapter.")
+@click.option("--base", "base_dir", default=None, help="Base model folder when MODEL_DIR is a PEFT adapter.")
+@allow_pickle_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_cmd(model_dir: str, tasks: str, n: int, tokenizer_dir: str | None, base_dir: str | None,
-             as_json: bool) -> None:
+             allow_pickle: bool, as_json: bool) -> None:
     """Exact-match accuracy (greedy decoding) of MODEL_DIR on the zoo tasks' test split."""
     import torch
 
     from mergekit_from.taskzoo.evaluate import evaluate
     from mergekit_from.taskzoo.tasks import get_task
 
+    for what, folder in (("MODEL_DIR", model_dir), ("--tokenizer", tokenizer_dir), ("--base", base_dir)):
+        if folder is not None and not Path(folder).is_dir():
+            raise ModelInputError(f"{what}: folder not found: {folder}")
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
         raise ConfigError("--tasks: give at least one task name")
@@ -58,7 +63,7 @@ def eval_cmd(model_dir: str, tasks: str, n: int, tokenizer_dir: str | None, base
 
     hf_logging.disable_progress_bar()  # keep stdout/stderr to the results
     torch.set_num_threads(1)
-    acc = evaluate(model_dir, names, n, tokenizer_dir=tokenizer_dir, base_dir=base_dir)
+    acc = evaluate(model_dir, names, n, tokenizer_dir=tokenizer_dir, base_dir=base_dir, allow_pickle=allow_pickle)
     mean = sum(acc.values()) / len(acc)
     if as_json:
         click.echo(json.dumps({"model": model_dir, "n": n, "accuracy": acc, "mean": mean}))

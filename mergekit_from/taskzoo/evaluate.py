@@ -20,6 +20,7 @@ import torch
 
 from mergekit_from.errors import ModelInputError
 from mergekit_from.taskzoo.tasks import examples
+from mergekit_from.weights import refuse_pickles
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -42,8 +43,10 @@ def _resolve_adapter_base(adapter_dir: Path, base: Path | None) -> Path:
     return found
 
 
-def load_model(model_dir: str | Path, tokenizer_dir: str | Path | None = None, base_dir: str | Path | None = None):
-    """(model, tokenizer) for a model folder or a PEFT adapter folder, in eval mode, fp32."""
+def load_model(model_dir: str | Path, tokenizer_dir: str | Path | None = None, base_dir: str | Path | None = None,
+               allow_pickle: bool = False):
+    """(model, tokenizer) for a model folder or a PEFT adapter folder, in eval mode, fp32; pickled
+    weights (no safetensors) are refused unless ``allow_pickle``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -53,6 +56,9 @@ def load_model(model_dir: str | Path, tokenizer_dir: str | Path | None = None, b
     weights_dir = _resolve_adapter_base(model_dir, Path(base_dir) if base_dir else None) if is_adapter else model_dir
     if not (weights_dir / "config.json").is_file():
         raise ModelInputError(f"{weights_dir}: no config.json (not a model folder)")
+    if not allow_pickle:
+        for folder in dict.fromkeys((weights_dir, model_dir)):
+            refuse_pickles(folder)
     candidates = [Path(tokenizer_dir)] if tokenizer_dir else []
     candidates += [model_dir, weights_dir]
     tok_dir = next((d for d in candidates if has_tokenizer(d)), None)
@@ -113,7 +119,8 @@ def evaluate(
     tokenizer_dir: str | Path | None = None,
     base_dir: str | Path | None = None,
     seed: int = 0,
+    allow_pickle: bool = False,
 ) -> dict[str, float]:
     """Exact-match accuracy per task on the first ``n`` test examples of each task."""
-    model, tokenizer = load_model(model_dir, tokenizer_dir, base_dir)
+    model, tokenizer = load_model(model_dir, tokenizer_dir, base_dir, allow_pickle)
     return evaluate_loaded(model, tokenizer, tasks, n, seed)
