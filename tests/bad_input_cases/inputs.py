@@ -77,7 +77,7 @@ CASES = [
                                                  str(env.tiny["a"]))),
     Case("yaml-duplicate-model-spelling", "mergekit-from yaml recipe.yml OUT  # `ft_a` and `./ft_a`: one model twice",
          "is listed twice", lambda env: Run(yaml_run(env, from_recipe(env, "ft_a", "./ft_a")).argv,
-                                            protect=[env.tmp / "out"], culprit="./ft_a", cwd=env.tiny["a"].parent)),
+                                            protect=[env.tmp / "out"], culprit=str(env.tiny["a"]), cwd=env.tiny["a"].parent)),
     Case("yaml-duplicate-slice-source", "mergekit-from yaml recipe.yml OUT  # one slice lists a model twice",
          "is listed twice", _duplicate_slice_source),
     Case("yaml-vocab-mismatch", "mergekit-from yaml recipe.yml OUT  # a model with 16 more tokens, no tokenizer:",
