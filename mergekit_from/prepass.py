@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 from mergekit_from import calibration
 from mergekit_from.calibration import IGNORE, Batch
 from mergekit_from.errors import ConfigError, ModelInputError, one_line
+from mergekit_from.finite import checked
 from mergekit_from.weights import TensorIndex
 
 LOG = logging.getLogger(__name__)
@@ -144,11 +145,11 @@ class Pool:
         return len(self.refs)
 
     def tensor(self, i: int, name: str) -> torch.Tensor:
-        """Candidate ``i``'s tensor ``name`` in fp32, read from its memory-mapped shard."""
-        return self.indexes[i].tensor(name).float()
+        """Candidate ``i``'s tensor ``name`` in fp32, read from its memory-mapped shard (finite)."""
+        return checked(self.indexes[i].tensor(name).float(), f"pool model {self.refs[i]!r}", name)
 
     def base_tensor(self, name: str) -> torch.Tensor:
-        return self.base.tensor(name).float()
+        return checked(self.base.tensor(name).float(), f"base model {self.base_ref!r}", name)
 
     def without_skipped(self, config: MergeConfiguration) -> MergeConfiguration:
         if not self.skipped:
@@ -157,8 +158,11 @@ class Pool:
         return config.model_copy(update={"models": models})
 
 
-def load_skeleton(base_dir: Path, trust_remote_code: bool = False) -> torch.nn.Module:
-    """The architecture of the model in ``base_dir``, in fp32 with its weights, in eval mode."""
+def load_skeleton(base_dir: Path, trust_remote_code: bool = False, role: str = "model") -> torch.nn.Module:
+    """The architecture of the model in ``base_dir``, in fp32 with its weights, in eval mode.
+
+    A non-finite weight is an error naming ``role`` (e.g. "base model"), the folder and the tensor.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
@@ -170,7 +174,7 @@ def load_skeleton(base_dir: Path, trust_remote_code: bool = False) -> torch.nn.M
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name in index.shapes:
-                param.copy_(index.tensor(name).float())
+                param.copy_(checked(index.tensor(name), f"{role} {str(base_dir)!r}", name))
     model.eval()
     return model
 
