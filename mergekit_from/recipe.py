@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 import mergekit_from  # noqa: F401  (registers the plugin's methods)
 from mergekit_from.errors import ConfigError, ModelInputError, one_line
+from mergekit_from.finite import check_output
 from mergekit_from.paths import cache_root
 from mergekit_from.weights import TensorIndex
 
@@ -238,6 +239,7 @@ def run_recipe(config_file: str | os.PathLike, out_path: str | os.PathLike, opti
         if prepass is not None:
             config = prepass.run(tmp, Path(work), options)
         run_merge(config, str(tmp), options=options, config_source=source)
+        check_output(tmp, config)  # no NaN/Inf is committed, whichever method produced it
         _unlink_card_paths(tmp / "README.md", Path(work))
     return Path(out_path)
 

@@ -1,16 +1,23 @@
 """RegMean's pre-pass (Jin et al., ICLR 2023): Gram matrices of every linear layer's inputs.
 
 Each pool model runs on its *own* task's calibration data (the recipe maps model -> JSONL);
-forward hooks on every ``nn.Linear`` whose weight is a stored tensor accumulate Σ xᵀx over
-real tokens, and the saved Gram is the running mean per token, as in the official code
-(bloomberg/dataless-model-merging ``compute_grams``), except that padding positions are left
-out. Models are processed one at a time: at most one model and its Grams are in memory. The
-per-tensor kernel in :mod:`mergekit_from.methods.regmean` solves the merge inside mergekit.
+forward hooks on every ``nn.Linear`` and transformers ``Conv1D`` (GPT-2) whose weight is a stored
+tensor accumulate Σ xᵀx over real tokens, and the saved Gram is the running mean per token, as
+in the official code (bloomberg/dataless-model-merging ``compute_grams``), except that padding
+positions are left out. Models are processed one at a time: at most one model and its Grams
+are in memory. The per-tensor kernel in :mod:`mergekit_from.methods.regmean` solves the merge
+inside mergekit.
+
+It warns (one line each) about weight matrices that get no Gram (they are averaged) and about
+a model whose calibration has fewer tokens than a layer's input width (that layer's Gram is
+singular, so the ridge decides the directions its data did not reach); a Gram with NaN/Inf
+(activations that overflow) is an error naming model, layer and calibration file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -21,9 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 
 from mergekit_from import calibration
-from mergekit_from.errors import ConfigError
+from mergekit_from.errors import ConfigError, TensorValueError
+from mergekit_from.finite import is_finite
 from mergekit_from.prepass import Pool, load_skeleton, progress, read_settings, ref_string, resolve_path
 from mergekit_from.weights import SINGLE
+
+LOG = logging.getLogger(__name__)
 
 GRAMS_DIR = "regmean_grams"
 GRAMS_INDEX = "grams.json"
@@ -41,6 +51,7 @@ class RegMeanSettings(BaseModel):
         regmean:
           calibration: {./expert_sort: data/sort.jsonl}
           alpha: 0.9          # off-diagonal shrink (1 = none); official configs use 0.1-0.9
+          ridge: 0.001        # scale-aware ridge (0 = the official solve); see methods/regmean.py
 
     Each model's Grams come from the first samples_per_task lines of its own file.
     """
@@ -49,12 +60,26 @@ class RegMeanSettings(BaseModel):
 
     calibration: dict[str, str] = Field(default_factory=dict, description="pool model -> its task's JSONL")
     alpha: Annotated[float, Field(ge=0, le=1)] = 0.9
+    ridge: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        1e-3, description="ridge added to each Gram, relative to their mean diagonal (0 = official RegMean)"
+    )
     samples_per_task: Annotated[int, Field(gt=0)] = 100
     max_length: Annotated[int, Field(gt=0)] = 256
     batch_size: Annotated[int, Field(gt=0)] = 8
     skip_incompatible: bool = False
     tokenizer: Optional[str] = None
     trust_remote_code: bool = False
+
+
+def gram_modules(model: torch.nn.Module, stored: set[str]) -> dict[str, torch.nn.Module]:
+    """Stored weight name -> its ``nn.Linear`` or ``Conv1D`` module (the layers RegMean solves)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return {
+        f"{name}.weight": module
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and f"{name}.weight" in stored
+    }
 
 
 class GramAccumulator:
@@ -64,11 +89,7 @@ class GramAccumulator:
         self.sums: dict[str, torch.Tensor] = {}
         self.tokens: dict[str, int] = {}
         self.mask: torch.Tensor | None = None  # [B, L] real-token mask of the current batch
-        self.handles = [
-            module.register_forward_hook(self._hook(f"{name}.weight"))
-            for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and f"{name}.weight" in stored
-        ]
+        self.handles = [m.register_forward_hook(self._hook(key)) for key, m in gram_modules(model, stored).items()]
 
     def _hook(self, key: str):
         def hook(_module, inputs, _output):
@@ -89,13 +110,50 @@ class GramAccumulator:
         return {k: (s / max(self.tokens[k], 1)).contiguous() for k, s in self.sums.items()}
 
 
-def model_grams(model: torch.nn.Module, stored: set[str], batches) -> dict[str, torch.Tensor]:
+def accumulate(model: torch.nn.Module, stored: set[str], batches) -> GramAccumulator:
     acc = GramAccumulator(model, stored)
     with torch.no_grad():
         for batch in batches:
             acc.mask = batch.attention_mask
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    return acc.means()
+    return acc
+
+
+def model_grams(model: torch.nn.Module, stored: set[str], batches) -> dict[str, torch.Tensor]:
+    return accumulate(model, stored, batches).means()
+
+
+def warn_without_gram(model: torch.nn.Module, stored: set[str], grams: dict[str, torch.Tensor]) -> None:
+    """One line naming the module kinds whose stored weight matrices get no Gram (averaged instead)."""
+    missing: dict[str, str] = {}
+    for name, module in model.named_modules():
+        key = f"{name}.weight"
+        weight = module._parameters.get("weight")
+        if weight is None or weight.ndim < 2 or key not in stored or key in grams:
+            continue
+        if not isinstance(module, torch.nn.Embedding):  # embeddings are averaged, as officially
+            missing.setdefault(type(module).__name__, key)
+    if missing:
+        kinds = ", ".join(f"{kind} (e.g. {key})" for kind, key in missing.items())
+        LOG.warning("regmean: no Gram for the weights of %s; they are averaged instead", kinds)
+
+
+def check_grams(ref: str, file: Path, acc: GramAccumulator, grams: dict[str, torch.Tensor]) -> None:
+    """Refuse overflowed Grams; warn (one line) when a layer saw fewer tokens than its input width."""
+    for key, gram in grams.items():
+        if not is_finite(gram):
+            raise TensorValueError(
+                f"regmean: the Gram of {key!r} for pool model {ref!r} has NaN/Inf values: its activations "
+                f"overflow on {file} (check the model's weights)"
+            )
+    short = [key for key, gram in grams.items() if acc.tokens[key] < gram.shape[0]]
+    if short:
+        widest = max(short, key=lambda k: grams[k].shape[0])
+        LOG.warning(
+            "regmean: pool model %s saw %d calibration tokens, fewer than the input width of %d layer(s) "
+            "(e.g. %s, width %d): their Grams are singular and the ridge decides the merge there; "
+            "give more calibration samples", ref, acc.tokens[widest], len(short), widest, grams[widest].shape[0],
+        )
 
 
 class RegMeanPrePass:
@@ -103,8 +161,8 @@ class RegMeanPrePass:
         self.settings = read_settings(RegMeanSettings, raw, config, section="regmean")
         self.pool = Pool.from_config(config, "regmean", self.settings.skip_incompatible)
         self.config = self.pool.without_skipped(config)
-        files = self._calibration_files(recipe_dir)
-        self.samples = calibration.load_tasks(files, self.settings.samples_per_task)
+        self.files = self._calibration_files(recipe_dir)
+        self.samples = calibration.load_tasks(self.files, self.settings.samples_per_task)
         tok_dir = resolve_path(self.settings.tokenizer, recipe_dir) if self.settings.tokenizer else self.pool.base.root
         self.tokenizer = calibration.load_tokenizer(tok_dir, self.settings.trust_remote_code)
 
@@ -133,17 +191,23 @@ class RegMeanPrePass:
         grams_dir = work_dir / GRAMS_DIR
         grams_dir.mkdir(parents=True)
         files = {}
+        conv1d: list[str] = []
         for i, ref in enumerate(progress(self.pool.refs, "RegMean Grams", quiet=options.quiet)):
             encoded = calibration.encode(self.samples[ref], self.tokenizer, s.max_length)
-            model = load_skeleton(Path(self.pool.indexes[i].root), s.trust_remote_code)
-            grams = model_grams(model, stored, calibration.batches(encoded, s.batch_size, self.tokenizer.pad_token_id))
-            del model
+            model = load_skeleton(Path(self.pool.indexes[i].root), s.trust_remote_code, role="pool model")
+            acc = accumulate(model, stored, calibration.batches(encoded, s.batch_size, self.tokenizer.pad_token_id))
+            grams = acc.means()
+            check_grams(ref, self.files[ref], acc, grams)
+            if i == 0:  # every pool model has the base's architecture
+                warn_without_gram(model, stored, grams)
+                conv1d = [k for k, m in gram_modules(model, stored).items() if not isinstance(m, torch.nn.Linear)]
+            del model, acc
             folder = grams_dir / str(i)  # a TensorIndex-readable folder per model
             folder.mkdir()
             save_file(grams, str(folder / SINGLE))
             files[ref] = str(folder)
             del grams
         index = grams_dir / GRAMS_INDEX
-        index.write_text(json.dumps({"alpha": s.alpha, "models": files}))
+        index.write_text(json.dumps({"alpha": s.alpha, "ridge": s.ridge, "conv1d": conv1d, "models": files}))
         parameters = {**(self.config.parameters or {}), "grams": str(index)}
         return self.config.model_copy(update={"parameters": parameters})
