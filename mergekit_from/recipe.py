@@ -238,7 +238,7 @@ def run_recipe(config_file: str | os.PathLike, out_path: str | os.PathLike, opti
     with staged_output(out_path) as tmp, tempfile.TemporaryDirectory(prefix=".prepass-", dir=tmp.parent) as work:
         if prepass is not None:
             config = prepass.run(tmp, Path(work), options)
-        run_merge(config, str(tmp), options=options, config_source=source)
+        run_merge(config.model_copy(deep=True), str(tmp), options=options, config_source=source)  # it edits config
         check_output(tmp, config)  # no NaN/Inf is committed, whichever method produced it
         _unlink_card_paths(tmp / "README.md", Path(work))
     return Path(out_path)
