@@ -14,7 +14,7 @@ Where non-finite values can enter a merge, and what stops them:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from mergekit.config import MergeConfiguration
@@ -58,9 +58,8 @@ def check_output(folder: Path, config: MergeConfiguration) -> None:
     The inputs' tensor of the same name is blamed only for a ``models:`` recipe; with slices,
     output layers are renumbered and a same-named input tensor may be another layer.
     """
-    output = TensorIndex.open(folder)
-    for name in output.shapes:
-        if is_finite(output.tensor(name)):
+    for name, tensor in _written_tensors(folder):
+        if is_finite(tensor):
             continue
         blamed = not config.slices and not config.modules
         if blamed:
@@ -69,6 +68,18 @@ def check_output(folder: Path, config: MergeConfiguration) -> None:
             f"merge_method {config.merge_method!r} produced NaN/Inf values in tensor {name!r}"
             + (" from finite inputs" if blamed else "") + "; nothing was written"
         )
+
+
+def _written_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """The merged tensors one at a time: safetensors, or the pickles of ``--no-safe-serialization``
+    (written by this run, so loading them is safe)."""
+    if TensorIndex.is_model_dir(folder):
+        index = TensorIndex.open(folder)
+        for name in index.shapes:
+            yield name, index.tensor(name)
+        return
+    for shard in sorted(folder.glob("pytorch_model*.bin")):
+        yield from torch.load(shard, map_location="cpu", weights_only=True, mmap=True).items()
 
 
 def _blame_inputs(config: MergeConfiguration, name: str) -> None:

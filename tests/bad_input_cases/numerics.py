@@ -127,6 +127,11 @@ def _builtin_nan_in_input(env) -> Run:
     return yaml_run(env, recipe, f"model '{bad}' has NaN/Inf values in tensor '{TENSOR}'")
 
 
+def _builtin_nan_pickled_output(env) -> Run:
+    run = _builtin_nan_in_input(env)
+    return Run([*run.argv, "--no-safe-serialization"], run.protect, run.culprit)
+
+
 def _builtin_overflow(env) -> Run:
     def big(sd):
         sd[TENSOR].view(-1)[0] = HUGE
@@ -157,6 +162,8 @@ CASES = [
          "more than 10x their spread", _regmean_blown_up, fixtures=()),
     Case("linear-nan-in-input", "mergekit-from yaml linear.yml OUT  # a mergekit built-in; an input holds a NaN",
          NAN, _builtin_nan_in_input),
+    Case("linear-nan-in-input-bin-output", "mergekit-from yaml linear.yml OUT --no-safe-serialization  # a NaN input",
+         NAN, _builtin_nan_pickled_output),
     Case("task_arithmetic-overflows", "mergekit-from yaml ta.yml OUT  # finite inputs whose sum overflows",
          "from finite inputs; nothing was written", _builtin_overflow),
 ]
