@@ -171,12 +171,24 @@ def load_skeleton(base_dir: Path, trust_remote_code: bool = False, role: str = "
     except Exception as exc:  # an unknown architecture is a user problem, not a crash
         raise ModelInputError(f"cannot build a causal LM from {base_dir}/config.json: {one_line(exc)}") from None
     index = TensorIndex.open(base_dir)
+    params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in index.shapes:
-                param.copy_(checked(index.tensor(name), f"{role} {str(base_dir)!r}", name))
+        for name, stored in stored_names(model, index).items():
+            params[name].copy_(checked(index.tensor(stored), f"{role} {str(base_dir)!r}", stored))
     model.eval()
     return model
+
+
+def stored_names(model: torch.nn.Module, index: TensorIndex) -> dict[str, str]:
+    """Parameter name -> the name its tensor is stored under: the same, or without the model's
+    ``base_model_prefix`` (GPT-2 checkpoints store ``h.0.…`` for ``transformer.h.0.…``)."""
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    names = {}
+    for name, _ in model.named_parameters():
+        stored = name if name in index.shapes else name.removeprefix(prefix)
+        if stored in index.shapes:
+            names[name] = stored
+    return names
 
 
 def merge_parameters(model: torch.nn.Module, index: TensorIndex) -> dict[str, torch.nn.Parameter]:

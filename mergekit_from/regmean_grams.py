@@ -30,7 +30,15 @@ from safetensors.torch import save_file
 from mergekit_from import calibration
 from mergekit_from.errors import ConfigError, TensorValueError
 from mergekit_from.finite import is_finite
-from mergekit_from.prepass import Pool, load_skeleton, progress, read_settings, ref_string, resolve_path
+from mergekit_from.prepass import (
+    Pool,
+    load_skeleton,
+    progress,
+    read_settings,
+    ref_string,
+    resolve_path,
+    stored_names,
+)
 from mergekit_from.weights import SINGLE
 
 LOG = logging.getLogger(__name__)
@@ -187,7 +195,6 @@ class RegMeanPrePass:
 
     def run(self, out_dir: Path, work_dir: Path, options: MergeOptions) -> MergeConfiguration:
         s = self.settings
-        stored = set(self.pool.base.shapes)
         grams_dir = work_dir / GRAMS_DIR
         grams_dir.mkdir(parents=True)
         files = {}
@@ -195,6 +202,7 @@ class RegMeanPrePass:
         for i, ref in enumerate(progress(self.pool.refs, "RegMean Grams", quiet=options.quiet)):
             encoded = calibration.encode(self.samples[ref], self.tokenizer, s.max_length)
             model = load_skeleton(Path(self.pool.indexes[i].root), s.trust_remote_code, role="pool model")
+            stored = set(stored_names(model, self.pool.base))  # parameter names, as mergekit writes them
             acc = accumulate(model, stored, calibration.batches(encoded, s.batch_size, self.tokenizer.pad_token_id))
             grams = acc.means()
             check_grams(ref, self.files[ref], acc, grams)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from fw_fixtures import write_recipe, zoo
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from mergekit.config import MergeConfiguration
 
@@ -17,6 +17,7 @@ from mergekit_from import calibration, prepass, regmean_grams
 from mergekit_from.calibration import Batch
 from mergekit_from.cli import main
 from mergekit_from.methods.regmean import regmean_solve, shrink
+from mergekit_from.weights import TensorIndex
 
 
 def random_spd(n: int, seed: int) -> torch.Tensor:
@@ -151,9 +152,10 @@ def test_alpha_is_validated(tmp_path, alpha):
 # -- GPT-2 (transformers Conv1D) and ill-conditioned Grams (issue 11) ---------------------------
 
 
-@pytest.fixture(scope="module")
-def gpt2_pool(tmp_path_factory) -> dict[str, Path]:
-    """A tiny GPT2LMHeadModel (Conv1D layers, tied head) and two noisy 'experts' of it."""
+@pytest.fixture(scope="module", params=["transformer.", ""], ids=["saved", "hub-style"])
+def gpt2_pool(request, tmp_path_factory) -> dict[str, Path]:
+    """A tiny GPT2LMHeadModel (Conv1D layers, tied head) and two noisy 'experts' of it, stored as
+    ``save_pretrained`` writes them or, like openai-community/gpt2, without the ``transformer.`` prefix."""
     from conftest import make_finetune
     from fw_fixtures import make_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -165,14 +167,17 @@ def gpt2_pool(tmp_path_factory) -> dict[str, Path]:
                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
     GPT2LMHeadModel(cfg).save_pretrained(root / "base")
     tok.save_pretrained(root / "base")
+    weights = root / "base" / "model.safetensors"
+    sd = {k.replace("transformer.", request.param, 1): v for k, v in load_file(str(weights)).items()}
+    save_file(sd, str(weights), metadata={"format": "pt"})
     return {"base": root / "base", "a": make_finetune(root / "base", root / "a", 0.02, seed=1),
-            "b": make_finetune(root / "base", root / "b", 0.02, seed=2)}
+            "b": make_finetune(root / "base", root / "b", 0.02, seed=2), "prefix": request.param}
 
 
 def test_gpt2_conv1d_weights_get_grams_and_the_official_solve(tmp_path, gpt2_pool):
     """Conv1D stores W as [in, out]: the official code solves (Σ G̃_i)⁻¹ Σ G̃_i W_i with no transpose."""
     z, p = zoo(), gpt2_pool
-    data = {p["a"]: z["data_rev"], p["b"]: z["data_sort"]}
+    data = {p[k]: z[f"data_{t}"] for k, t in (("a", "rev"), ("b", "sort"))}
     recipe = {"merge_method": "regmean", "base_model": str(p["base"]), "dtype": "float32",
               "models": [{"model": str(m)} for m in data],
               "regmean": {"calibration": {str(m): str(d) for m, d in data.items()}, "alpha": 0.9, "ridge": 0}}
@@ -183,12 +188,12 @@ def test_gpt2_conv1d_weights_get_grams_and_the_official_solve(tmp_path, gpt2_poo
     for m, d in data.items():
         enc = calibration.encode(calibration.read_jsonl(d, 100), tok)
         model = prepass.load_skeleton(m)
-        g = regmean_grams.model_grams(model, set(load_file(str(m / "model.safetensors"))),
-                                      calibration.batches(enc, 8, tok.pad_token_id))
+        stored = prepass.stored_names(model, TensorIndex.open(m))
+        g = regmean_grams.model_grams(model, set(stored), calibration.batches(enc, 8, tok.pad_token_id))
         assert {"transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.weight",
                 "transformer.h.0.mlp.c_proj.weight", conv} <= set(g)
         grams.append(shrink(g[conv].double(), 0.9))
-        weights.append(load_file(str(m / "model.safetensors"))[conv].double())
+        weights.append(load_file(str(m / "model.safetensors"))[stored[conv]].double())
     direct = torch.linalg.solve(sum(grams), sum(g @ w for g, w in zip(grams, weights)))
     assert torch.allclose(merged[conv].double(), direct, atol=1e-5)
     assert not torch.allclose(merged[conv].double(), sum(weights) / 2, atol=1e-3)

@@ -72,9 +72,9 @@ def regmean_solve(
     weights: list[torch.Tensor] = []
     lhs = rhs = None
     for weight, gram in pairs:
-        g = shrink(gram.double(), alpha)
+        g = shrink(gram.to(torch.float64, copy=True), alpha)  # a fresh tensor: lhs grows in place
         term = g @ weight.double().T
-        lhs = g.clone() if lhs is None else lhs.add_(g)
+        lhs = g if lhs is None else lhs.add_(g)
         rhs = term if rhs is None else rhs.add_(term)
         weights.append(weight)
     mean = sum(w.double() for w in weights) / len(weights)
