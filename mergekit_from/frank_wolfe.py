@@ -43,7 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 
 from mergekit_from import calibration
-from mergekit_from.errors import ConfigError, ModelInputError
+from mergekit_from.errors import ConfigError, ModelInputError, TensorValueError
+from mergekit_from.finite import checked, is_finite
 from mergekit_from.methods.from_merge import from_coefficients
 from mergekit_from.prepass import (
     Pool,
@@ -371,9 +372,10 @@ class FWPrePass:
         s, pool, base = self.settings, self.pool, self.pool.base
         if s.init == "base" or self.init_dir is not None:
             index = base if s.init == "base" else TensorIndex.open(self.init_dir)
+            who = f"base model {pool.base_ref!r}" if s.init == "base" else f"init model {str(self.init_dir)!r}"
             with torch.no_grad():
                 for name, p in params.items():
-                    p.copy_(index.tensor(name).float())
+                    p.copy_(checked(index.tensor(name).float(), who, name))
             return index, (pool.base_ref if s.init == "base" else ref_string(str(self.init_dir)))
         values: dict[str, torch.Tensor] = {}
         for name in progress(base.shapes, f"init ({s.init})", quiet=self.quiet):
@@ -458,7 +460,7 @@ class FWPrePass:
         task_batches = [list(calibration.batches(e, s.batch_size, pad)) for e in encoded.values()]
         counts = [len(e) for e in encoded.values()]
 
-        model = load_skeleton(base_dir, s.trust_remote_code)
+        model = load_skeleton(base_dir, s.trust_remote_code, role="base model")
         params = merge_parameters(model, self.pool.base)
         optimised = {id(p) for p in params.values()}
         for p in model.parameters():
@@ -481,7 +483,9 @@ class FWPrePass:
             trace.iterations.append({"iter": t, **record, **elapsed})
             steps.append(moves)
             LOG.info("%s iter %d: objective %.5f", self.method, t, record["objective"])
-        trace.final_objective = task_objective(model, task_batches, counts, s.objective, backward=False)
+        trace.final_objective = self._finite(
+            task_objective(model, task_batches, counts, s.objective, backward=False), "after the last iteration"
+        )
 
         plan = {
             "format": 1,
@@ -497,15 +501,28 @@ class FWPrePass:
         trace.write(out_dir)
         return self._merge_config(plan, work_dir / PLAN_FILE)
 
-    def _gradient(self, model, params, batches, counts, objective) -> tuple[float, dict[str, torch.Tensor]]:
+    def _finite(self, value: float, where: str, grads: dict[str, torch.Tensor] | None = None) -> float:
+        """Stop when the objective (or its gradient) turns NaN/Inf: every later step would spread it.
+
+        The weights read so far were checked, so the activations overflow on the calibration data.
+        """
+        if not math.isfinite(value) or not all(is_finite(g) for g in (grads or {}).values()):
+            raise TensorValueError(
+                f"{self.method}: the objective or its gradient turned NaN/Inf {where}: the model's "
+                "activations overflow on the calibration data (check the weights of the pool and the base)"
+            )
+        return value
+
+    def _gradient(self, model, params, batches, counts, objective, where: str) -> tuple[float, dict[str, torch.Tensor]]:
         model.zero_grad(set_to_none=True)
         value = task_objective(model, batches, counts, objective, backward=True)
         grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in params.items()}
-        return value, grads
+        return self._finite(value, where, grads), grads
 
     def _hard_iteration(self, t, model, params, vertices, task_batches, counts):
         s = self.settings
-        objective, grads = self._gradient(model, params, task_batches, counts, s.objective)
+        where = f"at iteration {t} (targets {', '.join(self.samples)})"
+        objective, grads = self._gradient(model, params, task_batches, counts, s.objective, where)
         names = list(params)
         picks = lmo_picks(self._scores(vertices, params, grads), names, s.lmo, [])
         model.zero_grad(set_to_none=True)
@@ -525,10 +542,11 @@ class FWPrePass:
         names = list(params)
         chosen: list[dict[str, int]] = []
         objective = 0.0
-        for k in range(len(task_batches)):
+        for k, task in enumerate(self.samples):
             if len(chosen) >= len(vertices.refs):
                 break
-            value, grads = self._gradient(model, params, [task_batches[k]], [counts[k]], s.objective)
+            where = f"at iteration {t} (target {task})"
+            value, grads = self._gradient(model, params, [task_batches[k]], [counts[k]], s.objective, where)
             objective += value / len(task_batches)
             chosen.append(lmo_picks(self._scores(vertices, params, grads), names, s.lmo, chosen))
             del grads
@@ -538,7 +556,7 @@ class FWPrePass:
             taus = [{n: vertices.tensor(pick[n], n) - params[n].detach() for n in names} for pick in chosen]
         start = s.ada_first_coeff if t == 0 else s.ada_coeff
         coeffs = torch.full((len(chosen), len(names)), float(start), requires_grad=True)
-        losses = self._adamerging(model, params, taus, coeffs, encoded)
+        losses = self._adamerging(model, params, taus, coeffs, encoded, t)
         with torch.no_grad():
             for j, n in enumerate(names):
                 params[n].add_(sum(coeffs[k, j] * taus[k][n] for k in range(len(chosen))))
@@ -561,7 +579,7 @@ class FWPrePass:
         }
         return record, moves
 
-    def _adamerging(self, model, params, taus, coeffs, encoded) -> dict[str, Any]:
+    def _adamerging(self, model, params, taus, coeffs, encoded, t: int) -> dict[str, Any]:
         """Adam on the per-(pick, tensor) coefficients; returns the inner loss curve."""
         s = self.settings
         names = list(params)
@@ -580,6 +598,7 @@ class FWPrePass:
                 loss = loss + batch_loss(model, batch, s.ada_loss, params=merged) / len(picked)
             optimizer.zero_grad()
             loss.backward()
+            self._finite(loss.item(), f"at iteration {t}, AdaMerging step {step}", {"coefficients": coeffs.grad})
             optimizer.step()
             curve.append(loss.item())
         return {"first": curve[0], "last": curve[-1], "min": min(curve), "every_10": curve[::10]}

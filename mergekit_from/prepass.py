@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 from mergekit_from import calibration
 from mergekit_from.calibration import IGNORE, Batch
 from mergekit_from.errors import ConfigError, ModelInputError, one_line
+from mergekit_from.finite import checked
 from mergekit_from.weights import TensorIndex
 
 LOG = logging.getLogger(__name__)
@@ -198,11 +199,11 @@ class Pool:
         return len(self.refs)
 
     def tensor(self, i: int, name: str) -> torch.Tensor:
-        """Candidate ``i``'s tensor ``name`` in fp32, read from its memory-mapped shard."""
-        return self.indexes[i].tensor(name).float()
+        """Candidate ``i``'s tensor ``name`` in fp32, read from its memory-mapped shard (finite)."""
+        return checked(self.indexes[i].tensor(name).float(), f"pool model {self.refs[i]!r}", name)
 
     def base_tensor(self, name: str) -> torch.Tensor:
-        return self.base.tensor(name).float()
+        return checked(self.base.tensor(name).float(), f"base model {self.base_ref!r}", name)
 
     def without_skipped(self, config: MergeConfiguration) -> MergeConfiguration:
         if not self.skipped:
@@ -211,8 +212,11 @@ class Pool:
         return config.model_copy(update={"models": models})
 
 
-def load_skeleton(base_dir: Path, trust_remote_code: bool = False) -> torch.nn.Module:
-    """The architecture of the model in ``base_dir``, in fp32 with its weights, in eval mode."""
+def load_skeleton(base_dir: Path, trust_remote_code: bool = False, role: str = "model") -> torch.nn.Module:
+    """The architecture of the model in ``base_dir``, in fp32 with its weights, in eval mode.
+
+    A non-finite weight is an error naming ``role`` (e.g. "base model"), the folder and the tensor.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
@@ -221,12 +225,24 @@ def load_skeleton(base_dir: Path, trust_remote_code: bool = False) -> torch.nn.M
     except Exception as exc:  # an unknown architecture is a user problem, not a crash
         raise ModelInputError(f"cannot build a causal LM from {base_dir}/config.json: {one_line(exc)}") from None
     index = TensorIndex.open(base_dir)
+    params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in index.shapes:
-                param.copy_(index.tensor(name).float())
+        for name, stored in stored_names(model, index).items():
+            params[name].copy_(checked(index.tensor(stored), f"{role} {str(base_dir)!r}", stored))
     model.eval()
     return model
+
+
+def stored_names(model: torch.nn.Module, index: TensorIndex) -> dict[str, str]:
+    """Parameter name -> the name its tensor is stored under: the same, or without the model's
+    ``base_model_prefix`` (GPT-2 checkpoints store ``h.0.…`` for ``transformer.h.0.…``)."""
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    names = {}
+    for name, _ in model.named_parameters():
+        stored = name if name in index.shapes else name.removeprefix(prefix)
+        if stored in index.shapes:
+            names[name] = stored
+    return names
 
 
 def merge_parameters(model: torch.nn.Module, index: TensorIndex) -> dict[str, torch.nn.Parameter]:

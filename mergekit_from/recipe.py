@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 import mergekit_from  # noqa: F401  (registers the plugin's methods)
 from mergekit_from.errors import ConfigError, ModelInputError, one_line
+from mergekit_from.finite import check_output
 from mergekit_from.methods.side_file import user_parameters
 from mergekit_from.output import Output
 from mergekit_from.paths import cache_root
@@ -304,7 +305,8 @@ def merge_into(recipe: CheckedRecipe, folder: Path) -> None:
         if recipe.prepass is not None:
             config = recipe.prepass.run(folder, Path(work), recipe.options)
         source = recorded_source(recipe, folder)
-        run_merge(config, str(folder), options=recipe.options, config_source=source)
+        run_merge(config.model_copy(deep=True), str(folder), options=recipe.options, config_source=source)  # it edits config
+        check_output(folder, config)  # no NaN/Inf is committed, whichever method produced it
         _unlink_card_paths(folder / "README.md", Path(work))
 
 

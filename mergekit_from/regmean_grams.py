@@ -1,16 +1,23 @@
 """RegMean's pre-pass (Jin et al., ICLR 2023): Gram matrices of every linear layer's inputs.
 
 Each pool model runs on its *own* task's calibration data (the recipe maps model -> JSONL);
-forward hooks on every ``nn.Linear`` whose weight is a stored tensor accumulate Σ xᵀx over
-real tokens, and the saved Gram is the running mean per token, as in the official code
-(bloomberg/dataless-model-merging ``compute_grams``), except that padding positions are left
-out. Models are processed one at a time: at most one model and its Grams are in memory. The
-per-tensor kernel in :mod:`mergekit_from.methods.regmean` solves the merge inside mergekit.
+forward hooks on every ``nn.Linear`` and transformers ``Conv1D`` (GPT-2) whose weight is a stored
+tensor accumulate Σ xᵀx over real tokens, and the saved Gram is the running mean per token, as
+in the official code (bloomberg/dataless-model-merging ``compute_grams``), except that padding
+positions are left out. Models are processed one at a time: at most one model and its Grams
+are in memory. The per-tensor kernel in :mod:`mergekit_from.methods.regmean` solves the merge
+inside mergekit.
+
+It warns (one line each) about weight matrices that get no Gram (they are averaged) and about
+a model whose calibration has fewer tokens than a layer's input width (that layer's Gram is
+singular, so the ridge decides the directions its data did not reach); a Gram with NaN/Inf
+(activations that overflow) is an error naming model, layer and calibration file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Optional
 
@@ -21,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 
 from mergekit_from import calibration
-from mergekit_from.errors import ConfigError
+from mergekit_from.errors import ConfigError, TensorValueError
+from mergekit_from.finite import is_finite
 from mergekit_from.prepass import (
     Pool,
     copy_data,
@@ -31,8 +39,11 @@ from mergekit_from.prepass import (
     ref_string,
     resolve_path,
     set_setting,
+    stored_names,
 )
 from mergekit_from.weights import SINGLE
+
+LOG = logging.getLogger(__name__)
 
 GRAMS_DIR = "regmean_grams"
 GRAMS_INDEX = "grams.json"
@@ -51,6 +62,7 @@ class RegMeanSettings(BaseModel):
         regmean:
           calibration: {./expert_sort: data/sort.jsonl}
           alpha: 0.9
+          ridge: 0.001        # scale-aware ridge (0 = the official solve); see methods/regmean.py
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -62,6 +74,9 @@ class RegMeanSettings(BaseModel):
     )
     alpha: Annotated[float, Field(ge=0, le=1)] = Field(
         0.9, description="off-diagonal shrink of the Grams (1 = none); official configs use 0.1-0.9"
+    )
+    ridge: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        1e-3, description="ridge added to each Gram, relative to their mean diagonal (0 = official RegMean)"
     )
     samples_per_task: Annotated[int, Field(gt=0)] = Field(
         100, description="first lines of each model's calibration file used for its Grams"
@@ -75,6 +90,17 @@ class RegMeanSettings(BaseModel):
     trust_remote_code: bool = Field(False, description="run the model's own code when loading it and its tokenizer")
 
 
+def gram_modules(model: torch.nn.Module, stored: set[str]) -> dict[str, torch.nn.Module]:
+    """Stored weight name -> its ``nn.Linear`` or ``Conv1D`` module (the layers RegMean solves)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return {
+        f"{name}.weight": module
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and f"{name}.weight" in stored
+    }
+
+
 class GramAccumulator:
     """Forward hooks that keep Σ xᵀx and the token count per linear layer."""
 
@@ -82,11 +108,7 @@ class GramAccumulator:
         self.sums: dict[str, torch.Tensor] = {}
         self.tokens: dict[str, int] = {}
         self.mask: torch.Tensor | None = None  # [B, L] real-token mask of the current batch
-        self.handles = [
-            module.register_forward_hook(self._hook(f"{name}.weight"))
-            for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and f"{name}.weight" in stored
-        ]
+        self.handles = [m.register_forward_hook(self._hook(key)) for key, m in gram_modules(model, stored).items()]
 
     def _hook(self, key: str):
         def hook(_module, inputs, _output):
@@ -107,13 +129,50 @@ class GramAccumulator:
         return {k: (s / max(self.tokens[k], 1)).contiguous() for k, s in self.sums.items()}
 
 
-def model_grams(model: torch.nn.Module, stored: set[str], batches) -> dict[str, torch.Tensor]:
+def accumulate(model: torch.nn.Module, stored: set[str], batches) -> GramAccumulator:
     acc = GramAccumulator(model, stored)
     with torch.no_grad():
         for batch in batches:
             acc.mask = batch.attention_mask
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    return acc.means()
+    return acc
+
+
+def model_grams(model: torch.nn.Module, stored: set[str], batches) -> dict[str, torch.Tensor]:
+    return accumulate(model, stored, batches).means()
+
+
+def warn_without_gram(model: torch.nn.Module, stored: set[str], grams: dict[str, torch.Tensor]) -> None:
+    """One line naming the module kinds whose stored weight matrices get no Gram (averaged instead)."""
+    missing: dict[str, str] = {}
+    for name, module in model.named_modules():
+        key = f"{name}.weight"
+        weight = module._parameters.get("weight")
+        if weight is None or weight.ndim < 2 or key not in stored or key in grams:
+            continue
+        if not isinstance(module, torch.nn.Embedding):  # embeddings are averaged, as officially
+            missing.setdefault(type(module).__name__, key)
+    if missing:
+        kinds = ", ".join(f"{kind} (e.g. {key})" for kind, key in missing.items())
+        LOG.warning("regmean: no Gram for the weights of %s; they are averaged instead", kinds)
+
+
+def check_grams(ref: str, file: Path, acc: GramAccumulator, grams: dict[str, torch.Tensor]) -> None:
+    """Refuse overflowed Grams; warn (one line) when a layer saw fewer tokens than its input width."""
+    for key, gram in grams.items():
+        if not is_finite(gram):
+            raise TensorValueError(
+                f"regmean: the Gram of {key!r} for pool model {ref!r} has NaN/Inf values: its activations "
+                f"overflow on {file} (check the model's weights)"
+            )
+    short = [key for key, gram in grams.items() if acc.tokens[key] < gram.shape[0]]
+    if short:
+        widest = max(short, key=lambda k: grams[k].shape[0])
+        LOG.warning(
+            "regmean: pool model %s saw %d calibration tokens, fewer than the input width of %d layer(s) "
+            "(e.g. %s, width %d): their Grams are singular and the ridge decides the merge there; "
+            "give more calibration samples", ref, acc.tokens[widest], len(short), widest, grams[widest].shape[0],
+        )
 
 
 class RegMeanPrePass:
@@ -163,21 +222,27 @@ class RegMeanPrePass:
 
     def run(self, out_dir: Path, work_dir: Path, options: MergeOptions) -> MergeConfiguration:
         s = self.settings
-        stored = set(self.pool.base.shapes)
         grams_dir = work_dir / GRAMS_DIR
         grams_dir.mkdir(parents=True)
         files = {}
+        conv1d: list[str] = []
         for i, ref in enumerate(progress(self.pool.refs, "RegMean Grams", quiet=options.quiet)):
             encoded = calibration.encode(self.samples[ref], self.tokenizer, s.max_length)
-            model = load_skeleton(Path(self.pool.indexes[i].root), s.trust_remote_code)
-            grams = model_grams(model, stored, calibration.batches(encoded, s.batch_size, self.tokenizer.pad_token_id))
-            del model
+            model = load_skeleton(Path(self.pool.indexes[i].root), s.trust_remote_code, role="pool model")
+            stored = set(stored_names(model, self.pool.base))  # parameter names, as mergekit writes them
+            acc = accumulate(model, stored, calibration.batches(encoded, s.batch_size, self.tokenizer.pad_token_id))
+            grams = acc.means()
+            check_grams(ref, self.files[ref], acc, grams)
+            if i == 0:  # every pool model has the base's architecture
+                warn_without_gram(model, stored, grams)
+                conv1d = [k for k, m in gram_modules(model, stored).items() if not isinstance(m, torch.nn.Linear)]
+            del model, acc
             folder = grams_dir / str(i)  # a TensorIndex-readable folder per model
             folder.mkdir()
             save_file(grams, str(folder / SINGLE))
             files[ref] = str(folder)
             del grams
         index = grams_dir / GRAMS_INDEX
-        index.write_text(json.dumps({"alpha": s.alpha, "models": files}))
+        index.write_text(json.dumps({"alpha": s.alpha, "ridge": s.ridge, "conv1d": conv1d, "models": files}))
         parameters = {**(self.config.parameters or {}), "grams": str(index)}
         return self.config.model_copy(update={"parameters": parameters})

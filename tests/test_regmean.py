@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from fw_fixtures import write_recipe, zoo
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from mergekit.config import MergeConfiguration
 
@@ -17,6 +17,7 @@ from mergekit_from import calibration, prepass, regmean_grams
 from mergekit_from.calibration import Batch
 from mergekit_from.cli import main
 from mergekit_from.methods.regmean import regmean_solve, shrink
+from mergekit_from.weights import TensorIndex
 
 
 def random_spd(n: int, seed: int) -> torch.Tensor:
@@ -146,3 +147,125 @@ def test_alpha_is_validated(tmp_path, alpha):
     cfg = write_recipe(tmp_path / "rm.yml", regmean_recipe(["rev"], alpha=alpha))
     result = CliRunner().invoke(main, ["yaml", str(cfg), str(tmp_path / "out"), "--quiet"])
     assert result.exit_code == 2 and "regmean settings: alpha:" in result.output
+
+
+# -- GPT-2 (transformers Conv1D) and ill-conditioned Grams (issue 11) ---------------------------
+
+
+@pytest.fixture(scope="module", params=["transformer.", ""], ids=["saved", "hub-style"])
+def gpt2_pool(request, tmp_path_factory) -> dict[str, Path]:
+    """A tiny GPT2LMHeadModel (Conv1D layers, tied head) and two noisy 'experts' of it, stored as
+    ``save_pretrained`` writes them or, like openai-community/gpt2, without the ``transformer.`` prefix."""
+    from conftest import make_finetune
+    from fw_fixtures import make_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    root = tmp_path_factory.mktemp("gpt2")
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                     bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    GPT2LMHeadModel(cfg).save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    weights = root / "base" / "model.safetensors"
+    sd = {k.replace("transformer.", request.param, 1): v for k, v in load_file(str(weights)).items()}
+    save_file(sd, str(weights), metadata={"format": "pt"})
+    return {"base": root / "base", "a": make_finetune(root / "base", root / "a", 0.02, seed=1),
+            "b": make_finetune(root / "base", root / "b", 0.02, seed=2), "prefix": request.param}
+
+
+def test_gpt2_conv1d_weights_get_grams_and_the_official_solve(tmp_path, gpt2_pool):
+    """Conv1D stores W as [in, out]: the official code solves (Σ G̃_i)⁻¹ Σ G̃_i W_i with no transpose."""
+    z, p = zoo(), gpt2_pool
+    data = {p[k]: z[f"data_{t}"] for k, t in (("a", "rev"), ("b", "sort"))}
+    recipe = {"merge_method": "regmean", "base_model": str(p["base"]), "dtype": "float32",
+              "models": [{"model": str(m)} for m in data],
+              "regmean": {"calibration": {str(m): str(d) for m, d in data.items()}, "alpha": 0.9, "ridge": 0}}
+    merged = run(tmp_path, recipe)
+    tok = calibration.load_tokenizer(p["base"])
+    conv = "transformer.h.1.mlp.c_fc.weight"  # [32, 128]: [in, out]
+    grams, weights = [], []
+    for m, d in data.items():
+        enc = calibration.encode(calibration.read_jsonl(d, 100), tok)
+        model = prepass.load_skeleton(m)
+        stored = prepass.stored_names(model, TensorIndex.open(m))
+        g = regmean_grams.model_grams(model, set(stored), calibration.batches(enc, 8, tok.pad_token_id))
+        assert {"transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.weight",
+                "transformer.h.0.mlp.c_proj.weight", conv} <= set(g)
+        grams.append(shrink(g[conv].double(), 0.9))
+        weights.append(load_file(str(m / "model.safetensors"))[stored[conv]].double())
+    direct = torch.linalg.solve(sum(grams), sum(g @ w for g, w in zip(grams, weights)))
+    assert torch.allclose(merged[conv].double(), direct, atol=1e-5)
+    assert not torch.allclose(merged[conv].double(), sum(weights) / 2, atol=1e-3)
+
+
+def test_weights_without_a_gram_are_named(caplog):
+    class Mixer(torch.nn.Module):  # a 2-D weight that is neither nn.Linear nor Conv1D
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, x):
+            return x @ self.weight
+
+    model = torch.nn.ModuleDict({"emb": torch.nn.Embedding(10, 4), "mix": Mixer(), "proj": torch.nn.Linear(4, 4)})
+    regmean_grams.warn_without_gram(model, {"emb.weight", "mix.weight", "proj.weight"}, {"proj.weight": None})
+    assert "no Gram for the weights of Mixer (e.g. mix.weight)" in caplog.text and "emb" not in caplog.text
+
+
+@pytest.fixture(scope="module")
+def loud_pool(tmp_path_factory) -> dict[str, Path]:
+    """A base with a few activation channels 1e4x larger than the rest (as real LLMs have), and two
+    experts 0.1% of each weight matrix's norm away from it."""
+    from bad_input_cases.numerics import edited, massive_channels, nudged
+
+    root = tmp_path_factory.mktemp("loud")
+    base = edited(zoo()["base"], root / "base", lambda sd: massive_channels(sd, 1e4))
+    return {"base": base, "a": nudged(base, root / "a", seed=1), "b": nudged(base, root / "b", seed=2)}
+
+
+def loud_recipe(pool: dict[str, Path], samples: int, **settings) -> dict:
+    z = zoo()
+    data = {pool["a"]: z["data_rev"], pool["b"]: z["data_sort"]}
+    return {"merge_method": "regmean", "base_model": str(pool["base"]), "dtype": "float32",
+            "models": [{"model": str(m)} for m in data],
+            "regmean": {"calibration": {str(m): str(d) for m, d in data.items()}, "samples_per_task": samples,
+                        **settings}}
+
+
+def worst_change(merged: dict[str, torch.Tensor], base: Path) -> float:
+    """The largest ‖merged − base‖ / ‖base‖ over weight matrices (the experts are 0.1% away)."""
+    ref = load_file(str(base / "model.safetensors"))
+    return max(float((merged[n] - t).norm() / t.norm()) for n, t in ref.items() if t.ndim == 2)
+
+
+def test_ill_conditioned_grams_give_a_bounded_merge(tmp_path, loud_pool, caplog):
+    """4 samples (~50 tokens, fewer than down_proj's 64 inputs): the official solve moved a tensor
+    by 1.6x its norm (exit 0); the ridge keeps every tensor within 0.5%, and the short calibration is named."""
+    merged = run(tmp_path, loud_recipe(loud_pool, samples=4))
+    assert worst_change(merged, loud_pool["base"]) < 5e-3
+    assert "calibration tokens, fewer than the input width of" in caplog.text
+    assert "(e.g. model.layers.0.mlp.down_proj.weight, width 64)" in caplog.text
+
+
+def test_unregularised_blow_up_is_refused(tmp_path, loud_pool):
+    """The same inputs with ``ridge: 0`` (the official solve): exit 2 naming the tensor, nothing written."""
+    cfg = write_recipe(tmp_path / "rm.yml", loud_recipe(loud_pool, samples=4, ridge=0))
+    result = CliRunner().invoke(main, ["yaml", str(cfg), str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "RegMean: merged tensor 'model.layers." in result.output and "more than 10x their spread" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_reach_check_allows_what_a_merge_can_mean():
+    """Identical Grams give the mean (distance 0); one model gives itself; a solve that lands far
+    outside the inputs does not pass."""
+    from mergekit_from.errors import TensorValueError
+    from mergekit_from.methods.regmean import check_reach
+
+    g = torch.Generator().manual_seed(3)
+    ws = [torch.randn(4, 6, generator=g) for _ in range(2)]
+    mean = sum(w.double() for w in ws) / 2
+    check_reach(ws[0].double(), ws, mean, "w")  # an input itself: 1 spread away
+    with pytest.raises(TensorValueError, match="merged tensor 'w' is .* from the inputs' mean, more than 10x"):
+        check_reach(mean + 11 * (ws[0].double() - mean), ws, mean, "w")

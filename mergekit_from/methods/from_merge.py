@@ -34,7 +34,7 @@ from mergekit.merge_methods.base import (
 )
 from pydantic import Field
 
-from mergekit_from.errors import TensorValueError
+from mergekit_from.finite import name_non_finite_input
 
 DEFAULT_K = 2.0
 
@@ -101,7 +101,7 @@ def from_merge_tensors(
         torch.sub(t, base32, out=taus[i])
     norms = torch.linalg.vector_norm(taus.view(n, -1), dim=1).double()
     for i in torch.nonzero(~torch.isfinite(norms)).flatten().tolist():
-        _raise_non_finite(base, tensors, i, names, tensor_name)
+        name_non_finite_input(base, [tensors[i]], [names[i] if names else f"input #{i}"], tensor_name)
         norms[i] = torch.linalg.vector_norm(tensors[i].double() - base.double())  # finite inputs, fp32 overflow
 
     weights = tensor_weights(norms, prior_t, k, use_norms)
@@ -109,16 +109,6 @@ def from_merge_tensors(
         return base
     merged = torch.tensordot(weights.to(torch.float32) * scale, taus, dims=1)
     return merged.add_(base32).to(base.dtype)
-
-
-def _raise_non_finite(base, tensors, index, names, tensor_name) -> None:
-    """Name the culprit of a non-finite norm; returns only if the inputs are finite."""
-    where = f"tensor {tensor_name!r}" if tensor_name else "a tensor"
-    if not bool(torch.isfinite(base).all()):
-        raise TensorValueError(f"base model has NaN/Inf values in {where}")
-    if not bool(torch.isfinite(tensors[index]).all()):
-        who = names[index] if names else f"input #{index}"
-        raise TensorValueError(f"model {who!r} has NaN/Inf values in {where}")
 
 
 def is_linear_weight(ndim: int, metadata: TensorMetadata) -> bool:
