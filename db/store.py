@@ -23,7 +23,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Base
-from mergekit_from.paths import cache_root
+from db.paths import cache_root
 
 MIGRATIONS = "db:migrations"  # package-resource form: works from an installed wheel too
 

@@ -333,6 +333,7 @@ def run_auto(req: AutoRequest) -> AutoResult:
 
 def _run_auto(req: AutoRequest) -> AutoResult:
     from db import MergeRun, open_store
+    from mergekit_from.calibration import sample_texts
     from zoo.crawler import Crawler
     from zoo.scoring import score_target
 
@@ -346,7 +347,7 @@ def _run_auto(req: AutoRequest) -> AutoResult:
     crawler = Crawler(store, req.endpoint, progress=not req.quiet)
     ensure_crawled(req, store, crawler)
 
-    candidates = score_target(store, req.base, req.target, calib=list(files.values()) or None)
+    candidates = score_target(store, req.base, req.target, calib=sample_texts(list(files.values())))
     pool, excluded = shortlist(store, candidates, req.pool_size)
     if not pool:
         reasons = "; ".join(f"{e['repo_id']}: {e['why']}" for e in excluded[:3])

@@ -71,6 +71,11 @@ def _parse_line(line: str, where: str) -> Sample:
     raise CalibrationError(f"{where}: expected keys 'prompt' and 'response', or a non-empty 'text'")
 
 
+def sample_texts(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """The prompts, responses and texts of calibration files, in order: what the zoo's scorer reads."""
+    return [t for p in paths for sample in read_jsonl(p) for t in (sample.prompt, sample.response) if t]
+
+
 def load_tasks(files: dict[str, str | os.PathLike], limit: int | None) -> dict[str, list[Sample]]:
     """``{task: samples}`` for ``{task: jsonl file}``; every task must have samples."""
     if not files:

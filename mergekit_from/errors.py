@@ -29,10 +29,6 @@ class AdapterError(ModelInputError):
     """PEFT adapters that cannot be merged together."""
 
 
-class HubCrawlError(MergekitFromError):
-    """A Hub listing kept failing after retries; the crawl state is saved and a rerun resumes."""
-
-
 class CalibrationError(MergekitFromError):
     """Calibration data that is missing, malformed or empty (the message names file and line)."""
 

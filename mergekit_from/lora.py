@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,10 +26,7 @@ from safetensors.torch import save_file
 from mergekit_from.errors import AdapterError, ConfigError, ModelInputError
 from mergekit_from.methods.from_merge import DEFAULT_K, from_merge_tensors
 from mergekit_from.output import Output, overwrite_option
-
-CONFIG = "adapter_config.json"
-WEIGHTS = "adapter_model.safetensors"
-_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
+from zoo.adapter import CONFIG, WEIGHTS, LoraScaling, base_weight_name, factor_key, split_key
 
 
 @dataclass
@@ -60,10 +56,10 @@ class LoraAdapter:
         adapter._check_supported()
         with safe_open(str(path / WEIGHTS), framework="pt") as f:
             for key in f.keys():
-                m = _KEY.match(key)
-                if m is None:
+                factor = split_key(key)
+                if factor is None:
                     raise AdapterError(f"{path}: unsupported adapter tensor {key!r} (only lora_A/lora_B of linear layers)")
-                adapter.factors.setdefault(m["module"], {})[m["part"]] = f.get_tensor(key)
+                adapter.factors.setdefault(factor[0], {})[factor[1]] = f.get_tensor(key)
         for module, parts in adapter.factors.items():
             if set(parts) != {"A", "B"}:
                 raise AdapterError(f"{path}: module {module!r} lacks lora_{'A' if 'A' not in parts else 'B'}")
@@ -90,12 +86,7 @@ class LoraAdapter:
         return self.config.get("base_model_name_or_path")
 
     def scale(self, module: str) -> float:
-        r = self.factors[module]["A"].shape[0]
-        alpha = self.config.get("lora_alpha", r)
-        for pattern, value in (self.config.get("alpha_pattern") or {}).items():
-            if re.match(rf"(.*\.)?{pattern}$", module):
-                alpha = value
-        return alpha / (math.sqrt(r) if self.config.get("use_rslora") else r)
+        return LoraScaling(self.config).scale(module, rank=self.factors[module]["A"].shape[0])
 
     def delta(self, module: str) -> torch.Tensor:
         """The module's task vector s * B @ A in fp32."""
@@ -154,24 +145,13 @@ def check_adapters(adapters: Sequence[LoraAdapter], base: str | Path | None = No
 
         index = TensorIndex.open(base)
         for module, (shape, path) in shapes.items():
-            name = _base_weight_name(module, index.shapes)
+            name = base_weight_name(module, index.shapes)
             if name is None:
                 raise AdapterError(f"{path}: module {module!r} has no weight in base {base}")
             if index.shapes[name] != shape:
                 raise AdapterError(
                     f"{path}: module {module!r} is {list(shape)} but base {base} has {list(index.shapes[name])}"
                 )
-
-
-def _base_weight_name(module: str, names) -> str | None:
-    """``base_model.model.model.layers.0.q_proj`` -> ``model.layers.0.q_proj.weight`` in the base."""
-    candidate = module
-    while True:
-        if f"{candidate}.weight" in names:
-            return f"{candidate}.weight"
-        if "." not in candidate:
-            return None
-        candidate = candidate.split(".", 1)[1]
 
 
 def truncate(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -281,8 +261,8 @@ def write_adapter(
     dtype = next(iter(template.factors.values()))["A"].dtype
     tensors = {}
     for module, (a, b) in factors.items():
-        tensors[f"{module}.lora_A.weight"] = a.to(dtype).contiguous()
-        tensors[f"{module}.lora_B.weight"] = b.to(dtype).contiguous()
+        tensors[factor_key(module, "A")] = a.to(dtype).contiguous()
+        tensors[factor_key(module, "B")] = b.to(dtype).contiguous()
     save_file(tensors, str(out / WEIGHTS), metadata={"format": "pt"})
     targets = sorted({m.rsplit(".", 1)[-1] for m in factors})
     config = dict(template.config)

@@ -34,6 +34,7 @@ from mergekit_from.calibration import IGNORE, Batch
 from mergekit_from.errors import ConfigError, ModelInputError, one_line
 from mergekit_from.finite import checked
 from mergekit_from.weights import TensorIndex
+from zoo.layout import first_mismatch
 
 LOG = logging.getLogger(__name__)
 
@@ -146,15 +147,8 @@ def _local_dir(ref, role: str) -> Path:
 
 def layout_mismatch(base: TensorIndex, other: TensorIndex) -> str | None:
     """The first tensor whose presence or shape differs from the base (exact, vocabulary included)."""
-    for name, shape in base.shapes.items():
-        if name not in other.shapes:
-            return f"lacks tensor {name!r}"
-        if other.shapes[name] != shape:
-            return f"tensor {name!r} has shape {list(other.shapes[name])}, the base has {list(shape)}"
-    for name in other.shapes:
-        if name not in base.shapes:
-            return f"has tensor {name!r} that the base does not have"
-    return None
+    mismatch = first_mismatch(base.shapes, other.shapes, vocab="exact")
+    return None if mismatch is None else str(mismatch)
 
 
 @dataclass

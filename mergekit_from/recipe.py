@@ -27,11 +27,11 @@ from mergekit.options import MergeOptions
 from pydantic import ValidationError
 
 import mergekit_from  # noqa: F401  (registers the plugin's methods)
+from db.paths import cache_root
 from mergekit_from.errors import ConfigError, ModelInputError, one_line
 from mergekit_from.finite import check_output
 from mergekit_from.methods.side_file import user_parameters
 from mergekit_from.output import Output
-from mergekit_from.paths import cache_root
 from mergekit_from.prepass import PrePass, absolute_reference, ref_string
 from mergekit_from.registry import is_plugin_method
 from mergekit_from.weights import TensorIndex, refuse_pickles

@@ -16,12 +16,9 @@ import torch
 from safetensors import safe_open
 
 from mergekit_from.errors import ModelInputError
+from zoo.arrays import INDEX, SINGLE, is_model_dir
+from zoo.layout import first_mismatch, is_vocab_tensor
 
-SINGLE = "model.safetensors"
-INDEX = "model.safetensors.index.json"
-# Tensors whose first axis is the vocabulary: a size difference there is a tokenizer question
-# that mergekit resolves through the recipe's tokenizer settings (check_same_vocab when there are none).
-VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight", "wte.weight")
 # Weights that only torch.load reads: unpickling can run code, so they are read only on request.
 PICKLE_FILES = ["*.bin", "*.pt", "*.pth"]
 allow_pickle_option = click.option(
@@ -50,10 +47,7 @@ class TensorIndex:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     dtypes: dict[str, str] = field(default_factory=dict)
 
-    @staticmethod
-    def is_model_dir(path: str | Path) -> bool:
-        p = Path(path).expanduser()
-        return (p / SINGLE).is_file() or (p / INDEX).is_file()
+    is_model_dir = staticmethod(is_model_dir)
 
     @classmethod
     def open(cls, path: str | Path) -> "TensorIndex":
@@ -88,21 +82,12 @@ class TensorIndex:
             return f.get_tensor(name)
 
     def check_compatible(self, other: "TensorIndex", label: str) -> None:
-        """Raise naming the first tensor of ``other`` that cannot merge with this base."""
-        for name, shape in sorted(other.shapes.items()):
-            mine = self.shapes.get(name)
-            if mine is None:
-                raise ModelInputError(f"model {label!r} has tensor {name!r} that the base does not have")
-            if mine != shape:
-                vocab_only = name.endswith(VOCAB_TENSORS) and mine[1:] == shape[1:]
-                if not vocab_only:
-                    raise ModelInputError(
-                        f"model {label!r} is incompatible with the base: tensor {name!r} has shape "
-                        f"{list(shape)}, the base has {list(mine)}"
-                    )
-        missing = sorted(set(self.shapes) - set(other.shapes))
-        if missing:
-            raise ModelInputError(f"model {label!r} lacks tensor {missing[0]!r} that the base has")
+        """Raise naming the first tensor of ``other`` that cannot merge with this base. Vocabulary
+        sizes may differ: mergekit aligns them through the recipe's tokenizer settings
+        (:meth:`check_same_vocab` when there are none)."""
+        mismatch = first_mismatch(self.shapes, other.shapes, vocab="tolerate")
+        if mismatch is not None:
+            raise ModelInputError(f"model {label!r} is incompatible with the base: {mismatch}")
 
     def check_same_vocab(self, other: "TensorIndex", label: str, reference: str) -> None:
         """Raise naming the first vocabulary tensor whose size in ``other`` differs from this one's.
@@ -111,7 +96,7 @@ class TensorIndex:
         without one it stops mid-merge with "Tensor size mismatch"."""
         for name, shape in sorted(other.shapes.items()):
             mine = self.shapes.get(name)
-            if name.endswith(VOCAB_TENSORS) and mine is not None and mine[0] != shape[0]:
+            if is_vocab_tensor(name) and mine is not None and mine[0] != shape[0]:
                 raise ModelInputError(
                     f"model {label!r} has a {shape[0]}-token vocabulary ({name!r} is {list(shape)}) but {reference} "
                     f"has {mine[0]} ({list(mine)}); set `tokenizer_source: base` or a `tokenizer:` section in the "

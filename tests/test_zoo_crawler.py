@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from db import AdapterConfig, CrawlState, Edge, Model, TensorFingerprint, open_store
-from mergekit_from.errors import HubCrawlError
-from zoo.resilience import HubAccessError, RetryPolicy
+from zoo.errors import HubAccessError, HubCrawlError
+from zoo.resilience import RetryPolicy
 from zoo_fixtures import ADAPTER, BASE, GATED, QUANTIZED, SECOND_LEVEL
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,8 @@ import pytest
 from sqlalchemy import select
 
 from db import TensorFingerprint
-from zoo.fingerprint import Fingerprint, compare, read_header
+from zoo.arrays import read_header
+from zoo.fingerprint import Fingerprint, compare
 from zoo_fixtures import ADAPTER, BASE, FINETUNES, OTHER_DEPTH, OTHER_VOCAB, QUANTIZED, SECOND_LEVEL
 
 

@@ -9,7 +9,8 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import httpx
 
 from zoo import resilience
-from zoo.resilience import HubAccessError, RetryPolicy, Throttle, call_with_retry, checked_endpoint
+from zoo.errors import HubAccessError
+from zoo.resilience import RetryPolicy, Throttle, call_with_retry, checked_endpoint
 
 
 class FakeClock:

@@ -8,7 +8,9 @@ import pytest
 from sqlalchemy import func, select
 
 from db import Score, Target
-from mergekit_from.errors import CalibrationError, ConfigError
+from mergekit_from.calibration import sample_texts
+from mergekit_from.errors import CalibrationError
+from zoo.errors import ZooConfigError
 from zoo.scoring import score_target
 from zoo_fixtures import ADAPTER, BASE, GATED, OTHER_DEPTH, OTHER_VOCAB, QUANTIZED, SECOND_LEVEL
 
@@ -42,13 +44,13 @@ def test_calibration_data_counts_and_bad_lines_name_the_line(crawled, tmp_path):
     calib.write_text("\n".join(json.dumps(x) for x in [
         {"prompt": "Translate to French: good morning", "response": "bonjour"},
         {"prompt": "Translate to French: thank you", "response": "merci"}]) + "\n")
-    cands = score_target(crawled, BASE, "a useful assistant", calib=calib)
+    cands = score_target(crawled, BASE, "a useful assistant", calib=sample_texts([calib]))
     assert cands[0].repo_id == "other/tiny-llama-french"
     assert "calibration" in cands[0].components["text"]["why"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": 1}\n')
     with pytest.raises(CalibrationError, match=r"bad.jsonl:2: key 'prompt' is missing or not a string"):
-        score_target(crawled, BASE, "x", calib=bad)
+        score_target(crawled, BASE, "x", calib=sample_texts([bad]))
 
 
 def test_kinship_from_local_weights(crawled, zoo_dir):
@@ -71,5 +73,5 @@ def test_scores_are_stored_per_target_and_rescoring_replaces_them(crawled):
 
 
 def test_scoring_an_uncrawled_base_is_a_clear_error(store):
-    with pytest.raises(ConfigError, match="run `mergekit-from zoo crawl --base nobody/base` first"):
+    with pytest.raises(ZooConfigError, match="run `mergekit-from zoo crawl --base nobody/base` first"):
         score_target(store, "nobody/base", "math")

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from mergekit_from.errors import ConfigError
-from zoo.local_repos import RELATIONS
+from zoo.kinds import RELATIONS
 
 DB_OPTION = click.option("--db", "db_url", default=None, metavar="URL",
                          help="SQLAlchemy URL of the store (default: SQLite in the per-user cache; "
@@ -243,9 +243,10 @@ def runs_cmd(run_id: int | None, db_url: str | None, as_json: bool) -> None:
 def score_cmd(base: str, description: str, calib: tuple[str, ...], weights_dir: str | None, include_quantized: bool,
               db_url: str | None, top: int | None, as_json: bool) -> None:
     """Score the crawled descendants of --base for --target; scores are stored per target."""
+    from mergekit_from.calibration import sample_texts
     from zoo.scoring import score_target
 
-    cands = score_target(_store(db_url), base, description, calib=calib, weights_dir=weights_dir,
+    cands = score_target(_store(db_url), base, description, calib=sample_texts(calib), weights_dir=weights_dir,
                          include_quantized=include_quantized)
     for c in cands[:top]:
         if as_json:

@@ -44,11 +44,10 @@ from sqlalchemy import select, update
 from tqdm.auto import tqdm
 
 from db import AdapterConfig, CrawlState, Edge, Model, Store, TensorFingerprint, WeightFile
-from mergekit_from.errors import ConfigError, HubCrawlError
+from zoo.errors import HubAccessError, HubCrawlError, ZooConfigError
 from zoo.fingerprint import Fingerprint
-from zoo.local_repos import RELATIONS
+from zoo.kinds import RELATIONS, Relation, Status
 from zoo.resilience import (
-    HubAccessError,
     RetryPolicy,
     Throttle,
     call_with_retry,
@@ -64,7 +63,7 @@ LIST_EXPAND = ["author", "sha", "lastModified", "createdAt", "library_name", "pi
 CONFIG_KEYS = ("architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                "num_attention_heads", "num_key_value_heads", "torch_dtype", "dtype", "tie_word_embeddings",
                "quantization_config")
-RECURSE = ("finetune", "adapter", "merge")  # quantized models are leaves
+RECURSE = (Relation.FINETUNE, Relation.ADAPTER, Relation.MERGE)  # quantized models are leaves
 CARD_TEXT_CAP = 20_000
 
 
@@ -88,7 +87,8 @@ def short_lived_allocations() -> Iterator[None]:
 
     Otherwise they outlive a few young collections and count towards a full one, and a full
     collection walks every object of the process: ~0.1 s each once torch and mergekit are
-    imported, one or two per 10,000 listed models. Cycles made meanwhile wait for the next one.
+    imported (the ``mergekit-from`` CLI and ``auto`` import them; ``zoo.crawler`` alone does not),
+    one or two per 10,000 listed models. Cycles made meanwhile wait for the next one.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -166,7 +166,7 @@ class Enrichment:
     """What one worker learned about one repo; written by the main thread."""
 
     repo_id: str
-    status: str  # enriched | gated | missing | error
+    status: Status
     row: dict[str, Any] = field(default_factory=dict)
     edges: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: dict[str, Any] | None = None
@@ -288,13 +288,13 @@ class Crawler:
 
     # -- the tree -------------------------------------------------------------------------------
 
-    def crawl_tree(self, base: str, *, relations: Iterable[str] = RECURSE + ("quantized",), recursive: bool = False,
+    def crawl_tree(self, base: str, *, relations: Iterable[str] = RELATIONS, recursive: bool = False,
                    max_models: int | None = None, enrich: bool = True) -> CrawlReport:
         """List the children of ``base`` per relation (and theirs, when ``recursive``), then enrich."""
         relations = tuple(relations)
         unknown = [r for r in relations if r not in RELATIONS]
         if unknown:
-            raise ConfigError(f"unknown relation {unknown[0]!r}; expected one of {', '.join(RELATIONS)}")
+            raise ZooConfigError(f"unknown relation {unknown[0]!r}; expected one of {', '.join(RELATIONS)}")
         self._check_base(base)
         report = CrawlReport()
         with self.store.session() as s:
@@ -384,7 +384,7 @@ class Crawler:
         report = report or CrawlReport()
         ids = sorted(set(repo_ids))
         # A gated repo is worth another look only when there is a token that might have been granted.
-        done = ("enriched",) if self._has_token() else ("enriched", "gated")
+        done = (Status.ENRICHED,) if self._has_token() else (Status.ENRICHED, Status.GATED)
         with self.store.session() as s:
             fresh = set(s.scalars(select(Model.repo_id).where(
                 Model.repo_id.in_(ids), Model.enriched_sha == Model.sha, Model.status.in_(done)
@@ -398,7 +398,7 @@ class Crawler:
                 result = fut.result()
                 self._write(result)
                 report.enriched += 1
-                report.statuses[result.status] = report.statuses.get(result.status, 0) + 1
+                report.statuses[result.status.value] = report.statuses.get(result.status.value, 0) + 1
                 bar.update(1)
         bar.close()
         return report
@@ -410,25 +410,25 @@ class Crawler:
         try:
             info = self._call(lambda: self.api.model_info(repo_id))
         except GatedRepoError as exc:
-            return Enrichment(repo_id, "gated", {"repo_id": repo_id, "gated": "manual"}, error=_short(exc))
+            return Enrichment(repo_id, Status.GATED, {"repo_id": repo_id, "gated": "manual"}, error=_short(exc))
         except (RepositoryNotFoundError, RevisionNotFoundError, DisabledRepoError) as exc:
-            return Enrichment(repo_id, "missing", error=_short(exc))
+            return Enrichment(repo_id, Status.MISSING, error=_short(exc))
         except Exception as exc:  # noqa: BLE001 - recorded, the crawl goes on
-            return Enrichment(repo_id, "error", error=_short(exc))
+            return Enrichment(repo_id, Status.ERROR, error=_short(exc))
         row = model_row(info_fields(info))
-        result = Enrichment(repo_id, "enriched", row, edges=tag_edges(repo_id, info.tags or []))
+        result = Enrichment(repo_id, Status.ENRICHED, row, edges=tag_edges(repo_id, info.tags or []))
         files = {s.rfilename for s in info.siblings or []}
         try:
             self._read_files(info, files, result)
         except GatedRepoError as exc:
-            result.status, result.error = "gated", _short(exc)
+            result.status, result.error = Status.GATED, _short(exc)
             row["gated"] = row.get("gated") or "manual"
         except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
-            result.status, result.error = "missing", _short(exc)
+            result.status, result.error = Status.MISSING, _short(exc)
         except (RemoteEntryNotFoundError, NotASafetensorsRepoError, SafetensorsParsingError) as exc:
             result.error = _short(exc)  # metadata is complete; the weights are not safetensors
         except Exception as exc:  # noqa: BLE001
-            result.status, result.error = "error", _short(exc)
+            result.status, result.error = Status.ERROR, _short(exc)
         return result
 
     def _read_files(self, info: ModelInfo, files: set[str], result: Enrichment) -> None:
@@ -453,7 +453,7 @@ class Crawler:
                               "task_type": cfg.get("task_type"), "raw": cfg}
             if cfg.get("base_model_name_or_path"):
                 result.edges.append({"child_id": rid, "parent_id": cfg["base_model_name_or_path"],
-                                     "relation": "adapter", "source": "adapter_config", "observed_at": now()})
+                                     "relation": Relation.ADAPTER.value, "source": "adapter_config", "observed_at": now()})
             name = "adapter_model.safetensors"
             if name in files:
                 meta = self._call(lambda: self.api.parse_safetensors_file_metadata(rid, name, revision=sha))
@@ -482,8 +482,8 @@ class Crawler:
         result.fingerprint = {"repo_id": result.repo_id, "sha": sha, **fp.row()}
 
     def _write(self, r: Enrichment) -> None:
-        row = {"repo_id": r.repo_id, **r.row, "status": r.status, "error": r.error, "updated_at": now()}
-        if r.status in ("enriched", "gated"):
+        row = {"repo_id": r.repo_id, **r.row, "status": r.status.value, "error": r.error, "updated_at": now()}
+        if r.status in (Status.ENRICHED, Status.GATED):
             row["enriched_sha"] = r.row.get("sha")
         with self.store.session() as s:
             self.store.upsert(s, Model, [row])

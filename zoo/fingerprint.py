@@ -2,31 +2,22 @@
 
 A fingerprint is the sorted list of (name, dtype, shape) of a repo's tensors plus two hashes:
 ``shape_hash`` (names + shapes) for fast equality with the base, and ``body_hash`` (the same
-without the vocabulary tensors), whose equality under a different ``shape_hash`` pins a
-mismatch on the vocabulary rather than on the architecture.
+without the vocabulary tensors), an indexed column that finds a base's family across vocabularies.
+Anything short of equal shapes is explained by :func:`zoo.layout.first_mismatch`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mergekit_from.weights import VOCAB_TENSORS
-
-ADAPTER_PREFIX = "base_model.model."
-
-
-def read_header(path: str | Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (8-byte little-endian length, then JSON)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(n))
+from zoo.adapter import base_weight_name, split_key
+from zoo.arrays import read_header
+from zoo.layout import first_mismatch, is_vocab_tensor
 
 
 def header_params(path: str | Path) -> dict[str, int]:
@@ -64,11 +55,11 @@ class Fingerprint:
 
     @property
     def body_hash(self) -> str:
-        return _hash(f"{n}:{list(s)}" for n, _, s in self.tensors if not n.endswith(VOCAB_TENSORS))
+        return _hash(f"{n}:{list(s)}" for n, _, s in self.tensors if not is_vocab_tensor(n))
 
     @property
     def vocab_size(self) -> int | None:
-        rows = [s[0] for n, _, s in self.tensors if n.endswith(VOCAB_TENSORS) and s]
+        rows = [s[0] for n, _, s in self.tensors if is_vocab_tensor(n) and s]
         return rows[0] if rows else None
 
     @property
@@ -104,19 +95,11 @@ def compare(base: Fingerprint | None, cand: Fingerprint | None, *, quantized: bo
         return Compatibility(None, "no tensor fingerprint for " + ("the base" if base is None else "the candidate"))
     if cand.kind == "adapter":
         return _compare_adapter(base, cand)
-    if cand.shape_hash == base.shape_hash:
+    same = cand.shape_hash == base.shape_hash  # the stored hashes: no walk over the tensors
+    mismatch = None if same else first_mismatch(base.shapes, cand.shapes, vocab="exact")
+    if mismatch is None:
         return Compatibility(True, "same tensor names and shapes as the base")
-    if cand.body_hash == base.body_hash:
-        return Compatibility(False, f"vocabulary mismatch: {cand.vocab_size} rows vs the base's {base.vocab_size}",
-                             vocab_mismatch=True)
-    mine, theirs = base.shapes, cand.shapes
-    for name, shape in theirs.items():
-        if name not in mine:
-            return Compatibility(False, f"tensor {name!r} is not in the base")
-        if mine[name] != shape:
-            return Compatibility(False, f"tensor {name!r} has shape {list(shape)}, the base {list(mine[name])}")
-    missing = sorted(set(mine) - set(theirs))
-    return Compatibility(False, f"lacks the base's tensor {missing[0]!r}" if missing else "different tensors")
+    return Compatibility(False, str(mismatch), vocab_mismatch=mismatch.kind == "vocab")
 
 
 def _compare_adapter(base: Fingerprint, adapter: Fingerprint) -> Compatibility:
@@ -124,17 +107,18 @@ def _compare_adapter(base: Fingerprint, adapter: Fingerprint) -> Compatibility:
     shapes = base.shapes
     n = 0
     for name, _, shape in adapter.tensors:
-        for part, axis in ((".lora_A.", 1), (".lora_B.", 0)):
-            if part not in name:
-                continue
-            target = name.removeprefix(ADAPTER_PREFIX).replace(part[:-1], "").replace("..", ".")
-            target = target.replace(".weight", "") + ".weight"
-            if target not in shapes:
-                return Compatibility(False, f"adapter tensor {name!r} targets {target!r}, which the base lacks")
-            if len(shapes[target]) != 2 or len(shape) != 2 or shapes[target][axis] != shape[axis]:
-                return Compatibility(False, f"adapter tensor {name!r} {list(shape)} does not fit the base's "
-                                            f"{target!r} {list(shapes[target])}")
-            n += 1
+        factor = split_key(name)
+        if factor is None:
+            continue
+        module, part = factor
+        target = base_weight_name(module, shapes)
+        if target is None:
+            return Compatibility(False, f"adapter tensor {name!r} adapts {module!r}, which the base lacks")
+        axis = 1 if part == "A" else 0
+        if len(shapes[target]) != 2 or len(shape) != 2 or shapes[target][axis] != shape[axis]:
+            return Compatibility(False, f"adapter tensor {name!r} {list(shape)} does not fit the base's "
+                                        f"{target!r} {list(shapes[target])}")
+        n += 1
     if n == 0:
         return Compatibility(False, "adapter has no LoRA tensors")
     return Compatibility(True, f"{n} LoRA tensors fit the base's modules")

@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import yaml
 
+from zoo.kinds import Relation
 from zoo.local_repos import Catalog, LocalRepo
 
 HOST = "127.0.0.1"
@@ -262,7 +263,8 @@ class HubServer:
             counts: dict[str, int] = {}
             for other in self.catalog.all():
                 if repo.repo_id in other.base_models:
-                    counts[other.relation or "finetune"] = counts.get(other.relation or "finetune", 0) + 1
+                    relation = other.relation or Relation.FINETUNE
+                    counts[relation] = counts.get(relation, 0) + 1
             return counts
         if key == "downloadsAllTime":
             return repo.downloads

@@ -19,6 +19,7 @@ from typing import Any
 from huggingface_hub import ModelCard
 
 from zoo.fingerprint import header_params
+from zoo.kinds import RELATIONS, Relation
 
 # Files the Hub would keep in LFS: weights and anything big.
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".onnx", ".ckpt", ".pkl")
@@ -26,7 +27,6 @@ LFS_MIN_SIZE = 10 * 1024 * 1024
 REPO_MARKERS = ("config.json", "README.md", "adapter_config.json", "model.safetensors", "model.safetensors.index.json",
                 ".gitattributes")  # the last one: what a new, still empty Hub repo holds
 VISIBLE_DOTFILES = (".gitattributes", ".gitignore")
-RELATIONS = ("finetune", "adapter", "merge", "quantized")
 
 
 def is_lfs(path: str, size: int) -> bool:
@@ -139,20 +139,20 @@ class LocalRepo:
         return [b for b in base or [] if isinstance(b, str)]
 
     @property
-    def relation(self) -> str | None:
+    def relation(self) -> Relation | None:
         """The Hub's inferred relation to ``base_models``: declared, else guessed from the files."""
         if not self.base_models:
             return None
         declared = self.card_data.get("base_model_relation")
         if declared in RELATIONS:
-            return declared
+            return Relation(declared)
         if "adapter_config.json" in self.files:
-            return "adapter"
+            return Relation.ADAPTER
         if self.is_quantized:
-            return "quantized"
+            return Relation.QUANTIZED
         if len(self.base_models) > 1 or {"merge", "mergekit"} & set(self._card_tags):
-            return "merge"
-        return "finetune"
+            return Relation.MERGE
+        return Relation.FINETUNE
 
     @property
     def is_quantized(self) -> bool:

@@ -30,12 +30,6 @@ TRANSIENT_TRANSPORT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteP
 CONNECT_FAILURES = (httpx.ConnectError, httpx.ConnectTimeout)  # the server was never reached
 
 
-class HubAccessError(Exception):
-    """The Hub cannot be asked as requested: a malformed or unreachable endpoint, an unknown repo."""
-
-    exit_code = 2  # a user error: the CLI prints this one line and exits 2
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     patience_s: float = 600.0  # how long one call keeps retrying (the Hub's rate-limit windows are 5 minutes)

@@ -22,19 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-from safetensors.torch import load_file
+import numpy as np
 from sqlalchemy import select
 
 from db import AdapterConfig, Edge, Model, Score, Store, Target, TensorFingerprint
-from mergekit_from.calibration import read_jsonl
-from mergekit_from.errors import ConfigError
-from mergekit_from.weights import TensorIndex
-from zoo.fingerprint import ADAPTER_PREFIX, Compatibility, Fingerprint, compare
+from zoo import adapter
+from zoo.arrays import ArrayFolder, is_model_dir, read_file
+from zoo.errors import ZooConfigError
+from zoo.fingerprint import Compatibility, Fingerprint, compare
+from zoo.kinds import Relation, Status
 
 SCORER_VERSION = "1"
 WEIGHTS = {"relation": 0.2, "text": 0.5, "popularity": 0.1, "kinship": 0.2}
-RELATION_PRIOR = {"finetune": 1.0, "adapter": 0.9, "merge": 0.8, "quantized": 0.1}
+RELATION_PRIOR = {Relation.FINETUNE: 1.0, Relation.ADAPTER: 0.9, Relation.MERGE: 0.8, Relation.QUANTIZED: 0.1}
 HOP_DECAY = 0.75
 TEXT_FLOOR = 0.2
 N_EXPERTS = 3
@@ -52,16 +52,6 @@ class Candidate:
     compatible: bool | None
     components: dict[str, Any]
     target_id: str  # the stored Target this score belongs to
-
-
-def read_calibration(paths: str | Path | Sequence[str | Path]) -> tuple[str, str]:
-    """The text of calibration JSONL files (prompts, responses, texts) and a sha256 of their bytes."""
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    texts, digest = [], hashlib.sha256()
-    for p in paths:
-        texts += [t for sample in read_jsonl(p) for t in (sample.prompt, sample.response) if t]
-        digest.update(Path(p).read_bytes())
-    return "\n".join(texts), digest.hexdigest()
 
 
 def _tokens(text: str) -> list[str]:
@@ -120,41 +110,49 @@ class _LocalWeights:
 
     def __init__(self, root: Path, base: str):
         self.root = root
-        self.base = TensorIndex.open(root / base) if TensorIndex.is_model_dir(root / base) else None
-        self._indexes: dict[str, TensorIndex] = {}
-        self._loras: dict[str, dict[str, Any]] = {}
+        self.base = ArrayFolder.open(root / base) if is_model_dir(root / base) else None
+        self._folders: dict[str, ArrayFolder] = {}
+        self._loras: dict[str, dict[str, tuple[np.ndarray, np.ndarray, float]]] = {}
 
     def has(self, repo_id: str) -> bool:
         d = self.root / repo_id
-        return self.base is not None and (TensorIndex.is_model_dir(d) or (d / "adapter_model.safetensors").is_file())
+        return self.base is not None and (is_model_dir(d) or (d / adapter.WEIGHTS).is_file())
 
-    def delta(self, repo_id: str, name: str) -> torch.Tensor | None:
-        """theta - theta_base for one base tensor (LoRA: B @ A * alpha / r), or None when absent."""
-        d = self.root / repo_id
-        if TensorIndex.is_model_dir(d):
-            idx = self._index(repo_id)
-            if name not in idx.shapes or idx.shapes[name] != self.base.shapes[name]:
+    def delta(self, repo_id: str, name: str) -> np.ndarray | None:
+        """theta - theta_base for one base tensor (LoRA: scale * B @ A), or None when absent."""
+        if is_model_dir(self.root / repo_id):
+            folder = self._folder(repo_id)
+            if name not in folder.shapes or folder.shapes[name] != self.base.shapes[name]:
                 return None
-            return idx.tensor(name).float() - self.base.tensor(name).float()
-        a_name = ADAPTER_PREFIX + name.removesuffix(".weight") + ".lora_A.weight"
-        lora = self._lora(repo_id)
-        if a_name not in lora:
+            return folder.array(name) - self.base.array(name)
+        factors = self._lora(repo_id).get(name)
+        if factors is None:
             return None
-        a, b = lora[a_name], lora[a_name.replace(".lora_A.", ".lora_B.")]
-        return (b @ a) * lora["__scale__"]
+        a, b, scale = factors
+        return (b @ a) * scale
 
-    def _index(self, repo_id: str) -> TensorIndex:
-        if repo_id not in self._indexes:
-            self._indexes[repo_id] = TensorIndex.open(self.root / repo_id)
-        return self._indexes[repo_id]
+    def _folder(self, repo_id: str) -> ArrayFolder:
+        if repo_id not in self._folders:
+            self._folders[repo_id] = ArrayFolder.open(self.root / repo_id)
+        return self._folders[repo_id]
 
-    def _lora(self, repo_id: str) -> dict[str, Any]:
+    def _lora(self, repo_id: str) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+        """Base weight name -> (A, B, scale) of an adapter's modules."""
         if repo_id not in self._loras:
             d = self.root / repo_id
-            cfg = json.loads((d / "adapter_config.json").read_text())
-            tensors: dict[str, Any] = {k: v.float() for k, v in load_file(d / "adapter_model.safetensors").items()}
-            tensors["__scale__"] = float(cfg.get("lora_alpha", cfg.get("r", 1))) / float(cfg.get("r", 1))
-            self._loras[repo_id] = tensors
+            scaling = adapter.LoraScaling(json.loads((d / adapter.CONFIG).read_text()))
+            tensors = read_file(d / adapter.WEIGHTS)
+            out = {}
+            for key, a in tensors.items():
+                factor = adapter.split_key(key)
+                if factor is None or factor[1] != "A":
+                    continue
+                module = factor[0]
+                name = adapter.base_weight_name(module, self.base.shapes)
+                if name is not None:
+                    b = tensors[adapter.factor_key(module, "B")]
+                    out[name] = (a, b, scaling.scale(module, rank=a.shape[0]))
+            self._loras[repo_id] = out
         return self._loras[repo_id]
 
 
@@ -185,19 +183,20 @@ def _fingerprint(store_rows: dict[str, TensorFingerprint], repo_id: str) -> Fing
     return Fingerprint.from_row(row.kind, row.tensors) if row is not None else None
 
 
-def score_target(store: Store, base: str, description: str, *,
-                 calib: str | Path | Sequence[str | Path] | None = None,
+def score_target(store: Store, base: str, description: str, *, calib: Sequence[str] | None = None,
                  weights_dir: str | Path | None = None, include_quantized: bool = False) -> list[Candidate]:
-    """Score every descendant of ``base`` for ``description``; store and return them best first."""
+    """Score every descendant of ``base`` for ``description`` (and ``calib``, the calibration
+    samples' prompts and responses); store and return them best first."""
     if not description.strip():
-        raise ConfigError("--target: the task description is empty")
+        raise ZooConfigError("--target: the task description is empty")
     query, calib_sha = description, None
     if calib:
-        calib_text, calib_sha = read_calibration(calib)
+        calib_text = "\n".join(calib)
+        calib_sha = hashlib.sha256(calib_text.encode()).hexdigest()
         query = f"{description}\n{calib_text}"
     paths = tree_paths(store, base)
     if not paths:
-        raise ConfigError(f"no crawled descendants of {base!r} in the store; run `mergekit-from zoo crawl --base "
+        raise ZooConfigError(f"no crawled descendants of {base!r} in the store; run `mergekit-from zoo crawl --base "
                           f"{base}` first")
     with store.session() as s:
         models = {m.repo_id: m for m in s.scalars(select(Model).where(Model.repo_id.in_([*paths, base])))}
@@ -208,7 +207,7 @@ def score_target(store: Store, base: str, description: str, *,
     compat: dict[str, Compatibility] = {}
     for rid, (rel, _) in paths.items():
         m = models.get(rid)
-        quantized = rel == "quantized" or bool(m and m.is_quantized)
+        quantized = rel == Relation.QUANTIZED or bool(m and m.is_quantized)
         compat[rid] = compare(base_fp, _fingerprint(fps, rid), quantized=quantized, allow_quantized=include_quantized)
     cosines = _tfidf_cosines(query, {rid: _doc(models[rid]) for rid in paths if rid in models})
     # Relative to the best match in the pool; the floor keeps a pool of non-matches near zero.
@@ -252,7 +251,7 @@ def score_target(store: Store, base: str, description: str, *,
         if rid in adapters:
             comps["relation"]["why"] += " (LoRA adapter)"
         m = models.get(rid)
-        if m is not None and m.status in ("gated", "missing", "error"):
+        if m is not None and m.status in (Status.GATED, Status.MISSING, Status.ERROR):
             comps["access"] = {"value": m.status, "weight": "info", "why": m.error or m.status}
         out.append(Candidate(rid, rel, hops, round(gate * mean, 6), c.compatible, comps, tid))
     out.sort(key=lambda c: (-c.score, c.repo_id))

@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
+from db.paths import cache_root
 from mergekit_from.errors import ModelInputError
-from mergekit_from.paths import cache_root
 from mergekit_from.output import Output, replace_atomically
 from mergekit_from.taskzoo.evaluate import accuracy, evaluate_loaded
 from mergekit_from.taskzoo.tasks import TARGET_TASKS, TASKS, examples, stream, write_jsonl

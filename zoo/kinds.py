@@ -1,0 +1,34 @@
+"""The zoo's closed vocabularies: how a repo relates to its parent, and what enriching it found."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class _Word(str, Enum):
+    """A member is its string: it compares, hashes, formats and is stored as its value."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+    __hash__ = str.__hash__
+
+
+class Relation(_Word):
+    """The Hub's ``base_model:<relation>:<parent>`` tag kinds."""
+
+    FINETUNE = "finetune"
+    ADAPTER = "adapter"
+    MERGE = "merge"
+    QUANTIZED = "quantized"
+
+
+RELATIONS = tuple(r.value for r in Relation)
+
+
+class Status(_Word):
+    """A model row's enrichment outcome."""
+
+    ENRICHED = "enriched"
+    GATED = "gated"
+    MISSING = "missing"
+    ERROR = "error"
