@@ -24,6 +24,8 @@ from huggingface_hub.errors import HfHubHTTPError
 # httpx: the HTTP module huggingface_hub itself uses (httpx up to 1.x, httpx2 from 2.0), exported since 1.30
 from huggingface_hub.utils import httpx, parse_ratelimit_headers
 
+from zoo.errors import HubAccessError
+
 T = TypeVar("T")
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 TRANSIENT_TRANSPORT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
