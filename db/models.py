@@ -14,6 +14,8 @@ from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, ForeignKey, Inte
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from db.kinds import RunStatus, Status
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -69,7 +71,7 @@ class Model(Base):
     is_adapter: Mapped[bool] = mapped_column(Boolean, default=False)
     is_quantized: Mapped[bool] = mapped_column(Boolean, default=False)
     # listed -> enriched; or gated / missing / error when enrichment could not finish.
-    status: Mapped[str] = mapped_column(String(16), default="listed")
+    status: Mapped[str] = mapped_column(String(16), default=Status.LISTED.value)
     error: Mapped[str | None] = mapped_column(Text)
     enriched_sha: Mapped[str | None] = mapped_column(String(64))
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -83,7 +85,7 @@ class Edge(Base):
 
     child_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     parent_id: Mapped[str] = mapped_column(String(256), primary_key=True, index=True)
-    relation: Mapped[str] = mapped_column(String(16), primary_key=True)  # finetune|adapter|merge|quantized
+    relation: Mapped[str] = mapped_column(String(16), primary_key=True)  # a Relation
     source: Mapped[str] = mapped_column(String(32), primary_key=True)  # tag|card|adapter_config
     observed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -187,7 +189,7 @@ class MergeRun(Base):
     run_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     target_id: Mapped[str | None] = mapped_column(ForeignKey("targets.target_id", ondelete="SET NULL"))
     method: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running|done|failed
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.RUNNING.value)
     inputs: Mapped[dict[str, Any]]
     pool: Mapped[list[Any]]
     picks: Mapped[list[Any] | None]

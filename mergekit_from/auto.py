@@ -333,6 +333,7 @@ def run_auto(req: AutoRequest) -> AutoResult:
 
 def _run_auto(req: AutoRequest) -> AutoResult:
     from db import MergeRun, open_store
+    from db.kinds import RunStatus
     from mergekit_from.calibration import sample_texts
     from zoo.crawler import Crawler
     from zoo.scoring import score_target
@@ -358,7 +359,7 @@ def _run_auto(req: AutoRequest) -> AutoResult:
     inputs = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(req).items()}
     with store.session() as s:
         run = MergeRun(target_id=candidates[0].target_id, method=req.method, inputs=inputs,
-                       pool=[m.repo_id for m in pool], status="running", details={"excluded": excluded})
+                       pool=[m.repo_id for m in pool], status=RunStatus.RUNNING.value, details={"excluded": excluded})
         s.add(run)
         s.flush()
         run_id = run.run_id
@@ -367,13 +368,13 @@ def _run_auto(req: AutoRequest) -> AutoResult:
     except BaseException as exc:
         with store.session() as s:
             row = s.get(MergeRun, run_id)
-            row.status, row.details = "failed", {**(row.details or {}), "error": one_line(exc)}
+            row.status, row.details = RunStatus.FAILED.value, {**(row.details or {}), "error": one_line(exc)}
             row.finished_at = datetime.now(timezone.utc)
         raise
     result.seconds = time.perf_counter() - started
     with store.session() as s:
         row = s.get(MergeRun, run_id)
-        row.status, row.output = "done", str(result.out)
+        row.status, row.output = RunStatus.DONE.value, str(result.out)
         row.picks = [{"repo_id": r, "coefficient": c, "pick_share": result.pick_share.get(r)}
                      for r, c in result.coefficients.items()]
         row.details = {**(row.details or {}), "evaluation": result.evaluation, "pushed": result.pushed,

@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
+from db.kinds import RELATIONS
 from mergekit_from.errors import ConfigError
-from zoo.kinds import RELATIONS
 
 DB_OPTION = click.option("--db", "db_url", default=None, metavar="URL",
                          help="SQLAlchemy URL of the store (default: SQLite in the per-user cache; "

@@ -44,9 +44,9 @@ from sqlalchemy import select, update
 from tqdm.auto import tqdm
 
 from db import AdapterConfig, CrawlState, Edge, Model, Store, TensorFingerprint, WeightFile
+from db.kinds import RELATIONS, Relation, Status
 from zoo.errors import HubAccessError, HubCrawlError, ZooConfigError
 from zoo.fingerprint import Fingerprint
-from zoo.kinds import RELATIONS, Relation, Status
 from zoo.resilience import (
     RetryPolicy,
     Throttle,

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import yaml
 
-from zoo.kinds import Relation
+from db.kinds import Relation
 from zoo.local_repos import Catalog, LocalRepo
 
 HOST = "127.0.0.1"

@@ -18,8 +18,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard
 
+from db.kinds import RELATIONS, Relation
 from zoo.fingerprint import header_params
-from zoo.kinds import RELATIONS, Relation
 
 # Files the Hub would keep in LFS: weights and anything big.
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".onnx", ".ckpt", ".pkl")

@@ -26,11 +26,11 @@ import numpy as np
 from sqlalchemy import select
 
 from db import AdapterConfig, Edge, Model, Score, Store, Target, TensorFingerprint
+from db.kinds import Relation, Status
 from zoo import adapter
 from zoo.arrays import ArrayFolder, is_model_dir, read_file
 from zoo.errors import ZooConfigError
 from zoo.fingerprint import Compatibility, Fingerprint, compare
-from zoo.kinds import Relation, Status
 
 SCORER_VERSION = "1"
 WEIGHTS = {"relation": 0.2, "text": 0.5, "popularity": 0.1, "kinship": 0.2}

@@ -1,4 +1,4 @@
-"""The zoo's closed vocabularies: how a repo relates to its parent, and what enriching it found."""
+"""The store's closed vocabularies: how a repo relates to its parent, where crawling it got, how a merge run ended."""
 
 from __future__ import annotations
 
@@ -26,9 +26,18 @@ RELATIONS = tuple(r.value for r in Relation)
 
 
 class Status(_Word):
-    """A model row's enrichment outcome."""
+    """A model row's crawl state: listed, then enriched, or why enrichment could not finish."""
 
+    LISTED = "listed"
     ENRICHED = "enriched"
     GATED = "gated"
     MISSING = "missing"
     ERROR = "error"
+
+
+class RunStatus(_Word):
+    """A merge run's state."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
