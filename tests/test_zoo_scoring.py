@@ -53,6 +53,19 @@ def test_calibration_data_counts_and_bad_lines_name_the_line(crawled, tmp_path):
         score_target(crawled, BASE, "x", calib=sample_texts([bad]))
 
 
+def test_a_target_is_named_by_its_calibration_text_not_by_the_files_bytes(crawled, tmp_path):
+    """Behaviour change: the target id hashed the calibration files' bytes; it hashes their text now,
+    so the same samples written with other spacing or key order are the same target."""
+    sample = {"prompt": "Translate to French: good morning", "response": "bonjour"}
+    compact, spaced = tmp_path / "compact.jsonl", tmp_path / "spaced.jsonl"
+    compact.write_text(json.dumps(sample, separators=(",", ":")) + "\n")
+    spaced.write_text("\n" + json.dumps(dict(reversed(sample.items())), indent=None) + "\n\n")
+    first = score_target(crawled, BASE, "a useful assistant", calib=sample_texts([compact]))
+    second = score_target(crawled, BASE, "a useful assistant", calib=sample_texts([spaced]))
+    assert first[0].target_id == second[0].target_id
+    assert first[0].target_id != score_target(crawled, BASE, "a useful assistant")[0].target_id
+
+
 def test_kinship_from_local_weights(crawled, zoo_dir):
     cands = _by_id(score_target(crawled, BASE, "solve grade school math word problems", weights_dir=zoo_dir))
     kin = {r: c.components["kinship"]["value"] for r, c in cands.items() if "kinship" in c.components}

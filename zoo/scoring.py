@@ -197,7 +197,7 @@ def score_target(store: Store, base: str, description: str, *, calib: Sequence[s
     paths = tree_paths(store, base)
     if not paths:
         raise ZooConfigError(f"no crawled descendants of {base!r} in the store; run `mergekit-from zoo crawl --base "
-                          f"{base}` first")
+                             f"{base}` first")
     with store.session() as s:
         models = {m.repo_id: m for m in s.scalars(select(Model).where(Model.repo_id.in_([*paths, base])))}
         fps = {f.repo_id: f for f in s.scalars(select(TensorFingerprint).where(
