@@ -24,7 +24,8 @@ def test_scale_honours_rslora_and_the_per_module_patterns():
     plain = LoraScaling({"r": 8, "lora_alpha": 16})
     assert plain.scale("x.q_proj") == 2.0
     assert LoraScaling({"r": 4, "lora_alpha": 8, "use_rslora": True}).scale("q_proj") == pytest.approx(8 / math.sqrt(4))
-    patterned = LoraScaling({"r": 8, "lora_alpha": 16, "alpha_pattern": {"up_proj": 64}, "rank_pattern": {"up_proj": 4}})
+    patterned = LoraScaling({"r": 8, "lora_alpha": 16, "alpha_pattern": {"up_proj": 64},
+                             "rank_pattern": {"up_proj": 4}})
     assert patterned.rank(PEFT + MODULES[1]) == 4 and patterned.rank(PEFT + MODULES[0]) == 8
     assert patterned.scale(PEFT + MODULES[1]) == 16.0 and patterned.scale(PEFT + MODULES[0]) == 2.0
     assert patterned.scale(PEFT + MODULES[1], rank=2) == 32.0  # the factors' own rank wins when read
@@ -32,7 +33,8 @@ def test_scale_honours_rslora_and_the_per_module_patterns():
 
 def test_base_weight_names_drop_prefixes_until_the_base_has_one():
     assert base_weight_name(PEFT + MODULES[0], {MODULES[0] + ".weight"}) == MODULES[0] + ".weight"
-    assert base_weight_name(PEFT + "transformer.h.0.attn.c_attn", {"h.0.attn.c_attn.weight"}) == "h.0.attn.c_attn.weight"
+    gpt2 = "h.0.attn.c_attn.weight"
+    assert base_weight_name(PEFT + "transformer.h.0.attn.c_attn", {gpt2}) == gpt2
     assert base_weight_name(PEFT + MODULES[0], {"other.weight"}) is None
 
 

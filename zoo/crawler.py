@@ -384,7 +384,7 @@ class Crawler:
         report = report or CrawlReport()
         ids = sorted(set(repo_ids))
         # A gated repo is worth another look only when there is a token that might have been granted.
-        done = (Status.ENRICHED,) if self._has_token() else (Status.ENRICHED, Status.GATED)
+        done = (Status.ENRICHED.value,) if self._has_token() else (Status.ENRICHED.value, Status.GATED.value)
         with self.store.session() as s:
             fresh = set(s.scalars(select(Model.repo_id).where(
                 Model.repo_id.in_(ids), Model.enriched_sha == Model.sha, Model.status.in_(done)
@@ -453,7 +453,8 @@ class Crawler:
                               "task_type": cfg.get("task_type"), "raw": cfg}
             if cfg.get("base_model_name_or_path"):
                 result.edges.append({"child_id": rid, "parent_id": cfg["base_model_name_or_path"],
-                                     "relation": Relation.ADAPTER.value, "source": "adapter_config", "observed_at": now()})
+                                     "relation": Relation.ADAPTER.value, "source": "adapter_config",
+                                     "observed_at": now()})
             name = "adapter_model.safetensors"
             if name in files:
                 meta = self._call(lambda: self.api.parse_safetensors_file_metadata(rid, name, revision=sha))
