@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from mergekit_from.calibration import Sample, read_jsonl
-from mergekit_from.errors import ConfigError, MergekitFromError, ModelInputError, one_line
+from mergekit_from.errors import ConfigError, MergekitFromError, ModelInputError, first_line, one_line
 from mergekit_from.methods import from_merge, fw_hard, fw_soft
 from mergekit_from.methods.from_merge import DEFAULT_K
 from mergekit_from.output import Output
@@ -146,8 +146,7 @@ def _check_repo_id(option: str, repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        why = one_line(exc).removeprefix("HFValidationError: ")
-        raise ConfigError(f"{option} {repo_id!r} is not a Hub repo id: {why}") from None
+        raise ConfigError(f"{option} {repo_id!r} is not a Hub repo id: {first_line(exc)}") from None
 
 
 def check_settings(method: str, settings: dict[str, Any], tasks: list[str]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from mergekit_from.errors import CalibrationError
+from mergekit_from.errors import CalibrationError, first_line
 
 IGNORE = -100  # label value that the loss skips (prompt and padding positions)
 
@@ -85,7 +85,7 @@ def load_tokenizer(model_dir: str | os.PathLike, trust_remote_code: bool = False
     try:
         tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises OSError/ValueError for missing or odd files
-        raise CalibrationError(f"cannot load a tokenizer from {model_dir}: {exc}".splitlines()[0]) from None
+        raise CalibrationError(f"cannot load a tokenizer from {model_dir}: {first_line(exc)}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     if tok.pad_token_id is None:
