@@ -7,34 +7,36 @@ the output's ``mergekit_config.yml``; the run is recorded in the store's ``merge
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import click
 import yaml
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
+from mergekit.merge_methods.base import MergeMethod
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from mergekit_from.errors import ConfigError, MergekitFromError, ModelInputError, one_line
-from mergekit_from.output import Output, overwrite_option
-from mergekit_from.release import Release, Source, model_card, push_folder, worse_than_base
+from mergekit_from.calibration import Sample, read_jsonl, sample_texts
+from mergekit_from.errors import ConfigError, MergekitFromError, ModelInputError, first_line, one_line
+from mergekit_from.methods import from_merge, fw_hard, fw_soft
+from mergekit_from.methods.from_merge import DEFAULT_K
+from mergekit_from.output import Output
+from mergekit_from.release import Release, Source, push_folder, worse_than_base, write_release_card
+from mergekit_from.report import Reporter
 from mergekit_from.weights import PICKLE_FILES
 
 # fw_soft first: the default, the only method measured to keep most of several experts' skills on the task zoo
 # (benchmarks/results/quality.md; README "Which FW variant").
-METHODS = ("fw_soft", "fw_hard", "from")
-DATA_METHODS = ("fw_hard", "fw_soft")
+AUTO_METHODS: dict[str, MergeMethod] = {m.spec.name: m for m in (fw_soft, fw_hard, from_merge)}
+METHODS = tuple(AUTO_METHODS)
+DATA_METHODS = (fw_hard.spec.name, fw_soft.spec.name)  # their pre-pass fits the merge to --calib data
 # What a snapshot may bring: weights as safetensors, configs, tokenizer, card. Never code.
 SAFE_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "tokenizer*", "*.model", "*.tiktoken",
               "vocab*", "merges.txt", "README.md"]
@@ -81,37 +83,31 @@ class AutoResult:
     seconds: float
 
 
-def _say(req: AutoRequest, msg: str) -> None:
-    if not req.quiet:
-        click.echo(msg, err=True)
+@dataclass(frozen=True)
+class Calibration:
+    """The ``--calib`` data, parsed once: the files (the recipe and the store record them) and their samples."""
+
+    files: dict[str, Path] = field(default_factory=dict)
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def silenced(quiet: bool) -> Iterator[None]:
-    """``--quiet``: no progress bars (huggingface_hub's "Fetching N files" included), no log
-    records below ERROR and no Python warnings while auto runs; all restored afterwards."""
-    if not quiet:
-        yield
-        return
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    bars_were_off, level = are_progress_bars_disabled(), logging.root.manager.disable
-    disable_progress_bars()
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(level)
-        if not bars_were_off:
-            enable_progress_bars()
+def read_calibration(items: tuple[str, ...]) -> Calibration:
+    """``[TASK=]FILE`` items (task = file stem when not named), every line checked now, before any download."""
+    files: dict[str, Path] = {}
+    samples: dict[str, list[Sample]] = {}
+    for item in items:
+        task, sep, path = str(item).partition("=")
+        if not sep:
+            task, path = Path(item).stem, str(item)
+        parsed = read_jsonl(path)
+        if task in files:
+            raise ConfigError(f"--calib: two files for task {task!r} ({files[task]} and {path})")
+        files[task], samples[task] = Path(path), parsed
+    return Calibration(files, samples)
 
 
-def check_request(req: AutoRequest) -> dict[str, Path]:
-    """Everything checkable before any network call; returns {task: calibration file}."""
-    from mergekit_from.calibration import read_jsonl
-
+def check_request(req: AutoRequest) -> Calibration:
+    """Everything checkable before any network call; returns the parsed calibration data."""
     if req.method not in METHODS:
         raise ConfigError(f"--method {req.method!r}: expected one of {', '.join(METHODS)}")
     _check_repo_id("--base", req.base)
@@ -122,26 +118,18 @@ def check_request(req: AutoRequest) -> dict[str, Path]:
     if req.method in DATA_METHODS and not req.calib:
         raise ConfigError(f"--method {req.method} needs calibration data (--calib FILE); "
                           "use --method from for a data-free merge")
-    files: dict[str, Path] = {}
-    for item in req.calib:
-        task, sep, path = str(item).partition("=")
-        if not sep:
-            task, path = Path(item).stem, str(item)
-        read_jsonl(path)  # fail now, naming file and line, rather than after the downloads
-        if task in files:
-            raise ConfigError(f"--calib: two files for task {task!r} ({files[task]} and {path})")
-        files[task] = Path(path)
-    req.settings = check_settings(req.method, req.settings, list(files))
+    calib = read_calibration(req.calib)
+    req.settings = check_settings(req.method, req.settings, list(calib.files))
     if req.push_to_hub:
         from huggingface_hub import get_token
 
         _check_repo_id("--push-to-hub", req.push_to_hub)
         if not get_token():
             raise ConfigError(f"--push-to-hub {req.push_to_hub}: no token; set HF_TOKEN or run `hf auth login`")
-    return files
+    return calib
 
 
-def check_output(req: AutoRequest, files: dict[str, Path]) -> Output:
+def check_output(req: AutoRequest, calib: Calibration) -> Output:
     """--out must not hold the calibration files, the store or the download cache the run reads."""
     from huggingface_hub.constants import HF_HUB_CACHE
     from sqlalchemy.engine import make_url
@@ -150,44 +138,50 @@ def check_output(req: AutoRequest, files: dict[str, Path]) -> Output:
 
     url = make_url(req.db_url or default_url())
     store = [url.database] if url.get_backend_name() == "sqlite" and url.database else []
-    return Output.check(req.out, "auto", [*files.values(), *store, req.cache_dir or HF_HUB_CACHE], req.overwrite)
+    return Output.check(req.out, "auto", [*calib.files.values(), *store, req.cache_dir or HF_HUB_CACHE],
+                        req.overwrite)
 
 
 def _check_repo_id(option: str, repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        why = one_line(exc).removeprefix("HFValidationError: ")
-        raise ConfigError(f"{option} {repo_id!r} is not a Hub repo id: {why}") from None
+        raise ConfigError(f"{option} {repo_id!r} is not a Hub repo id: {first_line(exc)}") from None
 
 
 def check_settings(method: str, settings: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
     """``--set`` values checked against the method's own settings (the recipe's checks, run now,
     not after the downloads); returns them with local paths made absolute, since the recipe that
     auto writes lives elsewhere."""
-    if method == "from":
-        from mergekit_from.methods.from_merge import from_merge
+    if method in DATA_METHODS:
+        return _check_prepass_settings(AUTO_METHODS[method], settings, tasks)
+    _check_parameters(AUTO_METHODS[method], settings)
+    return settings
 
-        specs = {p.name: p for p in from_merge.spec.parameters}
-        for key, value in settings.items():
-            if key not in specs:
-                raise ConfigError(f"--set {key}: not a setting of {method} (accepted: {', '.join(sorted(specs))})")
-            try:
-                specs[key].validate(value)
-            except ValidationError as exc:
-                raise ConfigError(f"--set {key}={value!r} is invalid for {method}: {one_line(exc)}") from None
-        return settings
-    from mergekit_from.frank_wolfe import INIT_KEYWORDS, HardSettings, SoftSettings
 
-    model = SoftSettings if method == "fw_soft" else HardSettings
+def _check_parameters(method: MergeMethod, settings: dict[str, Any]) -> None:
+    name, specs = method.spec.name, {p.name: p for p in method.spec.parameters}
+    for key, value in settings.items():
+        if key not in specs:
+            raise ConfigError(f"--set {key}: not a setting of {name} (accepted: {', '.join(sorted(specs))})")
+        try:
+            specs[key].validate(value)
+        except ValidationError as exc:
+            raise ConfigError(f"--set {key}={value!r} is invalid for {name}: {one_line(exc)}") from None
+
+
+def _check_prepass_settings(method: MergeMethod, settings: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
+    from mergekit_from.frank_wolfe import INIT_KEYWORDS
+
+    name, model = method.spec.name, method.settings_model
     accepted = sorted(set(model.model_fields) - {"targets"})  # auto sets the targets from --calib
     for key in settings:
         if key not in accepted:
-            raise ConfigError(f"--set {key}: not a setting of {method} (accepted: {', '.join(accepted)})")
+            raise ConfigError(f"--set {key}: not a setting of {name} (accepted: {', '.join(accepted)})")
     try:
         model.model_validate({"targets": tasks, **settings})
     except ValidationError as exc:
-        raise ConfigError(f"--set for {method}: {one_line(exc)}") from None
+        raise ConfigError(f"--set for {name}: {one_line(exc)}") from None
     paths = {}
     for key in ("init", "tokenizer"):
         value = settings.get(key)
@@ -218,7 +212,7 @@ def probe_base(api: HfApi, base: str) -> str | None:
         raise MergekitFromError(f"cannot reach the Hub at {api.endpoint}: {one_line(exc)}") from None
 
 
-def ensure_crawled(req: AutoRequest, store, crawler) -> None:
+def ensure_crawled(req: AutoRequest, store, crawler, reporter: Reporter) -> None:
     """Crawl the base's model tree unless the store holds a fresh crawl of it."""
     from db import Edge, Model
 
@@ -228,11 +222,11 @@ def ensure_crawled(req: AutoRequest, store, crawler) -> None:
     newest = max(stamps, default=None)  # the store hands back aware UTC datetimes
     fresh = newest is not None and datetime.now(timezone.utc) - newest < timedelta(hours=req.max_age_hours)
     if fresh and not req.refresh:
-        _say(req, f"store has a crawl of {req.base} from {newest:%Y-%m-%d %H:%M} UTC; not crawling again")
+        reporter.say(f"store has a crawl of {req.base} from {newest:%Y-%m-%d %H:%M} UTC; not crawling again")
         return
-    _say(req, f"crawling the model tree of {req.base} on {crawler.endpoint}")
+    reporter.say(f"crawling the model tree of {req.base} on {crawler.endpoint}")
     report = crawler.crawl_tree(req.base, recursive=True)
-    _say(req, f"listed {report.listed} models, enriched {report.enriched}")
+    reporter.say(f"listed {report.listed} models, enriched {report.enriched}")
 
 
 def shortlist(store, candidates, k: int) -> tuple[list[PoolModel], list[dict[str, str]]]:
@@ -287,7 +281,7 @@ def build_recipe(req: AutoRequest, base_path: Path, pool: list[PoolModel], files
     if req.method in DATA_METHODS:
         recipe[req.method] = {"targets": {t: str(p.resolve()) for t, p in files.items()}, **req.settings}
     else:
-        recipe["parameters"] = {"k": 2.0, **req.settings}
+        recipe["parameters"] = {"k": DEFAULT_K, **req.settings}
     header = [f"# Written by `mergekit-from auto` for: {req.target}", f"# base: {req.base}"]
     header += [f"# pool: {m.repo_id}@{m.sha} (score {m.score:.3f}) -> {m.path}" for m in pool]
     return "\n".join(header) + "\n" + yaml.safe_dump(recipe, sort_keys=False)
@@ -327,51 +321,77 @@ def from_coefficients_of(base_path: Path, paths: list[Path], parameters: dict[st
 
 
 def run_auto(req: AutoRequest) -> AutoResult:
-    with silenced(req.quiet):
-        return _run_auto(req)
+    reporter = Reporter(req.quiet)
+    with reporter.running():
+        return _run_auto(req, reporter)
 
 
-def _run_auto(req: AutoRequest) -> AutoResult:
-    from db import MergeRun, open_store
+def _run_auto(req: AutoRequest, reporter: Reporter) -> AutoResult:
+    from db import open_store
     from db.kinds import RunStatus
-    from mergekit_from.calibration import sample_texts
     from zoo.crawler import Crawler
-    from zoo.scoring import score_target
 
     started = time.perf_counter()
-    files = check_request(req)
-    output = check_output(req, files)
+    calib = check_request(req)
+    output = check_output(req, calib)
     api = HfApi(endpoint=req.endpoint)
-    endpoint = api.endpoint.rstrip("/")
     base_sha = probe_base(api, req.base)
     store = open_store(req.db_url)
-    crawler = Crawler(store, req.endpoint, progress=not req.quiet)
-    ensure_crawled(req, store, crawler)
+    ensure_crawled(req, store, Crawler(store, req.endpoint, progress=reporter.progress), reporter)
+    target_id, pool, excluded = choose_pool(req, store, calib)
+    reporter.say("pool: " + ", ".join(f"{m.repo_id} ({m.score:.3f})" for m in pool))
+    run_id = _record_start(req, store, target_id, pool, excluded)
+    try:
+        result = _merge(req, reporter, output, calib, Source(req.base, base_sha), pool, excluded,
+                        api.endpoint.rstrip("/"), run_id)
+    except BaseException as exc:
+        _record_failure(store, run_id, exc)
+        raise
+    result.seconds = time.perf_counter() - started
+    _record_result(store, run_id, result)
+    store.close()
+    return result
 
-    candidates = score_target(store, req.base, req.target, calib=sample_texts(list(files.values())))
+
+def choose_pool(req: AutoRequest, store, calib: Calibration) -> tuple[int, list[PoolModel], list[dict[str, str]]]:
+    """Score the crawled descendants for the target; returns the target's id, the pool and the left-out."""
+    from zoo.scoring import score_target
+
+    texts = sample_texts(s for samples in calib.samples.values() for s in samples)
+    candidates = score_target(store, req.base, req.target, calib=texts)
     pool, excluded = shortlist(store, candidates, req.pool_size)
     if not pool:
         reasons = "; ".join(f"{e['repo_id']}: {e['why']}" for e in excluded[:3])
         raise ModelInputError(f"no compatible candidates for {req.base} among {len(candidates)} crawled "
                               f"descendants{' (' + reasons + ')' if reasons else ''}")
-    _say(req, "pool: " + ", ".join(f"{m.repo_id} ({m.score:.3f})" for m in pool))
+    return candidates[0].target_id, pool, excluded
+
+
+def _record_start(req: AutoRequest, store, target_id: int, pool: list[PoolModel],
+                  excluded: list[dict[str, str]]) -> int:
+    from db import MergeRun
 
     inputs = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(req).items()}
     with store.session() as s:
-        run = MergeRun(target_id=candidates[0].target_id, method=req.method, inputs=inputs,
-                       pool=[m.repo_id for m in pool], status=RunStatus.RUNNING.value, details={"excluded": excluded})
+        run = MergeRun(target_id=target_id, method=req.method, inputs=inputs, pool=[m.repo_id for m in pool],
+                       status=RunStatus.RUNNING.value, details={"excluded": excluded})
         s.add(run)
         s.flush()
-        run_id = run.run_id
-    try:
-        result = _merge(req, output, files, base_sha, pool, excluded, endpoint, run_id)
-    except BaseException as exc:
-        with store.session() as s:
-            row = s.get(MergeRun, run_id)
-            row.status, row.details = RunStatus.FAILED.value, {**(row.details or {}), "error": one_line(exc)}
-            row.finished_at = datetime.now(timezone.utc)
-        raise
-    result.seconds = time.perf_counter() - started
+        return run.run_id
+
+
+def _record_failure(store, run_id: int, exc: BaseException) -> None:
+    from db import MergeRun
+
+    with store.session() as s:
+        row = s.get(MergeRun, run_id)
+        row.status, row.details = RunStatus.FAILED.value, {**(row.details or {}), "error": one_line(exc)}
+        row.finished_at = datetime.now(timezone.utc)
+
+
+def _record_result(store, run_id: int, result: AutoResult) -> None:
+    from db import MergeRun
+
     with store.session() as s:
         row = s.get(MergeRun, run_id)
         row.status, row.output = RunStatus.DONE.value, str(result.out)
@@ -380,132 +400,97 @@ def _run_auto(req: AutoRequest) -> AutoResult:
         row.details = {**(row.details or {}), "evaluation": result.evaluation, "pushed": result.pushed,
                        "seconds": result.seconds}
         row.finished_at = datetime.now(timezone.utc)
-    store.close()
-    return result
 
 
-def _merge(req: AutoRequest, output: Output, files: dict[str, Path], base_sha: str | None, pool: list[PoolModel],
-           excluded: list[dict[str, str]], endpoint: str, run_id: int) -> AutoResult:
-    """Download, write the recipe, merge through `mergekit-from yaml`'s path, evaluate, card, push."""
-    from mergekit.options import MergeOptions
-
-    from mergekit_from.prepass import calibration_losses
-    from mergekit_from.recipe import check_recipe_file, merge_into
-
-    base_path = download(req.base, base_sha, req)
+def _merge(req: AutoRequest, reporter: Reporter, output: Output, calib: Calibration, base: Source,
+           pool: list[PoolModel], excluded: list[dict[str, str]], endpoint: str, run_id: int) -> AutoResult:
+    """Download, merge through `mergekit-from yaml`'s path, evaluate, write the card, push."""
+    base_path = download(req.base, base.sha, req)
     for m in pool:
-        _say(req, f"downloading {m.repo_id}@{(m.sha or '')[:12]}")
+        reporter.say(f"downloading {m.repo_id}@{(m.sha or '')[:12]}")
         m.path = download(m.repo_id, m.sha, req)
     with output.staged() as stage:
-        recipe_file = stage.parent / "recipe.yml"
-        recipe_file.write_text(build_recipe(req, base_path, pool, files))
-        merge_into(check_recipe_file(recipe_file, MergeOptions(quiet=req.quiet)), stage)
-        recipe_text = (stage / "mergekit_config.yml").read_text()  # as recorded: re-runs from anywhere
-        if req.method in DATA_METHODS:
-            _label_trace(stage, {str(base_path): req.base, **{str(m.path): m.repo_id for m in pool}})
-        recipe = yaml.safe_load(recipe_text)
-
+        recipe_text = _run_recipe(req, reporter, stage, base_path, pool, calib.files)
         coefficients, share = _coefficients(req, stage, base_path, pool)
-        evaluation = None
-        if files:
-            _say(req, "evaluating on the calibration data")
-            evaluation = {"base": calibration_losses(base_path, files, base_path),
-                          "merged": calibration_losses(stage, files, base_path)}
-            (stage / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
-        worse = worse_than_base(evaluation)
-        for task in worse:
-            _say(req, f"warning: the merge's calibration loss on {task} is worse than the base's "
-                      f"({evaluation['base'][task]:.3f} -> {evaluation['merged'][task]:.3f})")
+        evaluation = _evaluate(reporter, stage, base_path, calib.samples)
+        recipe = yaml.safe_load(recipe_text)
         settings = recipe.get(req.method) or recipe.get("parameters")
         release = Release(
-            base=Source(req.base, base_sha),
+            base=base,
             sources=[Source(m.repo_id, m.sha, m.score, coefficients.get(m.repo_id), share.get(m.repo_id),
                             m.components) for m in pool],
             method=req.method, settings=settings, target=req.target, recipe=recipe_text, endpoint=endpoint,
             evaluation=evaluation, excluded=excluded, run_id=run_id,
         )
-        (stage / "README.md").write_text(model_card(release))
-        (stage / "auto_run.json").write_text(json.dumps(
-            {"run_id": run_id, "base": asdict(release.base), "sources": [asdict(s) for s in release.sources],
-             "excluded": excluded, "method": req.method, "settings": settings, "evaluation": evaluation,
-             "worse_than_base": worse},
-            indent=1, default=str))
+        write_release_card(stage, release)
+        _write_run_record(stage, release)
     pushed = None
     if req.push_to_hub:
-        _say(req, f"pushing to {req.push_to_hub}")
+        reporter.say(f"pushing to {req.push_to_hub}")
         pushed = push_folder(req.out, req.push_to_hub, req.endpoint)
     return AutoResult(req.out, run_id, pool, coefficients, share, evaluation, pushed, 0.0)
 
 
-def _label_trace(out: Path, labels: dict[str, str]) -> None:
-    """Redraw ``fw_trace.png`` with repo ids instead of the cache's snapshot folders."""
-    from mergekit_from.frank_wolfe import PLOT_FILE, TRACE_FILE, Trace, plot_trace
+def _run_recipe(req: AutoRequest, reporter: Reporter, stage: Path, base_path: Path, pool: list[PoolModel],
+                files: dict[str, Path]) -> str:
+    """Write the recipe and merge it into ``stage``; returns the recipe as recorded (re-runs from anywhere)."""
+    from mergekit.options import MergeOptions
 
-    plot_trace(Trace(**json.loads((out / TRACE_FILE).read_text())), out / PLOT_FILE, labels)
+    from mergekit_from.recipe import check_recipe_file, merge_into
+
+    recipe_file = stage.parent / "recipe.yml"
+    recipe_file.write_text(build_recipe(req, base_path, pool, files))
+    merge_into(check_recipe_file(recipe_file, MergeOptions(quiet=not reporter.progress)), stage)
+    return (stage / "mergekit_config.yml").read_text()
 
 
-def _coefficients(req, out: Path, base_path: Path, pool: list[PoolModel]) -> tuple[dict[str, float], dict[str, float]]:
+def _evaluate(reporter: Reporter, stage: Path, base_path: Path,
+              samples: dict[str, list[Sample]]) -> dict[str, dict[str, float]] | None:
+    """Calibration loss per task of the base and the merge (None without --calib); warns where the merge is worse."""
+    from mergekit_from.prepass import calibration_losses
+
+    if not samples:
+        return None
+    reporter.say("evaluating on the calibration data")
+    evaluation = {"base": calibration_losses(base_path, samples, base_path),
+                  "merged": calibration_losses(stage, samples, base_path)}
+    (stage / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
+    for task in worse_than_base(evaluation):
+        reporter.warn(f"the merge's calibration loss on {task} is worse than the base's "
+                      f"({evaluation['base'][task]:.3f} -> {evaluation['merged'][task]:.3f})")
+    return evaluation
+
+
+def _write_run_record(stage: Path, release: Release) -> None:
+    """``auto_run.json``: what the card says, as data."""
+    (stage / "auto_run.json").write_text(json.dumps(
+        {"run_id": release.run_id, "base": asdict(release.base), "sources": [asdict(s) for s in release.sources],
+         "excluded": release.excluded, "method": release.method, "settings": release.settings,
+         "evaluation": release.evaluation, "worse_than_base": worse_than_base(release.evaluation)},
+        indent=1, default=str))
+
+
+def _coefficients(req: AutoRequest, out: Path, base_path: Path,
+                  pool: list[PoolModel]) -> tuple[dict[str, float], dict[str, float]]:
     """Per source repo: its coefficient in the merge, and (FW) its share of the picks."""
-    by_path = {str(m.path): m.repo_id for m in pool}
-    if req.method == "from":
+    if req.method not in DATA_METHODS:
         weights = from_coefficients_of(base_path, [m.path for m in pool], req.settings)
         return {m.repo_id: w for m, w in zip(pool, weights)}, {}
-    trace = json.loads((out / "fw_trace.json").read_text())
-    coefficients = {by_path.get(r, r): v for r, v in trace.get("coefficients", {}).items()}
+    return _fw_coefficients(out, {str(base_path): req.base, **{str(m.path): m.repo_id for m in pool}}, pool)
+
+
+def _fw_coefficients(out: Path, labels: dict[str, str],
+                     pool: list[PoolModel]) -> tuple[dict[str, float], dict[str, float]]:
+    """Read the FW trace once: its coefficients and pick shares by repo id, and ``fw_trace.png``
+    redrawn with repo ids instead of the cache's snapshot folders."""
+    from mergekit_from.frank_wolfe import PLOT_FILE, TRACE_FILE, Trace, plot_trace
+
+    trace = Trace(**json.loads((out / TRACE_FILE).read_text()))
+    plot_trace(trace, out / PLOT_FILE, labels)
+    coefficients = {labels.get(r, r): v for r, v in trace.coefficients.items()}
     share: dict[str, float] = {}
-    for it in trace["iterations"]:
+    for it in trace.iterations:
         for r, v in it.get("pick_share", {}).items():
-            share[by_path.get(r, r)] = share.get(by_path.get(r, r), 0.0) + v / len(trace["iterations"])
+            share[labels.get(r, r)] = share.get(labels.get(r, r), 0.0) + v / len(trace.iterations)
     return ({m.repo_id: coefficients.get(m.repo_id, 0.0) for m in pool},
             {m.repo_id: round(share.get(m.repo_id, 0.0), 4) for m in pool})
-
-
-def parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
-    settings = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        settings[key.strip()] = yaml.safe_load(value)
-    return settings
-
-
-@click.command("auto")
-@click.option("--base", required=True, help="Base model repo id on the Hub.")
-@click.option("--target", required=True, help="What the merge is for, in words.")
-@click.option("--calib", multiple=True, metavar="[TASK=]FILE",
-              help='Calibration JSONL per target task ({"prompt","response"} lines); TASK defaults to the file stem.')
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co).")
-@click.option("--db", "db_url", default=None, help="Zoo store URL (default: the per-user SQLite store).")
-@click.option("--pool-size", type=int, default=8, show_default=True, help="Top-K compatible candidates to merge.")
-@click.option("--method", type=click.Choice(METHODS), default=METHODS[0], show_default=True,
-              help="fw_soft/fw_hard need --calib; from is data-free.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Method setting (e.g. max_iters=5, lmo=tensor, k=4); repeat.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Hugging Face cache for the downloads (default: the standard cache).")
-@click.option("--refresh", is_flag=True, help="Crawl again even if the store has a fresh crawl.")
-@click.option("--allow-pickle", is_flag=True, help="Also download pickled weights (.bin/.pt). Unsafe.")
-@click.option("--push-to-hub", default=None, metavar="REPO", help="Upload the result (needs HF_TOKEN).")
-@click.option("--quiet", is_flag=True)
-@overwrite_option
-def auto_cmd(base, target, calib, out, endpoint, db_url, pool_size, method, settings, cache_dir, refresh,
-             allow_pickle, push_to_hub, quiet, overwrite) -> None:
-    """Crawl, score, shortlist, download and merge the best pool of BASE's fine-tunes for TARGET."""
-    req = AutoRequest(base=base, target=target, out=out, calib=calib, endpoint=endpoint, db_url=db_url,
-                      pool_size=pool_size, method=method, settings=parse_settings(settings), push_to_hub=push_to_hub,
-                      allow_pickle=allow_pickle, refresh=refresh, cache_dir=cache_dir, quiet=quiet,
-                      overwrite=overwrite)
-    result = run_auto(req)
-    click.echo(f"merged {len(result.pool)} candidates with {method} into {result.out} in {result.seconds:.0f}s "
-               f"(run {result.run_id})")
-    for m in result.pool:
-        share = result.pick_share.get(m.repo_id)
-        click.echo(f"  {m.repo_id:<40} score {m.score:.3f}  coefficient {result.coefficients.get(m.repo_id, 0):+.4f}"
-                   + (f"  picks {share:.2f}" if share is not None else ""))
-    if result.evaluation:
-        for label, row in result.evaluation.items():
-            click.echo(f"  loss {label:<7} " + "  ".join(f"{t} {v:.3f}" for t, v in row.items()))
-    if result.pushed:
-        click.echo(f"pushed: {result.pushed}")

@@ -17,11 +17,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from mergekit_from.errors import CalibrationError
+from mergekit_from.errors import CalibrationError, first_line
 
 IGNORE = -100  # label value that the loss skips (prompt and padding positions)
 
@@ -71,9 +71,9 @@ def _parse_line(line: str, where: str) -> Sample:
     raise CalibrationError(f"{where}: expected keys 'prompt' and 'response', or a non-empty 'text'")
 
 
-def sample_texts(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """The prompts, responses and texts of calibration files, in order: what the zoo's scorer reads."""
-    return [t for p in paths for sample in read_jsonl(p) for t in (sample.prompt, sample.response) if t]
+def sample_texts(samples: Iterable[Sample]) -> list[str]:
+    """The prompts, responses and texts of calibration samples, in order: what the zoo's scorer reads."""
+    return [t for sample in samples for t in (sample.prompt, sample.response) if t]
 
 
 def load_tasks(files: dict[str, str | os.PathLike], limit: int | None) -> dict[str, list[Sample]]:
@@ -90,7 +90,7 @@ def load_tokenizer(model_dir: str | os.PathLike, trust_remote_code: bool = False
     try:
         tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises OSError/ValueError for missing or odd files
-        raise CalibrationError(f"cannot load a tokenizer from {model_dir}: {exc}".splitlines()[0]) from None
+        raise CalibrationError(f"cannot load a tokenizer from {model_dir}: {first_line(exc)}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     if tok.pad_token_id is None:

@@ -20,10 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import click
-
-from mergekit_from.auto import DATA_METHODS
-from mergekit_from.output import overwrite_option
+from mergekit_from.card import write_card
+from mergekit_from.report import Reporter
 
 N_TARGETS = 4
 ORG = "demo"
@@ -41,8 +39,8 @@ def _link_files(src: Path, dst: Path, skip: tuple[str, ...] = ("README.md",)) ->
             (dst / f.name).symlink_to(f.resolve())
 
 
-def _card(repo_id: str, lines: list[str], body: str) -> str:
-    return "\n".join(["---", *lines, "---", "", f"# {repo_id}", "", body, ""])
+def _card(hub: Path, repo_id: str, body: str, **metadata: Any) -> None:
+    write_card(hub / repo_id, f"# {repo_id}\n\n{body}", **metadata)
 
 
 def build_hub(zoo, hub: Path, targets: list[str]) -> dict[str, Any]:
@@ -60,23 +58,21 @@ def build_hub(zoo, hub: Path, targets: list[str]) -> dict[str, Any]:
 
     quantized = f"{ORG}/fft-{first}-q4"
     _link_files(zoo.expert(first), hub / quantized)
-    (hub / quantized / "README.md").write_text(_card(quantized, [
-        f"base_model: {base_id}", "base_model_relation: quantized", "tags:", "- 4-bit", f"- task:{first}"],
-        f"A 4-bit quantized copy of the {first} expert ({zoo.manifest['tasks'][first]['description']})."))
+    _card(hub, quantized, f"A 4-bit quantized copy of the {first} expert "
+          f"({zoo.manifest['tasks'][first]['description']}).",
+          base_model=base_id, base_model_relation="quantized", tags=["4-bit", f"task:{first}"])
     added["quantized"] = quantized
 
     gated = f"{ORG}/fft-{irrelevant}-gated"
     _link_files(zoo.expert(irrelevant), hub / gated)
-    (hub / gated / "README.md").write_text(_card(gated, [f"base_model: {base_id}", "tags:", f"- task:{irrelevant}"],
-                                                 f"A gated fine-tune for {irrelevant}."))
+    _card(hub, gated, f"A gated fine-tune for {irrelevant}.", base_model=base_id, tags=[f"task:{irrelevant}"])
     added["gated"] = {gated: "manual"}
 
     if wide is not None:  # a model of another vocabulary whose card claims the base
         mislabelled = f"{ORG}/{wide}-{first}"
         _link_files(zoo.model_dir(wide), hub / mislabelled)
-        (hub / mislabelled / "README.md").write_text(_card(mislabelled, [
-            f"base_model: {base_id}", "tags:", f"- task:{first}"],
-            f"Fine-tuned for {first} ({zoo.manifest['tasks'][first]['description']}) with an extended tokenizer."))
+        _card(hub, mislabelled, f"Fine-tuned for {first} ({zoo.manifest['tasks'][first]['description']}) "
+              "with an extended tokenizer.", base_model=base_id, tags=[f"task:{first}"])
         added["other_vocabulary"] = mislabelled
     return added
 
@@ -86,8 +82,9 @@ def describe(zoo, targets: list[str]) -> str:
 
 
 def run_demo(out: Path, quick: bool, method: str, settings: dict[str, Any], pool_size: int,
-             zoo_dir: Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+             zoo_dir: Path | None = None, overwrite: bool = False, reporter: Reporter = Reporter()) -> dict[str, Any]:
     from mergekit_from.auto import AutoRequest, run_auto
+    from mergekit_from.methods import from_merge
     from mergekit_from.output import Output
     from mergekit_from.taskzoo import build_zoo, evaluate
     from zoo.hub_server import HubServer
@@ -96,10 +93,10 @@ def run_demo(out: Path, quick: bool, method: str, settings: dict[str, Any], pool
     # A demo folder written before outputs were marked is recognised by its demo.json.
     output = Output.check(out, "demo", [zoo_dir] if zoo_dir else [], overwrite or (out / "demo.json").is_file())
     out = output.claim(DEMO_ENTRIES)
-    click.echo("[1/5] task zoo", err=True)
+    reporter.say("[1/5] task zoo")
     zoo = build_zoo(zoo_dir, quick=quick)
     targets = zoo.targets[:N_TARGETS]
-    click.echo(f"[2/5] serving {zoo.root} on a local Hub with distractors", err=True)
+    reporter.say(f"[2/5] serving {zoo.root} on a local Hub with distractors")
     added = build_hub(zoo, out / "hub", targets)
     db = out / "zoo.sqlite"
     for stale in out.glob("zoo.sqlite*"):
@@ -109,14 +106,14 @@ def run_demo(out: Path, quick: bool, method: str, settings: dict[str, Any], pool
     calib = tuple(f"{t}={zoo.calibration(t)}" for t in targets)
     results: dict[str, Any] = {}
     with HubServer(out / "hub", gated=added["gated"]) as hub:
-        for step, (label, m) in enumerate((("FroM", "from"), ("FW", method)), start=3):
-            click.echo(f"[{step}/5] auto --method {m}" + (" (crawls the Hub first)" if step == 3 else ""), err=True)
+        for step, (label, m) in enumerate((("FroM", from_merge.spec.name), ("FW", method)), start=3):
+            reporter.say(f"[{step}/5] auto --method {m}" + (" (crawls the Hub first)" if step == 3 else ""))
             req = AutoRequest(base=base_id, target=target, out=out / f"merged-{m}", calib=calib, endpoint=hub.endpoint,
                               db_url=f"sqlite:///{db}", pool_size=pool_size, method=m,
-                              settings=settings if m != "from" else {},
+                              settings=settings if m != from_merge.spec.name else {},
                               cache_dir=out / "hf-cache")
             results[label] = run_auto(req)
-    click.echo("[5/5] evaluating (exact match on the test split)", err=True)
+    reporter.say("[5/5] evaluating (exact match on the test split)")
     n = zoo.manifest["spec"].get("eval_n", 200)
     rows = {"base": evaluate(zoo.base, targets, n=n)}
     for t in targets:
@@ -132,36 +129,3 @@ def run_demo(out: Path, quick: bool, method: str, settings: dict[str, Any], pool
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def print_table(summary: dict[str, Any]) -> None:
-    targets = summary["targets"]
-    click.echo(f"\ntarget: {summary['target']}\n")
-    click.echo(f"{'model':<28}" + "".join(f"{t:>10}" for t in targets) + f"{'mean':>10}")
-    for label, acc in summary["accuracy"].items():
-        vals = [acc[t] for t in targets]
-        click.echo(f"{label:<28}" + "".join(f"{v:>10.3f}" for v in vals) + f"{sum(vals) / len(vals):>10.3f}")
-    click.echo("\nFW pool and picks (share of iterations):")
-    for repo, share in sorted(summary["fw_pick_share"].items(), key=lambda kv: -kv[1]):
-        coef = summary["coefficients"]["FW"].get(repo, 0.0)
-        click.echo(f"  {repo:<36} picks {share:.2f}  coefficient {coef:+.3f}")
-    click.echo(f"\ndone in {summary['wall_s']:.0f}s")
-
-
-@click.command("demo")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True)
-@click.option("--quick", is_flag=True, help="Use the quick task zoo (seconds to build; for tests).")
-@click.option("--zoo", "zoo_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Task zoo folder, built there when missing [default: the per-user cache].")
-@click.option("--method", type=click.Choice(DATA_METHODS), default="fw_soft", show_default=True)
-@click.option("--pool-size", type=int, default=8, show_default=True)
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="FW setting over the recipe defaults; repeat.")
-@overwrite_option
-def demo_cmd(out: Path, quick: bool, zoo_dir: Path | None, method: str, pool_size: int,
-             settings: tuple[str, ...], overwrite: bool) -> None:
-    """Offline end to end: task zoo -> local Hub -> crawl -> auto (FroM, FW) -> evaluation table."""
-    from mergekit_from.auto import parse_settings
-
-    summary = run_demo(out, quick, method, parse_settings(settings), pool_size, zoo_dir, overwrite)
-    print_table(summary)

@@ -6,6 +6,8 @@ non-zero; anything else is a bug and keeps its traceback under ``MERGEKIT_FROM_D
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class MergekitFromError(Exception):
     """Base class: a problem with the user's input or environment, not a bug."""
@@ -44,12 +46,8 @@ def user_exit_code(exc: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
-def one_line(exc: BaseException) -> str:
-    """A single-line description of ``exc`` for the CLI (pydantic errors condensed)."""
-    try:
-        from pydantic import ValidationError
-    except ImportError:  # pragma: no cover - pydantic ships with mergekit
-        ValidationError = ()  # type: ignore[assignment]
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its class name when it has none); pydantic errors condensed."""
     if isinstance(exc, ValidationError):
         parts = []
         for err in exc.errors()[:3]:
@@ -58,5 +56,13 @@ def one_line(exc: BaseException) -> str:
             parts.append(f"{loc + ': ' if loc else ''}{err['msg']}{got}")
         return "; ".join(parts)
     text = str(exc).strip() or type(exc).__name__
-    first = text.splitlines()[0]
-    return first if user_exit_code(exc) is not None else f"{type(exc).__name__}: {first}"
+    return text.splitlines()[0]
+
+
+def one_line(exc: BaseException) -> str:
+    """A single-line description of ``exc`` for the CLI: a user error's (or a pydantic error's)
+    first line as it is, anything else's prefixed with its class name."""
+    text = first_line(exc)
+    if user_exit_code(exc) is not None or isinstance(exc, ValidationError):
+        return text
+    return f"{type(exc).__name__}: {text}"

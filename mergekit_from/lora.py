@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import click
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from mergekit_from.card import write_card
 from mergekit_from.errors import AdapterError, ConfigError, ModelInputError
 from mergekit_from.methods.from_merge import DEFAULT_K, from_merge_tensors
-from mergekit_from.output import Output, overwrite_option
+from mergekit_from.output import Output
 from zoo.adapter import CONFIG, WEIGHTS, LoraScaling, base_weight_name, factor_key, split_key
 
 
@@ -270,12 +270,7 @@ def write_adapter(
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     (out / "merge_report.json").write_text(json.dumps({"params": params, **report.to_json()}, indent=2) + "\n")
     base = template.base_model or "unknown"
-    lines = [
-        "---",
-        f"base_model: {base}",
-        "library_name: peft",
-        "tags:\n- merge\n- mergekit-from\n- from\n- lora",
-        "---",
+    body = "\n".join([
         "# Merged LoRA adapter",
         "",
         f"FroM merge ([arXiv:2506.02478](https://arxiv.org/abs/2506.02478)) of {len(sources)} LoRA adapters of "
@@ -286,40 +281,5 @@ def write_adapter(
         *[f"- `{s.path}`" for s in sources],
         "",
         f"Parameters: `{json.dumps(params)}`",
-        "",
-    ]
-    (out / "README.md").write_text("\n".join(lines))
-
-
-@click.command("lora")
-@click.argument("out_path", type=click.Path(path_type=Path))
-@click.argument("adapters", nargs=-1, required=True)
-@click.option("--base", "base", default=None, help="Base model folder: check every module's shape against it.")
-@click.option("--k", "k", type=float, default=DEFAULT_K, show_default=True, help="FroM exponent of ||Delta||_F.")
-@click.option("--lambda", "scale", type=float, default=1.0, show_default=True, help="Scale of the merged update.")
-@click.option("--weight", "weights", type=float, multiple=True, help="Prior weight per adapter, in order (repeat).")
-@click.option("--rank", type=int, default=None,
-              help="Rank of the output adapter, 1 to the merged update's full rank (input ranks summed, capped by "
-                   "each module's shape) [default: largest input rank].")
-@overwrite_option
-def lora_cmd(out_path: Path, adapters: tuple[str, ...], base, k, scale, weights, rank, overwrite) -> None:
-    """Merge PEFT LoRA ADAPTERS of one base with FroM into one adapter at OUT_PATH.
-
-    Each module's update scale*B@A is merged with FroM, then cut to --rank by truncated SVD;
-    the written adapter loads with peft.PeftModel.from_pretrained.
-    """
-    if scale <= 0:
-        raise ConfigError(f"--lambda must be > 0, got {scale}")
-    if any(w < 0 for w in weights):
-        raise ConfigError("--weight values must be >= 0")
-    output = Output.check(out_path, "lora", [*adapters, *([base] if base else [])], overwrite)
-    loaded = [LoraAdapter.load(p) for p in adapters]
-    check_adapters(loaded, base)
-    factors, report = merge_adapters(loaded, k=k, scale=scale, priors=list(weights) or None, rank=rank)
-    params = {"k": k, "lambda": scale, "weights": list(weights) or None, "rank": report.rank}
-    with output.staged() as tmp:
-        write_adapter(tmp, factors, loaded[0], report.rank, loaded, report, params)
-    click.echo(
-        f"wrote {out_path}: {len(factors)} modules at rank {report.rank}; rank-cut relative error "
-        f"{report.relative_error:.3e} overall, {report.max_module_relative_error:.3e} worst module"
-    )
+    ])
+    write_card(out, body, base_model=base, library_name="peft", tags=["merge", "mergekit-from", "from", "lora"])

@@ -27,8 +27,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
-import click
-
 from mergekit_from.errors import OutputError
 
 MARKER = ".mergekit-from.json"  # a dotfile: transformers, peft and mergekit ignore it
@@ -37,11 +35,6 @@ MODEL_COMMANDS = frozenset({"yaml", "lora", "auto"})
 
 Mode = Literal["new", "replace", "into"]
 STAGING = re.compile(r"\..+\.(?:partial|old)-")  # a run's staging folders, named after its OUT
-
-overwrite_option = click.option(
-    "--overwrite", is_flag=True,
-    help="Write into an existing non-empty folder that mergekit-from did not write (same-named files are "
-         "replaced, the others kept), as mergekit-yaml does.")
 
 
 def _within(path: Path, folder: Path) -> bool:

@@ -289,14 +289,14 @@ def task_objective(
     return total
 
 
-def calibration_losses(model_dir: Path, files: dict[str, Path], tokenizer_dir: Path, limit: int = 100,
-                       batch_size: int = 8) -> dict[str, float]:
-    """Mean response cross-entropy per task of the model in ``model_dir`` on its calibration files."""
+def calibration_losses(model_dir: Path, tasks: dict[str, list[calibration.Sample]], tokenizer_dir: Path,
+                       limit: int = 100, batch_size: int = 8) -> dict[str, float]:
+    """Mean response cross-entropy per task of the model in ``model_dir`` on the first ``limit`` samples."""
     tokenizer = calibration.load_tokenizer(tokenizer_dir)
     model = load_skeleton(Path(model_dir))
     losses = {}
-    for task, samples in calibration.load_tasks(files, limit).items():
-        encoded = calibration.encode(samples, tokenizer)
+    for task, samples in tasks.items():
+        encoded = calibration.encode(samples[:limit], tokenizer)
         batches = list(calibration.batches(encoded, batch_size, tokenizer.pad_token_id))
         losses[task] = task_objective(model, [batches], [len(encoded)], "cross_entropy", backward=False)
     return losses

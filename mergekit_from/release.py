@@ -12,16 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from huggingface_hub import HfApi, get_token
 
+from mergekit_from.card import write_card
 from mergekit_from.errors import ConfigError
-
-METHOD_NAMES = {
-    "from": "FroM (Frobenius-norm adaptive merging, [arXiv:2506.02478](https://arxiv.org/abs/2506.02478))",
-    "fw_hard": "FW-Merging, hard variant ([arXiv:2503.12649](https://arxiv.org/abs/2503.12649))",
-    "fw_soft": "FW-Merging, soft variant ([arXiv:2503.12649](https://arxiv.org/abs/2503.12649))",
-}
 
 
 @dataclass
@@ -57,23 +51,32 @@ def worse_than_base(evaluation: dict[str, dict[str, float]] | None) -> list[str]
     return [t for t, loss in evaluation["merged"].items() if loss > evaluation["base"][t]]
 
 
+def _method_title(name: str) -> str:
+    """The method as its mergekit spec names it, with its paper: "FroM (...) ([arXiv:...](url))"."""
+    from mergekit import merge_methods
+
+    spec = merge_methods.get(name).spec
+    paper = spec.reference_url.rsplit("/", 1)[-1] if spec.reference_url else None
+    return f"{spec.pretty_name} ([arXiv:{paper}]({spec.reference_url}))" if paper else spec.pretty_name or name
+
+
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
-def model_card(r: Release) -> str:
+def write_release_card(folder: Path, r: Release) -> None:
+    """The card of an `auto` merge: Hub merge metadata, sources pinned to commits, why, evaluation, recipe."""
     merged = [s for s in r.sources if (s.coefficient or 0) != 0 or (s.pick_share or 0) > 0]
-    meta = {
-        "base_model": [r.base.repo_id] + [s.repo_id for s in merged],
-        "base_model_relation": "merge",
-        "library_name": "transformers",
-        "tags": ["merge", "mergekit", "mergekit-from", r.method],
-    }
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", ""]
-    lines += [
+    write_card(folder, _card_body(r, merged), base_model=[r.base.repo_id] + [s.repo_id for s in merged],
+               base_model_relation="merge", library_name="transformers",
+               tags=["merge", "mergekit", "mergekit-from", r.method])
+
+
+def _card_body(r: Release, merged: list[Source]) -> str:
+    lines = [
         f"# {r.method} merge of {len(merged)} fine-tunes of {r.base.repo_id}",
         "",
-        f"Made by `mergekit-from auto` with {METHOD_NAMES.get(r.method, r.method)} for the target:",
+        f"Made by `mergekit-from auto` with {_method_title(r.method)} for the target:",
         "",
         f"> {r.target}",
         "",

@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import torch
 from safetensors import safe_open
 
@@ -21,9 +20,6 @@ from zoo.layout import first_mismatch, is_vocab_tensor
 
 # Weights that only torch.load reads: unpickling can run code, so they are read only on request.
 PICKLE_FILES = ["*.bin", "*.pt", "*.pth"]
-allow_pickle_option = click.option(
-    "--allow-pickle", is_flag=True,
-    help="Read pickled weights (.bin/.pt) of a folder without safetensors. Unsafe: unpickling can run code.")
 
 
 def refuse_pickles(folder: str | Path) -> None:

@@ -112,3 +112,23 @@ def test_missing_required_per_model_parameter(tiny, tmp_path):
          "models": [{"model": str(tiny["a"]), "parameters": {"weight": 1.0}}, {"model": str(tiny["b"])}]}
     line = run_bad(tmp_path, r)
     assert f"models[{tiny['b']}]: merge_method 'task_arithmetic' needs parameter 'weight'" in line
+
+
+def test_one_formatter_for_error_lines():
+    """first_line is the message's first line; one_line prefixes the class of a bug, not of a user error."""
+    from pydantic import BaseModel, ValidationError
+
+    from mergekit_from.errors import ConfigError, first_line, one_line
+
+    assert first_line(OSError()) == "OSError" and first_line(OSError("\n  no such file\nmore")) == "no such file"
+    assert one_line(OSError("no such file\nmore")) == "OSError: no such file"
+    assert one_line(ConfigError("bad k\nmore")) == "bad k"
+
+    class M(BaseModel):
+        k: int
+
+    try:
+        M(k="x")
+    except ValidationError as exc:
+        assert one_line(exc) == first_line(exc) == ("k: Input should be a valid integer, unable to parse string "
+                                                     "as an integer (got 'x')")

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from db import Score, Target
-from mergekit_from.calibration import sample_texts
+from mergekit_from.calibration import read_jsonl, sample_texts
 from mergekit_from.errors import CalibrationError
 from zoo.errors import ZooConfigError
 from zoo.scoring import score_target
@@ -44,13 +44,13 @@ def test_calibration_data_counts_and_bad_lines_name_the_line(crawled, tmp_path):
     calib.write_text("\n".join(json.dumps(x) for x in [
         {"prompt": "Translate to French: good morning", "response": "bonjour"},
         {"prompt": "Translate to French: thank you", "response": "merci"}]) + "\n")
-    cands = score_target(crawled, BASE, "a useful assistant", calib=sample_texts([calib]))
+    cands = score_target(crawled, BASE, "a useful assistant", calib=sample_texts(read_jsonl(calib)))
     assert cands[0].repo_id == "other/tiny-llama-french"
     assert "calibration" in cands[0].components["text"]["why"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": 1}\n')
     with pytest.raises(CalibrationError, match=r"bad.jsonl:2: key 'prompt' is missing or not a string"):
-        score_target(crawled, BASE, "x", calib=sample_texts([bad]))
+        score_target(crawled, BASE, "x", calib=sample_texts(read_jsonl(bad)))
 
 
 def test_a_target_is_named_by_its_calibration_text_not_by_the_files_bytes(crawled, tmp_path):
@@ -60,8 +60,8 @@ def test_a_target_is_named_by_its_calibration_text_not_by_the_files_bytes(crawle
     compact, spaced = tmp_path / "compact.jsonl", tmp_path / "spaced.jsonl"
     compact.write_text(json.dumps(sample, separators=(",", ":")) + "\n")
     spaced.write_text("\n" + json.dumps(dict(reversed(sample.items())), indent=None) + "\n\n")
-    first = score_target(crawled, BASE, "a useful assistant", calib=sample_texts([compact]))
-    second = score_target(crawled, BASE, "a useful assistant", calib=sample_texts([spaced]))
+    first = score_target(crawled, BASE, "a useful assistant", calib=sample_texts(read_jsonl(compact)))
+    second = score_target(crawled, BASE, "a useful assistant", calib=sample_texts(read_jsonl(spaced)))
     assert first[0].target_id == second[0].target_id
     assert first[0].target_id != score_target(crawled, BASE, "a useful assistant")[0].target_id
 

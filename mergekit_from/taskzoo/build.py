@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from db.paths import cache_root
+from mergekit_from.card import write_card
 from mergekit_from.errors import ModelInputError
 from mergekit_from.output import Output, replace_atomically
 from mergekit_from.taskzoo.evaluate import accuracy, evaluate_loaded
@@ -181,14 +182,10 @@ def _where(name: str) -> dict[str, str]:
     return {"path": (MODELS / name).as_posix(), "repo_id": f"{REPO_PREFIX}/{name}"}
 
 
-def _card(repo_id: str, *, base_model: str | None, tags: list[str], library: str, body: str) -> str:
-    lines = ["---"]
-    if base_model:
-        lines.append(f"base_model: {base_model}")
-    lines += [f"library_name: {library}", "pipeline_tag: text-generation", "license: apache-2.0", "tags:"]
-    lines += [f"- {t}" for t in ["mergekit-from-taskzoo", *tags]]
-    lines += ["---", "", f"# {repo_id}", "", body.strip(), ""]
-    return "\n".join(lines)
+def _card(repo_id: str, *, base_model: str | None, tags: list[str], library: str, body: str) -> dict[str, Any]:
+    """What :func:`write_card` writes for a zoo model."""
+    return {"body": f"# {repo_id}\n\n{body.strip()}", "base_model": base_model, "library_name": library,
+            "pipeline_tag": "text-generation", "license": "apache-2.0", "tags": ["mergekit-from-taskzoo", *tags]}
 
 
 DATA_README = """# Task zoo data
@@ -216,12 +213,12 @@ class _Builder:
     def _acc(self, model, tokenizer, tasks) -> dict[str, float]:
         return evaluate_loaded(model, tokenizer, tasks, self.spec.eval_n, seed=self.spec.seed)
 
-    def _save(self, name: str, model, tokenizer, card: str, entry: dict[str, Any]) -> None:
+    def _save(self, name: str, model, tokenizer, card: dict[str, Any], entry: dict[str, Any]) -> None:
         entry["recipe"] = self.recipes[name]
         with replace_atomically(self.root / MODELS / name) as tmp:
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
-            (tmp / "README.md").write_text(card)
+            write_card(tmp, **card)
             (tmp / "zoo_entry.json").write_text(json.dumps(entry, indent=1, allow_nan=False))
         self.models[name] = entry
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
+from mergekit_from.cli.options import allow_pickle_option, overwrite_option
 from mergekit_from.errors import ConfigError, ModelInputError
-from mergekit_from.output import overwrite_option
-from mergekit_from.weights import allow_pickle_option
 
 
 @click.group("taskzoo")

@@ -243,10 +243,11 @@ def runs_cmd(run_id: int | None, db_url: str | None, as_json: bool) -> None:
 def score_cmd(base: str, description: str, calib: tuple[str, ...], weights_dir: str | None, include_quantized: bool,
               db_url: str | None, top: int | None, as_json: bool) -> None:
     """Score the crawled descendants of --base for --target; scores are stored per target."""
-    from mergekit_from.calibration import sample_texts
+    from mergekit_from.calibration import read_jsonl, sample_texts
     from zoo.scoring import score_target
 
-    cands = score_target(_store(db_url), base, description, calib=sample_texts(calib), weights_dir=weights_dir,
+    texts = sample_texts(s for path in calib for s in read_jsonl(path))
+    cands = score_target(_store(db_url), base, description, calib=texts, weights_dir=weights_dir,
                          include_quantized=include_quantized)
     for c in cands[:top]:
         if as_json:

@@ -1,67 +1,11 @@
-"""The ``mergekit-from`` command line.
-
-Every subcommand reports a user error as one line on stderr with a non-zero exit; a bug keeps
-its traceback only with ``MERGEKIT_FROM_DEBUG=1``.
-"""
+"""``mergekit-from methods``: every registered merge method with its parameters and pre-pass settings."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 import typing
 
 import click
-from mergekit.options import MergeOptions, PrettyPrintHelp, add_merge_options
-
-from mergekit_from.errors import one_line, user_exit_code
-from mergekit_from.output import overwrite_option
-from mergekit_from.weights import allow_pickle_option
-
-
-class _Cli(click.Group):
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as exc:  # a bad option value is a user error like any other: one line, exit 2
-            click.echo(f"error: {exc.format_message()}", err=True)
-            ctx.exit(exc.exit_code)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
-        except KeyboardInterrupt:  # Ctrl-C: 128 + SIGINT, as shells report it; staged outputs removed themselves
-            click.echo("error: interrupted", err=True)
-            ctx.exit(130)
-        except BrokenPipeError:  # `mergekit-from methods | head`: the reader left, nothing to report
-            sys.stderr = open(os.devnull, "w")
-            ctx.exit(0)
-        except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into lines
-            if os.environ.get("MERGEKIT_FROM_DEBUG"):
-                raise
-            code = user_exit_code(exc)
-            hint = "" if code is not None else " (MERGEKIT_FROM_DEBUG=1 shows the traceback)"
-            click.echo(f"error: {one_line(exc)}{hint}", err=True)
-            ctx.exit(1 if code is None else code)
-
-
-@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="mergekit-from")
-def main() -> None:
-    """FroM and FW-Merging for mergekit, and a Hub model zoo to merge from."""
-
-
-@main.command("yaml", cls=PrettyPrintHelp)
-@click.argument("config_file")
-@click.argument("out_path")
-@overwrite_option
-@allow_pickle_option
-@add_merge_options
-def yaml_cmd(merge_options: MergeOptions, config_file: str, out_path: str, overwrite: bool,
-             allow_pickle: bool) -> None:
-    """Run a mergekit YAML recipe (as mergekit-yaml) with the plugin's methods registered."""
-    from mergekit_from.recipe import run_recipe
-
-    merge_options.apply_global_options()
-    run_recipe(config_file, out_path, merge_options, overwrite, allow_pickle)
 
 
 def _type_name(annotation: typing.Any) -> str:
@@ -124,7 +68,7 @@ def _setting_rows(method) -> list[dict[str, typing.Any]]:
     return rows
 
 
-@main.command("methods")
+@click.command("methods")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per method.")
 def methods_cmd(as_json: bool) -> None:
     """List registered merge methods (mergekit's and the plugin's) with their parameters, and
@@ -149,25 +93,3 @@ def methods_cmd(as_json: bool) -> None:
             default = "required" if p["required"] else f"default {p['default']!r}"
             desc = f"  - {p['description']}" if p["description"] else ""
             click.echo(f"    {p['name']:<18} {p['scope']:<9} {p['type']:<28} {default}{desc}")
-
-
-def _register_subcommands() -> None:
-    """Subcommands that live in their own modules (one line each)."""
-    from mergekit_from.auto import auto_cmd
-    from mergekit_from.demo import demo_cmd
-    from mergekit_from.lora import lora_cmd
-    from mergekit_from.taskzoo.cli import eval_cmd, taskzoo_cmd
-    from zoo.cli import zoo
-
-    main.add_command(auto_cmd)
-    main.add_command(demo_cmd)
-    main.add_command(lora_cmd)
-    main.add_command(zoo)
-    main.add_command(taskzoo_cmd)
-    main.add_command(eval_cmd)
-
-
-_register_subcommands()
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
