@@ -23,6 +23,7 @@ from mergekit.merge_methods.base import MergeMethod
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from db.kinds import RunStatus
 from mergekit_from.calibration import Sample, read_jsonl, sample_texts
 from mergekit_from.errors import ConfigError, MergekitFromError, ModelInputError, first_line, one_line
 from mergekit_from.methods import from_merge, fw_hard, fw_soft
@@ -328,7 +329,6 @@ def run_auto(req: AutoRequest) -> AutoResult:
 
 def _run_auto(req: AutoRequest, reporter: Reporter) -> AutoResult:
     from db import open_store
-    from db.kinds import RunStatus
     from zoo.crawler import Crawler
 
     started = time.perf_counter()
