@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -177,7 +176,7 @@ def check_settings(method: str, settings: dict[str, Any], tasks: list[str]) -> d
             except ValidationError as exc:
                 raise ConfigError(f"--set {key}={value!r} is invalid for {method}: {one_line(exc)}") from None
         return settings
-    from mergekit_from.frank_wolfe import INIT_KEYWORDS, HardSettings, SoftSettings
+    from mergekit_from.prepass.settings import INIT_KEYWORDS, HardSettings, SoftSettings
 
     model = SoftSettings if method == "fw_soft" else HardSettings
     accepted = sorted(set(model.model_fields) - {"targets"})  # auto sets the targets from --calib
@@ -287,43 +286,12 @@ def build_recipe(req: AutoRequest, base_path: Path, pool: list[PoolModel], files
     if req.method in DATA_METHODS:
         recipe[req.method] = {"targets": {t: str(p.resolve()) for t, p in files.items()}, **req.settings}
     else:
-        recipe["parameters"] = {"k": 2.0, **req.settings}
+        from mergekit_from.methods.from_merge import DEFAULT_K
+
+        recipe["parameters"] = {"k": DEFAULT_K, **req.settings}
     header = [f"# Written by `mergekit-from auto` for: {req.target}", f"# base: {req.base}"]
     header += [f"# pool: {m.repo_id}@{m.sha} (score {m.score:.3f}) -> {m.path}" for m in pool]
     return "\n".join(header) + "\n" + yaml.safe_dump(recipe, sort_keys=False)
-
-
-def from_coefficients_of(base_path: Path, paths: list[Path], parameters: dict[str, Any],
-                         priors: list[float] | None = None) -> list[float]:
-    """FroM's coefficient per source, as the merge applies it (k, lambda, scope and the per-model
-    weight ``priors``), averaged over floating tensors by size; one streaming pass over the pool."""
-    import torch
-    from mergekit.architecture import arch_info_for_config
-    from mergekit.merge_methods.base import TensorMetadata
-    from transformers import AutoConfig
-
-    from mergekit_from.methods.from_merge import DEFAULT_K, tensor_weights, uses_norms
-    from mergekit_from.weights import TensorIndex
-
-    config = AutoConfig.from_pretrained(base_path)
-    arch = arch_info_for_config(config)
-    metadata = {w.name: TensorMetadata.from_weight_info(w) for w in (arch.all_weights(config) if arch else ())}
-    k, scale, scope = parameters.get("k", DEFAULT_K), parameters.get("lambda", 1.0), parameters.get("scope", "all")
-    prior_t = torch.tensor(priors or [parameters.get("weight", 1.0)] * len(paths), dtype=torch.float64)
-    base = TensorIndex.open(base_path)
-    indexes = [TensorIndex.open(p) for p in paths]
-    totals = torch.zeros(len(paths), dtype=torch.float64)
-    size = 0
-    for name, shape in base.shapes.items():
-        b = base.tensor(name)
-        if not b.is_floating_point():
-            continue
-        norms = torch.tensor([float((ix.tensor(name).float() - b.float()).norm()) for ix in indexes])
-        use = uses_norms(scope, len(shape), metadata.get(name, TensorMetadata(name=name)))
-        n = math.prod(shape)
-        totals += tensor_weights(norms, prior_t, k, use) * scale * n
-        size += n
-    return [round(float(v / size), 6) for v in totals]
 
 
 def run_auto(req: AutoRequest) -> AutoResult:
@@ -387,7 +355,7 @@ def _merge(req: AutoRequest, output: Output, files: dict[str, Path], base_sha: s
     """Download, write the recipe, merge through `mergekit-from yaml`'s path, evaluate, card, push."""
     from mergekit.options import MergeOptions
 
-    from mergekit_from.prepass import calibration_losses
+    from mergekit_from.prepass.evaluation import calibration_losses
     from mergekit_from.recipe import check_recipe_file, merge_into
 
     base_path = download(req.base, base_sha, req)
@@ -437,16 +405,19 @@ def _merge(req: AutoRequest, output: Output, files: dict[str, Path], base_sha: s
 
 def _label_trace(out: Path, labels: dict[str, str]) -> None:
     """Redraw ``fw_trace.png`` with repo ids instead of the cache's snapshot folders."""
-    from mergekit_from.frank_wolfe import PLOT_FILE, TRACE_FILE, Trace, plot_trace
+    from mergekit_from.prepass.plot import PLOT_FILE, plot_trace
+    from mergekit_from.prepass.trace import TRACE_FILE, FWTrace
 
-    plot_trace(Trace(**json.loads((out / TRACE_FILE).read_text())), out / PLOT_FILE, labels)
+    plot_trace(FWTrace.read(out / TRACE_FILE), out / PLOT_FILE, labels)
 
 
 def _coefficients(req, out: Path, base_path: Path, pool: list[PoolModel]) -> tuple[dict[str, float], dict[str, float]]:
     """Per source repo: its coefficient in the merge, and (FW) its share of the picks."""
     by_path = {str(m.path): m.repo_id for m in pool}
     if req.method == "from":
-        weights = from_coefficients_of(base_path, [m.path for m in pool], req.settings)
+        from mergekit_from.methods.from_pool import mean_coefficients
+
+        weights = mean_coefficients(base_path, [m.path for m in pool], req.settings)
         return {m.repo_id: w for m, w in zip(pool, weights)}, {}
     trace = json.loads((out / "fw_trace.json").read_text())
     coefficients = {by_path.get(r, r): v for r, v in trace.get("coefficients", {}).items()}

@@ -1,9 +1,11 @@
 """Task generators, splits and the character tokenizer (no model needed)."""
 
 import itertools
+from functools import partial
 
 import pytest
 
+from mergekit_from import calibration
 from mergekit_from.errors import CalibrationError
 from mergekit_from.taskzoo.tasks import (
     CODES,
@@ -12,13 +14,14 @@ from mergekit_from.taskzoo.tasks import (
     TARGET_TASKS,
     TASKS,
     examples,
-    read_jsonl,
     shadows,
     split_of,
     stream,
     write_jsonl,
 )
 from mergekit_from.taskzoo.tokenizer import CharVocab
+
+read_jsonl = partial(calibration.read_jsonl, pairs_only=True)
 
 
 def _input(prompt: str) -> str:

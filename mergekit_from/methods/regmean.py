@@ -8,7 +8,7 @@ For a linear weight W_i ([out, in]) with input Gram G_i of model i,
 where W̄ is the plain mean of the W_i. Transformers' ``Conv1D`` (GPT-2) stores W_iᵀ ([in, out]);
 the pre-pass marks those tensors and the kernel solves for their transpose, as the official code
 does. Every tensor without Grams (embeddings, norms, biases) is the plain mean of the pool models.
-The Grams come from the pre-pass in :mod:`mergekit_from.regmean_grams`, started by
+The Grams come from the pre-pass in :mod:`mergekit_from.prepass.regmean`, started by
 ``mergekit-from yaml``; this kernel reads one model's Gram at a time.
 
 Two safeguards that the official code (fp32 ``torch.inverse``, no ridge) lacks:
@@ -48,7 +48,6 @@ from mergekit.merge_methods.base import (
     MergeMethodSpec,
     TensorGroup,
 )
-from pydantic import BaseModel
 
 from mergekit_from.errors import TensorValueError
 from mergekit_from.methods.side_file import side_file, side_file_spec
@@ -126,18 +125,6 @@ class RegMeanMerge(GroupMergeMethod):
             parameters=(side_file_spec("grams", "the index of the Gram files"),),
             contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=1),
         )
-
-    @property
-    def settings_model(self) -> type[BaseModel]:
-        """What a recipe sets for the pre-pass (section ``regmean:`` or ``parameters:``)."""
-        from mergekit_from.regmean_grams import RegMeanSettings
-
-        return RegMeanSettings
-
-    def prepass(self, config, raw: dict[str, Any], recipe_dir: Path):
-        from mergekit_from.regmean_grams import RegMeanPrePass
-
-        return RegMeanPrePass(config, raw, recipe_dir)
 
     def merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:
         grams = _grams_index(side_file("regmean", parameters, "grams"))

@@ -10,7 +10,7 @@ Python API::
 
 from mergekit_from.taskzoo.build import FULL, QUICK, Zoo, ZooSpec, build_zoo, default_zoo_dir, load_manifest
 from mergekit_from.taskzoo.evaluate import evaluate, load_model
-from mergekit_from.taskzoo.tasks import TARGET_TASKS, TASKS, examples, read_jsonl
+from mergekit_from.taskzoo.tasks import TARGET_TASKS, TASKS, examples
 
 __all__ = ["FULL", "QUICK", "TARGET_TASKS", "TASKS", "Zoo", "ZooSpec", "build_zoo", "default_zoo_dir",
-           "evaluate", "examples", "load_manifest", "load_model", "read_jsonl"]
+           "evaluate", "examples", "load_manifest", "load_model"]
