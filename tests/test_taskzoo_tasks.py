@@ -120,3 +120,17 @@ def test_hf_tokenizer_matches_char_vocab(tmp_path):
     assert ids == [vocab.bos_id, *vocab.encode(text)]
     assert tok.decode(ids, skip_special_tokens=True) == text
     assert (tok.pad_token_id, tok.eos_token_id) == (vocab.pad_id, vocab.eos_id)
+
+
+def test_training_batches_are_calibration_batches():
+    """Training encodes with calibration's encoder: ``<s> prompt response </s>``, loss on the response."""
+    from mergekit_from.taskzoo.training import encode_batch
+
+    vocab = CharVocab()
+    batch = encode_batch([("ab=", "ba"), ("abc=", "cba")], vocab)
+    ids = [vocab.bos_id, *vocab.encode("ab="), *vocab.encode("ba"), vocab.eos_id]
+    assert batch["input_ids"][0].tolist() == ids + [vocab.pad_id]
+    assert batch["labels"][0].tolist() == [calibration.IGNORE] * 4 + [*vocab.encode("ba"), vocab.eos_id, calibration.IGNORE]
+    assert batch["attention_mask"].tolist() == [[1] * 7 + [0], [1] * 8]
+    hf = calibration.collate(calibration.encode([calibration.Sample("abc=", "cba")], vocab.hf_tokenizer(), None), 0)
+    assert batch["input_ids"][1].tolist() == hf.input_ids[0].tolist() and batch["labels"][1].tolist() == hf.labels[0].tolist()

@@ -3,9 +3,9 @@
 The Frank-Wolfe optimisation needs the whole model, so it runs as a pre-pass
 (:class:`mergekit_from.prepass.fw.FWPrePass`, started by ``mergekit-from yaml``) and writes a
 plan (:class:`~mergekit_from.methods.fw_plan.FWPlan`): where θ₀ lives and, per iteration, the
-picked vertex and coefficient (per tensor where the LMO or AdaMerging works per tensor). This per-tensor kernel replays that plan inside mergekit's
-executor with the same update function, so the output's layout, sharding, dtype and card are
-mergekit's own.
+picked vertex and coefficient (per tensor where the LMO or AdaMerging works per tensor). This
+per-tensor kernel replays that plan inside mergekit's executor with the same update function, so
+the output's layout, sharding, dtype and card are mergekit's own.
 """
 
 from __future__ import annotations

@@ -22,10 +22,8 @@ EVAL_BATCH_SIZE = 8
 def model_losses(model: torch.nn.Module, tokenizer, samples: dict[str, Sequence[Sample]],
                  max_length: int = EVAL_MAX_LENGTH, batch_size: int = EVAL_BATCH_SIZE) -> dict[str, float]:
     """Mean per-sample response cross-entropy of ``model`` on each task's samples."""
-    losses = {}
-    for task, items in samples.items():
-        losses[task] = TaskBatches.of({task: items}, tokenizer, max_length, batch_size).objective(model, "cross_entropy")
-    return losses
+    return {task: TaskBatches.of({task: items}, tokenizer, max_length, batch_size).objective(model, "cross_entropy")
+            for task, items in samples.items()}
 
 
 def calibration_losses(model_dir: Path, files: dict[str, Path], tokenizer_dir: Path, limit: int = 100,

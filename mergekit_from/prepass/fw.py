@@ -175,7 +175,8 @@ class FWPrePass:
                            picked_by_tensor=pick.picked_by_tensor)
         return record, [Move(coef, vertices.vertex(picks, s.lmo))]
 
-    def _soft_picks(self, t, model, params, vertices: Vertices, tasks: TaskBatches) -> tuple[float, list[dict[str, int]]]:
+    def _soft_picks(self, t, model, params, vertices: Vertices,
+                    tasks: TaskBatches) -> tuple[float, list[dict[str, int]]]:
         """One distinct pick per target (at most one per candidate), and the mean objective."""
         chosen: list[dict[str, int]] = []
         objective = 0.0
