@@ -129,8 +129,8 @@ def test_training_batches_are_calibration_batches():
     vocab = CharVocab()
     batch = encode_batch([("ab=", "ba"), ("abc=", "cba")], vocab)
     ids = [vocab.bos_id, *vocab.encode("ab="), *vocab.encode("ba"), vocab.eos_id]
-    assert batch["input_ids"][0].tolist() == ids + [vocab.pad_id]
-    assert batch["labels"][0].tolist() == [calibration.IGNORE] * 4 + [*vocab.encode("ba"), vocab.eos_id, calibration.IGNORE]
-    assert batch["attention_mask"].tolist() == [[1] * 7 + [0], [1] * 8]
+    assert batch["input_ids"][0].tolist() == ids + [vocab.pad_id] * 2
+    assert batch["labels"][0].tolist() == [calibration.IGNORE] * 4 + [*vocab.encode("ba"), vocab.eos_id] + [-100] * 2
+    assert batch["attention_mask"].tolist() == [[1] * 7 + [0] * 2, [1] * 9]
     hf = calibration.collate(calibration.encode([calibration.Sample("abc=", "cba")], vocab.hf_tokenizer(), None), 0)
     assert batch["input_ids"][1].tolist() == hf.input_ids[0].tolist() and batch["labels"][1].tolist() == hf.labels[0].tolist()
