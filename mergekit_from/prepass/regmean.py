@@ -16,7 +16,6 @@ singular, so the ridge decides the directions its data did not reach); a Gram wi
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from safetensors.torch import save_file
 from mergekit_from import calibration
 from mergekit_from.errors import ConfigError, TensorValueError
 from mergekit_from.finite import is_finite
+from mergekit_from.methods.regmean import GramsIndex
 from mergekit_from.prepass.objective import load_skeleton, stored_names
 from mergekit_from.prepass.pool import Pool, ref_string
 from mergekit_from.prepass.progress import progress
@@ -195,6 +195,6 @@ class RegMeanPrePass:
             files[ref] = str(folder)
             del grams
         index = grams_dir / GRAMS_INDEX
-        index.write_text(json.dumps({"alpha": s.alpha, "ridge": s.ridge, "conv1d": conv1d, "models": files}))
+        GramsIndex(s.alpha, s.ridge, conv1d, files).write(index)
         parameters = {**(self.config.parameters or {}), "grams": str(index)}
         return self.config.model_copy(update={"parameters": parameters})
