@@ -176,9 +176,10 @@ def check_settings(method: str, settings: dict[str, Any], tasks: list[str]) -> d
             except ValidationError as exc:
                 raise ConfigError(f"--set {key}={value!r} is invalid for {method}: {one_line(exc)}") from None
         return settings
-    from mergekit_from.prepass.settings import INIT_KEYWORDS, HardSettings, SoftSettings
+    from mergekit_from.prepass.registry import settings_model
+    from mergekit_from.prepass.settings import INIT_KEYWORDS
 
-    model = SoftSettings if method == "fw_soft" else HardSettings
+    model = settings_model(method)
     accepted = sorted(set(model.model_fields) - {"targets"})  # auto sets the targets from --calib
     for key in settings:
         if key not in accepted:

@@ -72,6 +72,7 @@ class Pool:
 
     @classmethod
     def from_config(cls, config: MergeConfiguration, method: str, skip_incompatible: bool = False) -> "Pool":
+        """The pool of a recipe whose base model :func:`mergekit_from.recipe.check_base` checked."""
         if config.slices or config.modules:
             raise ConfigError(f"merge_method {method!r} takes a models: list (slices/modules are not supported)")
         base = TensorIndex.open(_local_dir(config.base_model, "base model"))
