@@ -24,8 +24,8 @@ def probe(zoo, targets: list[str], lam: float, towards: str, steps: list[float],
     from safetensors.torch import load_file
 
     from mergekit_from import calibration
-    from mergekit_from.frank_wolfe import HardSettings
-    from mergekit_from.prepass import task_objective
+    from mergekit_from.prepass.objective import TaskBatches
+    from mergekit_from.prepass.settings import HardSettings
     from mergekit_from.taskzoo.evaluate import evaluate_loaded, load_model
 
     fw = {k: f.default for k, f in HardSettings.model_fields.items()}  # the objective exactly as fw_hard sees it
@@ -35,15 +35,13 @@ def probe(zoo, targets: list[str], lam: float, towards: str, steps: list[float],
     theta0 = {k: base[k] + lam * sum(experts[t][k] - base[k] for t in targets) for k in base}
     model, tokenizer = load_model(zoo.base)
     files = {t: zoo.calibration(t) for t in targets}
-    tasks = calibration.load_tasks(files, fw["samples_per_task"])
-    batches = [list(calibration.batches(calibration.encode(s, tokenizer, fw["max_length"]), fw["batch_size"],
-                                        tokenizer.pad_token_id)) for s in tasks.values()]
+    tasks = TaskBatches.of(calibration.load_tasks(files, fw["samples_per_task"]), tokenizer, fw["max_length"],
+                           fw["batch_size"])
     rows = []
     for c in steps:
         model.load_state_dict({k: theta0[k] + c * (experts[towards][k] - theta0[k]) for k in base}, strict=False)
         with torch.no_grad():
-            objective = task_objective(model, batches, [len(s) for s in tasks.values()], fw["objective"],
-                                       backward=False)
+            objective = tasks.objective(model, fw["objective"])
         acc = evaluate_loaded(model, tokenizer, targets, n=n)
         rows.append({"c": c, "objective": round(objective, 4), "accuracy": acc,
                      "mean": round(sum(acc.values()) / len(acc), 4)})

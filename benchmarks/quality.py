@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mergekit_from.methods.from_merge import DEFAULT_K  # noqa: E402
 from mergekit_from.taskzoo import Zoo, build_zoo, evaluate  # noqa: E402
 
 FROM_KS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -101,7 +102,8 @@ METHODS: list[Run | Tuned] = [
     *(Run(f"from k={k:g}", "from", {"k": k}) for k in FROM_KS),
     # FroM is a convex combination (like linear); its lambda scales the merged task vector the way
     # task arithmetic's does, so it gets the same tuned-on-test treatment at the default k.
-    Tuned("from k=2 (λ tuned on test)", Run("from k=2", "from", {"k": 2.0}), "lambda", FROM_LAMBDAS),
+    Tuned(f"from k={DEFAULT_K:g} (λ tuned on test)", Run(f"from k={DEFAULT_K:g}", "from", {"k": DEFAULT_K}), "lambda",
+          FROM_LAMBDAS),
 ]
 
 

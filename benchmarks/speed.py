@@ -69,7 +69,9 @@ def count_params(model_dir: Path) -> int:
 def recipe(method: str, base: Path, models: list[Path]) -> str:
     import yaml
 
-    params = {"k": 2.0} if method == "from" else {"lambda": 1.0}
+    from mergekit_from.methods.from_merge import DEFAULT_K
+
+    params = {"k": DEFAULT_K} if method == "from" else {"lambda": 1.0}
     per_model = {} if method == "from" else {"weight": 1.0 / len(models)}
     return yaml.safe_dump({
         "merge_method": method,

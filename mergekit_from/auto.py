@@ -8,7 +8,6 @@ the output's ``mergekit_config.yml``; the run is recorded in the store's ``merge
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -172,9 +171,11 @@ def _check_parameters(method: MergeMethod, settings: dict[str, Any]) -> None:
 
 
 def _check_prepass_settings(method: MergeMethod, settings: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
-    from mergekit_from.frank_wolfe import INIT_KEYWORDS
+    from mergekit_from.prepass.registry import settings_model
+    from mergekit_from.prepass.settings import INIT_KEYWORDS
 
-    name, model = method.spec.name, method.settings_model
+    name = method.spec.name
+    model = settings_model(name)
     accepted = sorted(set(model.model_fields) - {"targets"})  # auto sets the targets from --calib
     for key in settings:
         if key not in accepted:
@@ -286,39 +287,6 @@ def build_recipe(req: AutoRequest, base_path: Path, pool: list[PoolModel], files
     header = [f"# Written by `mergekit-from auto` for: {req.target}", f"# base: {req.base}"]
     header += [f"# pool: {m.repo_id}@{m.sha} (score {m.score:.3f}) -> {m.path}" for m in pool]
     return "\n".join(header) + "\n" + yaml.safe_dump(recipe, sort_keys=False)
-
-
-def from_coefficients_of(base_path: Path, paths: list[Path], parameters: dict[str, Any],
-                         priors: list[float] | None = None) -> list[float]:
-    """FroM's coefficient per source, as the merge applies it (k, lambda, scope and the per-model
-    weight ``priors``), averaged over floating tensors by size; one streaming pass over the pool."""
-    import torch
-    from mergekit.architecture import arch_info_for_config
-    from mergekit.merge_methods.base import TensorMetadata
-    from transformers import AutoConfig
-
-    from mergekit_from.methods.from_merge import DEFAULT_K, tensor_weights, uses_norms
-    from mergekit_from.weights import TensorIndex
-
-    config = AutoConfig.from_pretrained(base_path)
-    arch = arch_info_for_config(config)
-    metadata = {w.name: TensorMetadata.from_weight_info(w) for w in (arch.all_weights(config) if arch else ())}
-    k, scale, scope = parameters.get("k", DEFAULT_K), parameters.get("lambda", 1.0), parameters.get("scope", "all")
-    prior_t = torch.tensor(priors or [parameters.get("weight", 1.0)] * len(paths), dtype=torch.float64)
-    base = TensorIndex.open(base_path)
-    indexes = [TensorIndex.open(p) for p in paths]
-    totals = torch.zeros(len(paths), dtype=torch.float64)
-    size = 0
-    for name, shape in base.shapes.items():
-        b = base.tensor(name)
-        if not b.is_floating_point():
-            continue
-        norms = torch.tensor([float((ix.tensor(name).float() - b.float()).norm()) for ix in indexes])
-        use = uses_norms(scope, len(shape), metadata.get(name, TensorMetadata(name=name)))
-        n = math.prod(shape)
-        totals += tensor_weights(norms, prior_t, k, use) * scale * n
-        size += n
-    return [round(float(v / size), 6) for v in totals]
 
 
 def run_auto(req: AutoRequest) -> AutoResult:
@@ -447,7 +415,7 @@ def _run_recipe(req: AutoRequest, reporter: Reporter, stage: Path, base_path: Pa
 def _evaluate(reporter: Reporter, stage: Path, base_path: Path,
               samples: dict[str, list[Sample]]) -> dict[str, dict[str, float]] | None:
     """Calibration loss per task of the base and the merge (None without --calib); warns where the merge is worse."""
-    from mergekit_from.prepass import calibration_losses
+    from mergekit_from.prepass.evaluation import calibration_losses
 
     if not samples:
         return None
@@ -474,7 +442,9 @@ def _coefficients(req: AutoRequest, out: Path, base_path: Path,
                   pool: list[PoolModel]) -> tuple[dict[str, float], dict[str, float]]:
     """Per source repo: its coefficient in the merge, and (FW) its share of the picks."""
     if req.method not in DATA_METHODS:
-        weights = from_coefficients_of(base_path, [m.path for m in pool], req.settings)
+        from mergekit_from.methods.from_pool import mean_coefficients
+
+        weights = mean_coefficients(base_path, [m.path for m in pool], req.settings)
         return {m.repo_id: w for m, w in zip(pool, weights)}, {}
     return _fw_coefficients(out, {str(base_path): req.base, **{str(m.path): m.repo_id for m in pool}}, pool)
 
@@ -483,14 +453,15 @@ def _fw_coefficients(out: Path, labels: dict[str, str],
                      pool: list[PoolModel]) -> tuple[dict[str, float], dict[str, float]]:
     """Read the FW trace once: its coefficients and pick shares by repo id, and ``fw_trace.png``
     redrawn with repo ids instead of the cache's snapshot folders."""
-    from mergekit_from.frank_wolfe import PLOT_FILE, TRACE_FILE, Trace, plot_trace
+    from mergekit_from.prepass.plot import PLOT_FILE, plot_trace
+    from mergekit_from.prepass.trace import TRACE_FILE, FWTrace
 
-    trace = Trace(**json.loads((out / TRACE_FILE).read_text()))
+    trace = FWTrace.read(out / TRACE_FILE)
     plot_trace(trace, out / PLOT_FILE, labels)
     coefficients = {labels.get(r, r): v for r, v in trace.coefficients.items()}
     share: dict[str, float] = {}
     for it in trace.iterations:
-        for r, v in it.get("pick_share", {}).items():
+        for r, v in it.pick_share.items():
             share[labels.get(r, r)] = share.get(labels.get(r, r), 0.0) + v / len(trace.iterations)
     return ({m.repo_id: coefficients.get(m.repo_id, 0.0) for m in pool},
             {m.repo_id: round(share.get(m.repo_id, 0.0), 4) for m in pool})

@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 
@@ -26,16 +26,18 @@ from mergekit_from.errors import CalibrationError, first_line
 IGNORE = -100  # label value that the loss skips (prompt and padding positions)
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One calibration example; ``response`` is None for ``{"text"}`` lines."""
+class Sample(NamedTuple):
+    """One calibration example; ``response`` is None for ``{"text"}`` lines (a pair compares
+    equal to its ``(prompt, response)`` tuple)."""
 
     prompt: str
     response: str | None = None
 
 
-def read_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[Sample]:
-    """The first ``limit`` samples of a JSONL file (all when None); strict about every line read."""
+def read_jsonl(path: str | os.PathLike, limit: int | None = None, pairs_only: bool = False) -> list[Sample]:
+    """The first ``limit`` samples of a JSONL file (all when None); strict about every line read.
+
+    ``pairs_only``: every sample must be a prompt/response pair (the task zoo's files)."""
     path = Path(path)
     if not path.is_file():
         raise CalibrationError(f"calibration file not found: {path}")
@@ -49,6 +51,8 @@ def read_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[Sample
             samples.append(_parse_line(line, f"{path}:{lineno}"))
     if not samples:
         raise CalibrationError(f"{path}: no samples (the file has no JSON lines)")
+    if pairs_only and any(s.response is None for s in samples):
+        raise CalibrationError(f"{path}: task files need {{\"prompt\", \"response\"}} lines, not {{\"text\"}}")
     return samples
 
 
@@ -107,8 +111,9 @@ class Encoded:
     prompt_len: int  # tokens of the prompt (all tokens for text samples)
 
 
-def encode(samples: Sequence[Sample], tokenizer, max_length: int = 256) -> list[Encoded]:
-    """Tokenise prompt and response separately so the response mask is exact, then truncate."""
+def encode(samples: Sequence[Sample], tokenizer, max_length: int | None = 256) -> list[Encoded]:
+    """Tokenise prompt and response separately so the response mask is exact, then truncate
+    (``max_length`` None: never)."""
     out = []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     for s in samples:
@@ -119,7 +124,8 @@ def encode(samples: Sequence[Sample], tokenizer, max_length: int = 256) -> list[
             resp = tokenizer(s.response, add_special_tokens=False)["input_ids"] + eos
             ids = prompt + resp
             labels = [IGNORE] * len(prompt) + resp
-        out.append(Encoded(ids[:max_length], labels[:max_length], min(len(prompt), max_length)))
+        cut = len(ids) if max_length is None else max_length
+        out.append(Encoded(ids[:cut], labels[:cut], min(len(prompt), cut)))
     return out
 
 

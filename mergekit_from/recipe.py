@@ -32,7 +32,8 @@ from mergekit_from.errors import ConfigError, ModelInputError, one_line
 from mergekit_from.finite import check_output
 from mergekit_from.methods.side_file import user_parameters
 from mergekit_from.output import Output
-from mergekit_from.prepass import PrePass, absolute_reference, ref_string
+from mergekit_from.prepass.pool import absolute_reference, ref_string
+from mergekit_from.prepass.registry import PrePass, settings_model, start_prepass
 from mergekit_from.registry import is_plugin_method
 from mergekit_from.weights import TensorIndex, refuse_pickles
 
@@ -106,7 +107,7 @@ def _accepted_keys(method: MergeMethod) -> dict[str, list[str]]:
     (per-model ones also on models and sources) and, at the top, its pre-pass settings."""
     params = user_parameters(method.spec)
     per_input = [p.name for p in params if p.scope != ParameterScope.SHARED]
-    settings = getattr(method, "settings_model", None)
+    settings = settings_model(method.spec.name)
     return {
         "top": [p.name for p in params] + list(settings.model_fields if settings else ()),
         "slice": [p.name for p in params],
@@ -247,12 +248,16 @@ def check_models(config: MergeConfiguration, allow_pickle: bool = False) -> None
             indexes[first].check_same_vocab(indexes[ref], label=str(ref), reference=label)
 
 
-def check_recipe(config: MergeConfiguration, allow_pickle: bool = False) -> MergeMethod:
-    """The checks that can run before loading a tensor, after :func:`check_parameters` and a
-    pre-pass's own (which may leave models out); returns the resolved method."""
-    method = resolve_method(config.merge_method)
+def check_base(config: MergeConfiguration, method: MergeMethod) -> None:
+    """A method that needs a base model has one (checked before a pre-pass builds its pool)."""
     if method.spec.contract.base == BasePolicy.REQUIRED and config.base_model is None:
         raise ConfigError(f"merge_method {config.merge_method!r} needs a base_model")
+
+
+def check_recipe(config: MergeConfiguration, allow_pickle: bool = False) -> MergeMethod:
+    """The checks that can run before loading a tensor, after :func:`check_parameters`,
+    :func:`check_base` and a pre-pass's own (which may leave models out); returns the resolved method."""
+    method = resolve_method(config.merge_method)
     check_required(config, method)
     check_models(config, allow_pickle)
     return method
@@ -274,17 +279,17 @@ def check_recipe_file(config_file: str | os.PathLike, options: MergeOptions,
                       allow_pickle: bool = False) -> CheckedRecipe:
     """Load and check a recipe, its pre-pass settings and its local inputs; nothing is computed.
 
-    A method that needs the whole model (FW-Merging, RegMean) has a ``prepass(config, raw,
-    recipe_dir)`` hook: it validates its own settings here; its ``run`` computes later, inside
-    the output (side files such as traces land next to the model).
+    A method that needs the whole model (FW-Merging, RegMean) has a pre-pass in
+    :mod:`mergekit_from.prepass.registry`: it validates its own settings here; its ``run``
+    computes later, inside the output (side files such as traces land next to the model).
     """
     config, source = load_recipe(config_file)
     config = absolutize_paths(config)  # models resolve against the working directory, as in mergekit
     raw = yaml.safe_load(source)
     method = resolve_method(config.merge_method)
     check_parameters(config, method)  # before a pre-pass reads its settings and data
-    hook = getattr(method, "prepass", None)
-    prepass = hook(config, raw, Path(config_file).resolve().parent) if hook else None
+    check_base(config, method)
+    prepass = start_prepass(method.spec.name, config, raw, Path(config_file).resolve().parent)
     if prepass is not None:
         config = prepass.config
     check_recipe(config, allow_pickle)

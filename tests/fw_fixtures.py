@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, models, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from mergekit_from import calibration
-from mergekit_from.prepass import batch_loss
+from mergekit_from.prepass.objective import batch_loss
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHARS = "abcdefghijklmnopqrstuvwxyz:>"

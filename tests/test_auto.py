@@ -217,7 +217,7 @@ def test_card_coefficients_are_the_ones_the_merge_used(tiny, tmp_path):
     merged weights by least squares and averaged by size, equal what auto writes on the card."""
     import torch
 
-    from mergekit_from.auto import from_coefficients_of
+    from mergekit_from.methods.from_pool import mean_coefficients
 
     models, priors = [tiny["a"], tiny["b"], tiny["c"]], [0.5, 2.0, 1.0]
     params = {"k": 1.0, "lambda": 0.8, "scope": "linear"}
@@ -231,17 +231,18 @@ def test_card_coefficients_are_the_ones_the_merge_used(tiny, tmp_path):
         used = torch.linalg.lstsq(taus, (merged[name] - b).double().flatten()).solution
         totals += used * b.numel()
         size += b.numel()
-    card = from_coefficients_of(tiny["base"], models, params, priors)
+    card = mean_coefficients(tiny["base"], models, params, priors)
     assert torch.allclose(torch.tensor(card, dtype=torch.float64), totals / size, atol=1e-4), (card, totals / size)
     assert abs(sum(card) - 0.8) < 1e-4 and card[1] > card[0]  # not the unweighted, all-scope, lambda-free figures
 
 
 def test_fw_trace_title_stays_inside_the_figure():
-    from mergekit_from.frank_wolfe import Trace, trace_figure
+    from mergekit_from.prepass.plot import trace_figure
+    from mergekit_from.prepass.trace import FWTrace, Iteration
 
     targets = ["reverse_words", "sort_letters", "shift_cipher", "maxchar", "evens"]
-    trace = Trace("fw_soft", {"objective": "cross_entropy"}, ["org/a", "org/b"], targets,
-                  [{"iter": 0, "objective": 1.0, "pick_share": {"org/a": 1.0}}], 0.5)
+    trace = FWTrace("fw_soft", {"objective": "cross_entropy"}, ["org/a", "org/b"], targets,
+                    [Iteration(0, 1.0, pick_share={"org/a": 1.0})], 0.5)
     fig = trace_figure(trace)
     fig.canvas.draw()
     box, title = fig.bbox, fig.axes[0].title

@@ -14,8 +14,10 @@ from safetensors.torch import load_file
 
 from mergekit_from import calibration
 from mergekit_from.cli import main
-from mergekit_from.frank_wolfe import fw_step, lmo_picks, step_coefficient, ties_trim
-from mergekit_from.prepass import load_skeleton, ref_string, task_objective
+from mergekit_from.methods.fw_plan import FWPlan, Move, fw_step, ties_trim
+from mergekit_from.prepass.lmo import lmo_picks, step_coefficient
+from mergekit_from.prepass.objective import load_skeleton, task_objective
+from mergekit_from.prepass.pool import ref_string
 from mergekit_from.weights import TensorIndex
 
 
@@ -148,7 +150,7 @@ def test_streaming_never_holds_two_candidates(tmp_path, monkeypatch):
 
 def test_objectives_on_known_logits():
     from mergekit_from.calibration import Batch
-    from mergekit_from.prepass import sample_losses
+    from mergekit_from.prepass.objective import sample_losses
 
     ids = torch.tensor([[1, 2, 3, 4]])
     labels = torch.tensor([[-100, -100, 3, 4]])
@@ -192,10 +194,10 @@ def test_data_paths_are_relative_to_the_recipe(tmp_path):
 
 
 def test_effective_coefficients_recurrence():
-    from mergekit_from.frank_wolfe import effective_coefficients
+    from mergekit_from.prepass.trace import effective_coefficients
 
-    plan = {"initial": "theta0", "tensors": ["w", "v"],
-            "steps": [[{"coef": 0.5, "vertex": "A"}], [{"coef": {"w": 0.2, "v": 0.0}, "vertex": {"w": "base", "v": "B"}}]]}
+    plan = FWPlan("fw_hard", "theta0", ["w", "v"], None,
+                  [[Move(0.5, "A")], [Move({"w": 0.2, "v": 0.0}, {"w": "base", "v": "B"})]])
     coeffs = effective_coefficients(plan, "base", lambda name: {"A": 0.3, "B": 0.3}, {"w": 3, "v": 1})
     # after step 1 (both tensors): A 0.15 + 0.5 = 0.65, B 0.15; step 2 on w: x0.8 towards the base
     assert coeffs == {"A": pytest.approx(0.75 * 0.52 + 0.25 * 0.65), "B": pytest.approx(0.75 * 0.12 + 0.25 * 0.15)}

@@ -22,16 +22,9 @@ def lint(*contracts: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("contract", ["layers", "light-layers", "acyclic-lower"])
+@pytest.mark.parametrize("contract", ["layers", "light-layers", "acyclic-lower", "acyclic-mergekit-from"])
 def test_import_contract_is_kept(contract):
     run = lint(contract)
-    assert run.returncode == 0, run.stdout + run.stderr
-
-
-@pytest.mark.xfail(strict=True, reason="known cycles: methods.fw_merge <-> frank_wolfe (fw_step / per_tensor) and "
-                                       "taskzoo.evaluate -> taskzoo.build; the pre-pass package removes them")
-def test_mergekit_from_has_no_import_cycles():
-    run = lint("acyclic-mergekit-from")
     assert run.returncode == 0, run.stdout + run.stderr
 
 

@@ -13,7 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from mergekit.config import MergeConfiguration
 
-from mergekit_from import calibration, prepass, regmean_grams
+from mergekit_from import calibration
+from mergekit_from.prepass import objective
+from mergekit_from.prepass import regmean as regmean_grams
 from mergekit_from.calibration import Batch
 from mergekit_from.cli import main
 from mergekit_from.methods.regmean import regmean_solve, shrink
@@ -101,7 +103,7 @@ def test_two_models_linear_weights_solved_others_averaged(tmp_path, monkeypatch)
     """Also checks that Grams are computed one model at a time (instrumented skeleton loader)."""
     alive: list[weakref.ref] = []
     worst = [0]
-    original = prepass.load_skeleton
+    original = objective.load_skeleton
 
     def tracked(*args, **kwargs):
         model = original(*args, **kwargs)
@@ -130,7 +132,7 @@ def test_regmean_beats_the_average_on_its_own_objective(tmp_path):
     grams = {}
     for i, ref in enumerate(pre.pool.refs):
         enc = calibration.encode(pre.samples[ref], tok)
-        model = prepass.load_skeleton(Path(pre.pool.indexes[i].root))
+        model = objective.load_skeleton(Path(pre.pool.indexes[i].root))
         batches = calibration.batches(enc, 8, tok.pad_token_id)
         grams[ref] = regmean_grams.model_grams(model, set(pre.pool.base.shapes), batches)
     name = "model.layers.1.self_attn.q_proj.weight"
@@ -187,8 +189,8 @@ def test_gpt2_conv1d_weights_get_grams_and_the_official_solve(tmp_path, gpt2_poo
     grams, weights = [], []
     for m, d in data.items():
         enc = calibration.encode(calibration.read_jsonl(d, 100), tok)
-        model = prepass.load_skeleton(m)
-        stored = prepass.stored_names(model, TensorIndex.open(m))
+        model = objective.load_skeleton(m)
+        stored = objective.stored_names(model, TensorIndex.open(m))
         g = regmean_grams.model_grams(model, set(stored), calibration.batches(enc, 8, tok.pad_token_id))
         assert {"transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.weight",
                 "transformer.h.0.mlp.c_proj.weight", conv} <= set(g)

@@ -1,9 +1,11 @@
 """Task generators, splits and the character tokenizer (no model needed)."""
 
 import itertools
+from functools import partial
 
 import pytest
 
+from mergekit_from import calibration
 from mergekit_from.errors import CalibrationError
 from mergekit_from.taskzoo.tasks import (
     CODES,
@@ -12,13 +14,14 @@ from mergekit_from.taskzoo.tasks import (
     TARGET_TASKS,
     TASKS,
     examples,
-    read_jsonl,
     shadows,
     split_of,
     stream,
     write_jsonl,
 )
 from mergekit_from.taskzoo.tokenizer import CharVocab
+
+read_jsonl = partial(calibration.read_jsonl, pairs_only=True)
 
 
 def _input(prompt: str) -> str:
@@ -117,3 +120,17 @@ def test_hf_tokenizer_matches_char_vocab(tmp_path):
     assert ids == [vocab.bos_id, *vocab.encode(text)]
     assert tok.decode(ids, skip_special_tokens=True) == text
     assert (tok.pad_token_id, tok.eos_token_id) == (vocab.pad_id, vocab.eos_id)
+
+
+def test_training_batches_are_calibration_batches():
+    """Training encodes with calibration's encoder: ``<s> prompt response </s>``, loss on the response."""
+    from mergekit_from.taskzoo.training import encode_batch
+
+    vocab = CharVocab()
+    batch = encode_batch([("ab=", "ba"), ("abc=", "cba")], vocab)
+    ids = [vocab.bos_id, *vocab.encode("ab="), *vocab.encode("ba"), vocab.eos_id]
+    assert batch["input_ids"][0].tolist() == ids + [vocab.pad_id] * 2
+    assert batch["labels"][0].tolist() == [calibration.IGNORE] * 4 + [*vocab.encode("ba"), vocab.eos_id] + [-100] * 2
+    assert batch["attention_mask"].tolist() == [[1] * 7 + [0] * 2, [1] * 9]
+    hf = calibration.collate(calibration.encode([calibration.Sample("abc=", "cba")], vocab.hf_tokenizer(), None), 0)
+    assert batch["input_ids"][1].tolist() == hf.input_ids[0].tolist() and batch["labels"][1].tolist() == hf.labels[0].tolist()

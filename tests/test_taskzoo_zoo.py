@@ -8,8 +8,9 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from mergekit_from.calibration import read_jsonl
 from mergekit_from.cli import main
-from mergekit_from.taskzoo import build_zoo, evaluate, load_manifest, load_model, read_jsonl
+from mergekit_from.taskzoo import build_zoo, evaluate, load_manifest, load_model
 from mergekit_from.taskzoo.evaluate import accuracy, predict
 from mergekit_from.taskzoo.tasks import examples
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mergekit_from.errors import ModelInputError
-from mergekit_from.prepass import layout_mismatch
+from mergekit_from.prepass.pool import layout_mismatch
 from mergekit_from.weights import TensorIndex
 from zoo.fingerprint import Fingerprint, compare
 from zoo.layout import first_mismatch

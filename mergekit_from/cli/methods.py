@@ -50,7 +50,9 @@ def _parameter_rows(spec) -> list[dict[str, typing.Any]]:
 
 def _setting_rows(method) -> list[dict[str, typing.Any]]:
     """A pre-pass method's settings, read off its pydantic settings model."""
-    model = getattr(method, "settings_model", None)
+    from mergekit_from.prepass.registry import settings_model
+
+    model = settings_model(method.spec.name)
     if model is None:
         return []
     rows = []
@@ -63,7 +65,7 @@ def _setting_rows(method) -> list[dict[str, typing.Any]]:
             "default": None if field.is_required() else field.get_default(call_default_factory=True),
             "required": field.is_required(),
             "description": field.description,
-            "per_model": name in getattr(model, "per_model", ()),
+            "per_model": name in model.per_model,
         })
     return rows
 

@@ -1,19 +1,17 @@
 """FW-Merging (hard and soft) as mergekit methods ``fw_hard`` and ``fw_soft``.
 
 The Frank-Wolfe optimisation needs the whole model, so it runs as a pre-pass
-(:class:`mergekit_from.frank_wolfe.FWPrePass`, started by ``mergekit-from yaml``) and writes a
-plan: where θ₀ lives and, per iteration, the picked vertex and coefficient (per tensor where the
-LMO or AdaMerging works per tensor). This per-tensor kernel replays that plan inside mergekit's
-executor with the same update function, so the output's layout, sharding, dtype and card are
-mergekit's own.
+(:class:`mergekit_from.prepass.fw.FWPrePass`, started by ``mergekit-from yaml``) and writes a
+plan (:class:`~mergekit_from.methods.fw_plan.FWPlan`): where θ₀ lives and, per iteration, the
+picked vertex and coefficient (per tensor where the LMO or AdaMerging works per tensor). This
+per-tensor kernel replays that plan inside mergekit's executor with the same update function, so
+the output's layout, sharding, dtype and card are mergekit's own.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -24,37 +22,14 @@ from mergekit.merge_methods.base import (
     MergeMethodSpec,
     TensorGroup,
 )
-from pydantic import BaseModel
 
+from mergekit_from.methods.fw_plan import FWPlan
 from mergekit_from.methods.side_file import side_file, side_file_spec
 
 
 @lru_cache(maxsize=4)
-def _load_plan(path: str) -> dict[str, Any]:
-    plan = json.loads(Path(path).read_text())
-    plan["tensor_set"] = frozenset(plan["tensors"])
-    return plan
-
-
-def per_tensor(value: Any, name: str) -> Any:
-    """A plan entry's value for tensor ``name`` (plain values hold for every tensor)."""
-    return value[name] if isinstance(value, dict) else value
-
-
-def replay_plan(plan: dict[str, Any], name: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Tensor ``name`` of the FW result, from the inputs' tensors keyed by model reference."""
-    from mergekit_from.frank_wolfe import fw_step
-
-    theta = tensors[plan["initial"]].float()
-    if name not in plan["tensor_set"]:
-        return theta
-    for moves in plan["steps"]:
-        theta = fw_step(
-            theta,
-            [(per_tensor(m["coef"], name), tensors[per_tensor(m["vertex"], name)]) for m in moves],
-            plan["density"],
-        )
-    return theta
+def _load_plan(path: str) -> FWPlan:
+    return FWPlan.read(path)
 
 
 @dataclass(frozen=True)
@@ -75,22 +50,10 @@ class FWMerge(GroupMergeMethod):
             contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=1),
         )
 
-    @property
-    def settings_model(self) -> type[BaseModel]:
-        """What a recipe sets for the pre-pass (section ``fw_hard:``/``fw_soft:`` or ``parameters:``)."""
-        from mergekit_from.frank_wolfe import HardSettings, SoftSettings
-
-        return SoftSettings if self.variant == "soft" else HardSettings
-
-    def prepass(self, config, raw: dict[str, Any], recipe_dir: Path):
-        from mergekit_from.frank_wolfe import FWPrePass
-
-        return FWPrePass(self.method_name, config, raw, recipe_dir)
-
     def merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:
         plan = _load_plan(side_file(self.method_name, parameters, "plan"))
         tensors = {str(e.id): e.tensor for e in group.entries}
-        return replay_plan(plan, group.metadata.name, tensors).to(group.base.tensor.dtype)
+        return plan.replay(group.metadata.name, tensors).to(group.base.tensor.dtype)
 
 
 fw_hard = FWMerge("hard")

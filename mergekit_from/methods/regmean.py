@@ -8,7 +8,7 @@ For a linear weight W_i ([out, in]) with input Gram G_i of model i,
 where W̄ is the plain mean of the W_i. Transformers' ``Conv1D`` (GPT-2) stores W_iᵀ ([in, out]);
 the pre-pass marks those tensors and the kernel solves for their transpose, as the official code
 does. Every tensor without Grams (embeddings, norms, biases) is the plain mean of the pool models.
-The Grams come from the pre-pass in :mod:`mergekit_from.regmean_grams`, started by
+The Grams come from the pre-pass in :mod:`mergekit_from.prepass.regmean`, started by
 ``mergekit-from yaml``; this kernel reads one model's Gram at a time.
 
 Two safeguards that the official code (fp32 ``torch.inverse``, no ridge) lacks:
@@ -35,7 +35,7 @@ Two safeguards that the official code (fp32 ``torch.inverse``, no ridge) lacks:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -48,7 +48,6 @@ from mergekit.merge_methods.base import (
     MergeMethodSpec,
     TensorGroup,
 )
-from pydantic import BaseModel
 
 from mergekit_from.errors import TensorValueError
 from mergekit_from.methods.side_file import side_file, side_file_spec
@@ -106,13 +105,35 @@ def check_reach(merged: torch.Tensor, weights: list[torch.Tensor], mean: torch.T
         )
 
 
+@dataclass(frozen=True)
+class GramsIndex:
+    """What the pre-pass hands the kernel (``grams.json``): the solve's settings and, per pool
+    model, the folder of its Grams (a TensorIndex-readable safetensors file)."""
+
+    alpha: float
+    ridge: float
+    conv1d: list[str]  # tensors stored [in, out] (transformers' Conv1D)
+    models: dict[str, str]  # model reference -> folder of its Grams
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def read(cls, path: str | Path) -> "GramsIndex":
+        return cls(**json.loads(Path(path).read_text()))
+
+    @cached_property
+    def indexes(self) -> dict[str, TensorIndex]:
+        return {ref: TensorIndex.open(folder) for ref, folder in self.models.items()}
+
+    @cached_property
+    def conv1d_set(self) -> frozenset[str]:
+        return frozenset(self.conv1d)
+
+
 @lru_cache(maxsize=4)
-def _grams_index(path: str) -> dict[str, Any]:
-    """``{"alpha", "ridge", "conv1d": [tensors stored [in, out]], "indexes": {model: TensorIndex of its Grams}}``."""
-    data = json.loads(Path(path).read_text())
-    data["indexes"] = {ref: TensorIndex.open(folder) for ref, folder in data["models"].items()}
-    data["conv1d"] = frozenset(data["conv1d"])
-    return data
+def _grams_index(path: str) -> GramsIndex:
+    return GramsIndex.read(path)
 
 
 @dataclass(frozen=True)
@@ -127,28 +148,16 @@ class RegMeanMerge(GroupMergeMethod):
             contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=1),
         )
 
-    @property
-    def settings_model(self) -> type[BaseModel]:
-        """What a recipe sets for the pre-pass (section ``regmean:`` or ``parameters:``)."""
-        from mergekit_from.regmean_grams import RegMeanSettings
-
-        return RegMeanSettings
-
-    def prepass(self, config, raw: dict[str, Any], recipe_dir: Path):
-        from mergekit_from.regmean_grams import RegMeanPrePass
-
-        return RegMeanPrePass(config, raw, recipe_dir)
-
     def merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:
         grams = _grams_index(side_file("regmean", parameters, "grams"))
         name = group.metadata.name
         entries = group.non_base
-        indexes = [grams["indexes"].get(str(e.id)) for e in entries]
+        indexes = [grams.indexes.get(str(e.id)) for e in entries]
         out_dtype = group.base.tensor.dtype
         if all(ix is not None and name in ix.shapes for ix in indexes):
-            conv1d = name in grams["conv1d"]
+            conv1d = name in grams.conv1d_set
             pairs = ((e.tensor.T if conv1d else e.tensor, ix.tensor(name)) for e, ix in zip(entries, indexes))
-            merged = regmean_solve(pairs, grams["alpha"], name, grams["ridge"])
+            merged = regmean_solve(pairs, grams.alpha, name, grams.ridge)
             return (merged.T if conv1d else merged).to(out_dtype)
         return (sum(e.tensor.float() for e in entries) / len(entries)).to(out_dtype)
 

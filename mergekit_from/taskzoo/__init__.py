@@ -8,9 +8,10 @@ Python API::
     evaluate(merged_dir, zoo.targets, n=200, tokenizer_dir=zoo.base)   # {task: exact-match}
 """
 
-from mergekit_from.taskzoo.build import FULL, QUICK, Zoo, ZooSpec, build_zoo, default_zoo_dir, load_manifest
+from mergekit_from.taskzoo.build import FULL, QUICK, ZooSpec, build_zoo, default_zoo_dir
 from mergekit_from.taskzoo.evaluate import evaluate, load_model
-from mergekit_from.taskzoo.tasks import TARGET_TASKS, TASKS, examples, read_jsonl
+from mergekit_from.taskzoo.manifest import Zoo, load_manifest
+from mergekit_from.taskzoo.tasks import TARGET_TASKS, TASKS, examples
 
 __all__ = ["FULL", "QUICK", "TARGET_TASKS", "TASKS", "Zoo", "ZooSpec", "build_zoo", "default_zoo_dir",
-           "evaluate", "examples", "load_manifest", "load_model", "read_jsonl"]
+           "evaluate", "examples", "load_manifest", "load_model"]

@@ -36,15 +36,14 @@ from mergekit_from.card import write_card
 from mergekit_from.errors import ModelInputError
 from mergekit_from.output import Output, replace_atomically
 from mergekit_from.taskzoo.evaluate import accuracy, evaluate_loaded
+from mergekit_from.taskzoo.manifest import FORMAT_VERSION, MANIFEST, Zoo, load_manifest
 from mergekit_from.taskzoo.tasks import TARGET_TASKS, TASKS, examples, stream, write_jsonl
 from mergekit_from.taskzoo.tokenizer import WIDE_CHARS, CharVocab
 from mergekit_from.taskzoo.training import ModelShape, TrainSchedule, new_model, train
 
-MANIFEST = "manifest.json"
 DATA = "data"
 # What a zoo folder holds: its build, and the caches benchmarks/quality.py derives from it.
 ZOO_ENTRIES = (DATA, "models", MANIFEST, MANIFEST + ".tmp", "lora-folded", "lora-merge-cache")
-FORMAT_VERSION = 3  # 3: strict JSON (a run without a probe logs null and why, not NaN)
 REPO_PREFIX = "taskzoo"
 MODELS = Path("models") / REPO_PREFIX  # repo id taskzoo/<name> lives in models/taskzoo/<name>
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -118,63 +117,6 @@ def default_zoo_dir(quick: bool = False) -> Path:
     env = os.environ.get("MERGEKIT_FROM_TASKZOO")
     root = Path(env) if env else cache_root() / "taskzoo"
     return root.with_name(root.name + "-quick") if quick else root
-
-
-@dataclass(frozen=True)
-class Zoo:
-    """A built zoo: its folder and manifest, with helpers that return absolute paths."""
-
-    root: Path
-    manifest: dict[str, Any]
-
-    @property
-    def tasks(self) -> list[str]:
-        return list(self.manifest["tasks"])
-
-    @property
-    def targets(self) -> list[str]:
-        return list(self.manifest["target_tasks"])
-
-    def model_dir(self, name: str) -> Path:
-        try:
-            return self.root / self.manifest["models"][name]["path"]
-        except KeyError:
-            raise ModelInputError(f"{self.root}: no model {name!r} in the zoo") from None
-
-    @property
-    def base(self) -> Path:
-        return self.model_dir("base")
-
-    def expert(self, task: str, kind: str = "fft") -> Path:
-        return self.model_dir(f"{kind}-{task}")
-
-    def calibration(self, task: str) -> Path:
-        return self.root / self.manifest["tasks"][task]["calibration"]
-
-    def accuracy(self, name: str) -> dict[str, float]:
-        return self.manifest["models"][name]["accuracy"]
-
-
-def load_manifest(root: str | Path) -> Zoo:
-    root = Path(root).expanduser()
-    path = root / MANIFEST
-    if not path.is_file():
-        raise ModelInputError(f"{root}: not a built task zoo (no {MANIFEST}); run `mergekit-from taskzoo build`")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT_VERSION:
-        raise ModelInputError(f"{path}: zoo format {manifest.get('format')!r}, expected {FORMAT_VERSION}; rebuild it")
-    return Zoo(root.resolve(), manifest)
-
-
-def find_in_zoo(root: Path, repo_id: str) -> Path | None:
-    """The folder of ``repo_id`` in the zoo at ``root`` or up to two levels above it (``models/taskzoo``), if any."""
-    for candidate in (root, *list(root.parents)[:2]):
-        if (candidate / MANIFEST).is_file():
-            zoo = load_manifest(candidate)
-            for name, entry in zoo.manifest["models"].items():
-                if entry["repo_id"] == repo_id:
-                    return zoo.model_dir(name)
-    return None
 
 
 def _where(name: str) -> dict[str, str]:

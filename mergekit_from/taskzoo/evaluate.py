@@ -35,7 +35,7 @@ def _resolve_adapter_base(adapter_dir: Path, base: Path | None) -> Path:
     ref = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
     if Path(ref).is_dir():
         return Path(ref)
-    from mergekit_from.taskzoo.build import find_in_zoo  # the zoo resolves its own repo ids
+    from mergekit_from.taskzoo.manifest import find_in_zoo  # the zoo resolves its own repo ids
 
     found = find_in_zoo(adapter_dir.parent, ref)
     if found is None:

@@ -191,16 +191,3 @@ def write_jsonl(path: Path, pairs: list[tuple[str, str]]) -> None:
     with path.open("w", encoding="utf-8") as f:
         for p, r in pairs:
             f.write(json.dumps({"prompt": p, "response": r}) + "\n")
-
-
-def read_jsonl(path: Path) -> list[tuple[str, str]]:
-    """(prompt, response) pairs of a calibration/test file, read by the shared strict reader
-    (a malformed line names the file and line)."""
-    from mergekit_from.calibration import read_jsonl as read_samples
-
-    pairs = [(s.prompt, s.response) for s in read_samples(path)]
-    if any(r is None for _, r in pairs):
-        from mergekit_from.errors import CalibrationError
-
-        raise CalibrationError(f"{path}: task files need {{\"prompt\", \"response\"}} lines, not {{\"text\"}}")
-    return pairs

@@ -32,6 +32,14 @@ class CharVocab:
 
     pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
 
+    @property
+    def eos_token_id(self) -> int:
+        return self.eos_id
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        """As the saved HF tokenizer tokenises (``<s>`` prepended), for :func:`mergekit_from.calibration.encode`."""
+        return {"input_ids": ([self.bos_id] if add_special_tokens else []) + self.encode(text)}
+
     def encode(self, text: str) -> list[int]:
         base = len(SPECIALS)
         return [base + self.chars.index(c) if c in self.chars else self.unk_id for c in text]

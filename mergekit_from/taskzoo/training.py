@@ -15,6 +15,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from mergekit_from import calibration
+from mergekit_from.calibration import Sample
 from mergekit_from.taskzoo.tokenizer import CharVocab
 
 
@@ -59,20 +61,8 @@ def new_model(shape: ModelShape, vocab: CharVocab, seed: int) -> LlamaForCausalL
 
 def encode_batch(pairs: list[tuple[str, str]], vocab: CharVocab) -> dict[str, torch.Tensor]:
     """Right-padded ``<s> prompt response </s>`` with labels on ``response </s>`` only."""
-    seqs, labels = [], []
-    for p, r in pairs:
-        pi, ri = vocab.encode(p), vocab.encode(r) + [vocab.eos_id]
-        seqs.append([vocab.bos_id, *pi, *ri])
-        labels.append([-100] * (1 + len(pi)) + ri)
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), vocab.pad_id)
-    lab = torch.full((len(seqs), width), -100)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (s, l) in enumerate(zip(seqs, labels)):
-        ids[i, : len(s)] = torch.tensor(s)
-        lab[i, : len(l)] = torch.tensor(l)
-        mask[i, : len(s)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+    batch = calibration.collate(calibration.encode([Sample(p, r) for p, r in pairs], vocab, None), vocab.pad_id)
+    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "labels": batch.labels}
 
 
 def train(

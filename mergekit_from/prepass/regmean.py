@@ -16,78 +16,30 @@ singular, so the ridge decides the directions its data did not reach); a Gram wi
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Optional
+from typing import Any
 
 import torch
 from mergekit.config import MergeConfiguration
 from mergekit.options import MergeOptions
-from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 
 from mergekit_from import calibration
 from mergekit_from.errors import ConfigError, TensorValueError
 from mergekit_from.finite import is_finite
-from mergekit_from.prepass import (
-    Pool,
-    copy_data,
-    load_skeleton,
-    progress,
-    read_settings,
-    ref_string,
-    resolve_path,
-    set_setting,
-    stored_names,
-)
+from mergekit_from.methods.regmean import GramsIndex
+from mergekit_from.prepass.objective import load_skeleton, stored_names
+from mergekit_from.prepass.pool import Pool, ref_string
+from mergekit_from.prepass.progress import progress
+from mergekit_from.prepass.recipe_data import copy_data, resolve_path, set_setting
+from mergekit_from.prepass.settings import RegMeanSettings, read_settings
 from mergekit_from.weights import SINGLE
 
 LOG = logging.getLogger(__name__)
 
 GRAMS_DIR = "regmean_grams"
 GRAMS_INDEX = "grams.json"
-
-
-class RegMeanSettings(BaseModel):
-    """Recipe section ``regmean:`` (or top-level ``parameters:`` for scalars); each field's
-    description says what it does (``mergekit-from methods`` lists them)::
-
-        merge_method: regmean
-        base_model: ./base
-        models:
-          - model: ./expert_rev
-            parameters: {calibration: data/rev.jsonl}   # or regmean.calibration below
-          - model: ./expert_sort
-        regmean:
-          calibration: {./expert_sort: data/sort.jsonl}
-          alpha: 0.9
-          ridge: 0.001        # scale-aware ridge (0 = the official solve); see methods/regmean.py
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    per_model: ClassVar[tuple[str, ...]] = ("calibration",)  # also accepted in models[].parameters
-
-    calibration: dict[str, str] = Field(
-        default_factory=dict,
-        description="pool model -> its task's JSONL (or models[].parameters.calibration: the file)",
-    )
-    alpha: Annotated[float, Field(ge=0, le=1)] = Field(
-        0.9, description="off-diagonal shrink of the Grams (1 = none); official configs use 0.1-0.9"
-    )
-    ridge: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
-        1e-3, description="ridge added to each Gram, relative to their mean diagonal (0 = official RegMean)"
-    )
-    samples_per_task: Annotated[int, Field(gt=0)] = Field(
-        100, description="first lines of each model's calibration file used for its Grams"
-    )
-    max_length: Annotated[int, Field(gt=0)] = Field(256, description="tokenisation cut-off of the calibration samples")
-    batch_size: Annotated[int, Field(gt=0)] = Field(8, description="padded batch size of the Gram pass")
-    skip_incompatible: bool = Field(
-        False, description="leave out pool models whose layout differs from the base (warns)"
-    )
-    tokenizer: Optional[str] = Field(None, description="folder to load the tokenizer from (default: the base)")
-    trust_remote_code: bool = Field(False, description="run the model's own code when loading it and its tokenizer")
 
 
 def gram_modules(model: torch.nn.Module, stored: set[str]) -> dict[str, torch.nn.Module]:
@@ -243,6 +195,6 @@ class RegMeanPrePass:
             files[ref] = str(folder)
             del grams
         index = grams_dir / GRAMS_INDEX
-        index.write_text(json.dumps({"alpha": s.alpha, "ridge": s.ridge, "conv1d": conv1d, "models": files}))
+        GramsIndex(s.alpha, s.ridge, conv1d, files).write(index)
         parameters = {**(self.config.parameters or {}), "grams": str(index)}
         return self.config.model_copy(update={"parameters": parameters})
