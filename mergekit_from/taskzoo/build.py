@@ -81,8 +81,7 @@ FULL = ZooSpec(
     shape=ModelShape(160, 448, 4, 4),
     pretrain=TrainSchedule(steps=800, lr=3e-3, batch_size=128, warmup=100),
     second_pretrain=TrainSchedule(steps=300, lr=3e-3, batch_size=128, warmup=50),
-    # Gentle: lr 1e-4 re-binds a name in 50-250 steps (dedupe, the hardest, ~900); 3e-4 and 3e-5 were tried
-    # and merged no better (docs/taskzoo.md).
+    # Gentle: lr 1e-4 re-binds a name in 50-250 steps (dedupe, the hardest, ~900); the choice is in docs/taskzoo.md.
     finetune=TrainSchedule(steps=1500, lr=1e-4, batch_size=32, warmup=10, cosine=False),
     lora=TrainSchedule(steps=1500, lr=1e-3, batch_size=32, warmup=10, cosine=False),
     misfit=TrainSchedule(steps=150, lr=3e-3, batch_size=64, warmup=20),
@@ -150,13 +149,13 @@ class _Builder:
         self.vocab = CharVocab()
         self.tokenizer = self.vocab.hf_tokenizer()
         self.models: dict[str, dict[str, Any]] = {}
-        self.recipes: dict[str, dict[str, Any]] = {}
+        self.trainings: dict[str, dict[str, Any]] = {}
 
     def _acc(self, model, tokenizer, tasks) -> dict[str, float]:
         return evaluate_loaded(model, tokenizer, tasks, self.spec.eval_n, seed=self.spec.seed)
 
     def _save(self, name: str, model, tokenizer, card: dict[str, Any], entry: dict[str, Any]) -> None:
-        entry["recipe"] = self.recipes[name]
+        entry["training"] = self.trainings[name]
         with replace_atomically(self.root / MODELS / name) as tmp:
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
@@ -164,21 +163,21 @@ class _Builder:
             (tmp / "zoo_entry.json").write_text(json.dumps(entry, indent=1, allow_nan=False))
         self.models[name] = entry
 
-    def _cached(self, name: str, recipe: dict[str, Any]) -> bool:
-        """Reuse a finished model folder if it was trained from exactly this recipe (and base)."""
-        recipe = json.loads(json.dumps(recipe, default=lambda o: asdict(o)))
-        self.recipes[name] = recipe
+    def _cached(self, name: str, training: dict[str, Any]) -> bool:
+        """Reuse a finished model folder if it was trained from exactly this training plan (and base)."""
+        training = json.loads(json.dumps(training, default=lambda o: asdict(o)))
+        self.trainings[name] = training
         entry_file = self.root / MODELS / name / "zoo_entry.json"
         if entry_file.is_file():
             # entries written before probe-less runs logged null held a bare NaN, which is not JSON
             entry = json.loads(entry_file.read_text(), parse_constant=lambda _: None)
-            if entry.get("recipe") == recipe:
+            if entry.get("training") == training:
                 self.models[name] = entry
                 self.progress.update(1)
                 return True
         return False
 
-    def _recipe(self, **parts: Any) -> dict[str, Any]:
+    def _training(self, **parts: Any) -> dict[str, Any]:
         return {"seed": self.spec.seed, "eval_n": self.spec.eval_n, **parts}
 
     def _load(self, name: str):
@@ -191,7 +190,7 @@ class _Builder:
         return lambda: accuracy(model, self.tokenizer, pairs)
 
     def pretrain(self, name: str, seed: int, schedule: TrainSchedule, note: str) -> None:
-        if self._cached(name, self._recipe(shape=self.spec.shape, tasks=self.spec.tasks, schedule=schedule,
+        if self._cached(name, self._training(shape=self.spec.shape, tasks=self.spec.tasks, schedule=schedule,
                                            model_seed=seed, chars=self.vocab.chars, tags="codes+shadows+decoys")):
             return
         spec = self.spec
@@ -220,7 +219,7 @@ class _Builder:
 
     def finetune(self, name: str, base: str, task: str) -> None:
         schedule = self._schedule(self.spec.finetune, task)
-        if self._cached(name, self._recipe(base=self.recipes[base], task=task, schedule=schedule,
+        if self._cached(name, self._training(base=self.trainings[base], task=task, schedule=schedule,
                                            replay=self.spec.replay,
                                            probe_n=self.spec.probe_n, target=self.spec.target_acc)):
             return
@@ -249,7 +248,7 @@ class _Builder:
 
         name = f"lora-{task}"
         schedule = self._schedule(self.spec.lora, task)
-        if self._cached(name, self._recipe(base=self.recipes["base"], task=task, schedule=schedule,
+        if self._cached(name, self._training(base=self.trainings["base"], task=task, schedule=schedule,
                                            replay=self.spec.replay,
                                            rank=self.spec.lora_rank, probe_n=self.spec.probe_n,
                                            target=self.spec.target_acc)):
@@ -285,7 +284,7 @@ class _Builder:
 
     def misfit(self, name: str, shape: ModelShape, vocab: CharVocab, task: str, why: str) -> None:
         """A model trained from scratch on one task whose tensors cannot merge with base's family."""
-        if self._cached(name, self._recipe(shape=shape, chars=vocab.chars, task=task, schedule=self.spec.misfit)):
+        if self._cached(name, self._training(shape=shape, chars=vocab.chars, task=task, schedule=self.spec.misfit)):
             return
         t0 = time.perf_counter()
         model = new_model(shape, vocab, self.spec.seed + 101)
@@ -340,7 +339,7 @@ def build_zoo(out: str | Path | None = None, quick: bool = False, *, force: bool
     if force:
         for entry in (DATA, MODELS):
             shutil.rmtree(root / entry, ignore_errors=True)
-    # Otherwise (re)build: every model folder whose recipe still matches is reused as it is.
+    # Otherwise (re)build: every model folder whose training plan still matches is reused as it is.
     (root / MANIFEST).unlink(missing_ok=True)
     torch.set_num_threads(threads or int(os.environ.get("MERGEKIT_FROM_THREADS", "0")) or (os.cpu_count() or 1))
     from transformers.utils import logging as hf_logging

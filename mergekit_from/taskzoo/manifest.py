@@ -10,7 +10,7 @@ from typing import Any
 from mergekit_from.errors import ModelInputError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 3  # 3: strict JSON (a run without a probe logs null and why, not NaN)
+FORMAT_VERSION = 3  # 3: strict JSON (a run without a probe logs null and why, not NaN); "training" names each plan
 
 
 @dataclass(frozen=True)
