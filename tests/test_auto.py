@@ -10,26 +10,27 @@ import sys
 
 import pytest
 import yaml
-from conftest import load_model, merge, run_cli
 from huggingface_hub import HfApi
 from sqlalchemy import select
-from zoo_fixtures import BASE, GATED, OTHER_DEPTH, OTHER_VOCAB, QUANTIZED
 
 from db import MergeRun, Target, open_store
+
+from tests.fixtures.hub_repos import BASE, GATED, OTHER_DEPTH, OTHER_VOCAB, QUANTIZED
+from tests.fixtures.models import load_model, merge, run_cli
 
 TARGET = "solve grade school math word problems"
 TOKEN = "hf_test_token_do_not_store"
 
 
 @pytest.fixture
-def writable_hub(zoo_dir, tmp_path):
+def writable_hub(hub_dir, tmp_path):
     """A private copy of the zoo served with write access for TOKEN only."""
     import shutil
 
     from zoo.hub_server import HubServer
 
     root = tmp_path / "hub"
-    shutil.copytree(zoo_dir, root)
+    shutil.copytree(hub_dir, root)
     with HubServer(root, page_size=3, gated={GATED: "manual"}, access_tokens={TOKEN}) as server:
         yield server
 
@@ -163,7 +164,7 @@ def test_bad_settings_fail_before_any_hub_request(tmp_path, extra, message):
 
 
 @pytest.fixture
-def hub_with_tokenizer(zoo_dir, tmp_path):
+def hub_with_tokenizer(hub_dir, tmp_path):
     """The zoo with a tokenizer next to the base, so calibration data can be scored and evaluated."""
     import shutil
 
@@ -171,7 +172,7 @@ def hub_with_tokenizer(zoo_dir, tmp_path):
     from zoo.hub_server import HubServer
 
     root = tmp_path / "hub"
-    shutil.copytree(zoo_dir, root)
+    shutil.copytree(hub_dir, root)
     CharVocab().save(root / BASE)
     with HubServer(root, page_size=3, gated={GATED: "manual"}) as server:
         yield server

@@ -12,9 +12,7 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from bad_input_cases import Case, all_cases, snapshot  # noqa: E402
+from tests.bad_input_cases import Case, all_cases, snapshot
 
 DOC = Path(__file__).parents[1] / "docs" / "errors.md"
 CASES = all_cases()
@@ -74,13 +72,13 @@ HEADER = """# Errors: the bad-input matrix
 Every case below is a test (`tests/test_bad_inputs.py`, cases in `tests/bad_input_cases/`). Each one runs the real
 `mergekit-from` command line and checks: exit code 2, one line on stderr that starts with `error:` and names the
 culprit, no traceback, and the output location absent or byte-identical afterwards. The message column is the fixed
-part of that line. Regenerate this file with `python tests/test_bad_inputs.py` after adding a case.
+part of that line. Regenerate this file with `python -m tests.test_bad_inputs` after adding a case.
 
 """
 
 
 def test_docs_list_the_matrix():
-    assert DOC.read_text(encoding="utf-8") == HEADER + doc_table(CASES) + "\n", "run: python tests/test_bad_inputs.py"
+    assert DOC.read_text(encoding="utf-8") == HEADER + doc_table(CASES) + "\n", "run: python -m tests.test_bad_inputs"
 
 
 def test_matrix_is_large():

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 import torch
-from conftest import make_finetune, make_llama, run_cli, write_recipe
 from safetensors.torch import load_file, save_file
+
+from tests.fixtures.models import make_finetune, make_llama, run_cli, write_recipe
 
 
 def run_bad(tmp_path, recipe: dict):

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import torch
-from bad_input_cases.inputs import pickled_copy, wider_vocab
-from conftest import load_model, make_finetune, make_llama, merge, run_cli, write_recipe
 
 from mergekit_from.taskzoo.tokenizer import WIDE_CHARS, CharVocab
+
+from tests.bad_input_cases.inputs import pickled_copy, wider_vocab
+from tests.fixtures.models import load_model, make_finetune, make_llama, merge, run_cli, write_recipe
 
 
 def test_vocab_mismatch_merges_when_the_recipe_aligns_tokenizers(tmp_path):

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import merge, run_cli
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
+
+from tests.fixtures.models import merge, run_cli
 
 TARGETS = ["q_proj", "v_proj", "up_proj"]
 
@@ -121,7 +122,7 @@ def test_adapters_of_different_bases_are_refused(tiny, adapters, tmp_path):
 
 
 def test_adapter_shapes_checked_against_base(tiny, adapters, tmp_path):
-    from conftest import make_llama
+    from tests.fixtures.models import make_llama
 
     wide = make_llama(tmp_path / "wide", hidden=48)
     result = run_cli("lora", tmp_path / "out", *adapters, "--base", wide)

@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 from db import Score, Target
 from mergekit_from.errors import CalibrationError, ConfigError
 from zoo.scoring import score_target
-from zoo_fixtures import ADAPTER, BASE, GATED, OTHER_DEPTH, OTHER_VOCAB, QUANTIZED, SECOND_LEVEL
+
+from tests.fixtures.hub_repos import ADAPTER, BASE, GATED, OTHER_DEPTH, OTHER_VOCAB, QUANTIZED, SECOND_LEVEL
 
 MATH = {"acme/tiny-llama-math", "acme/tiny-llama-algebra", SECOND_LEVEL, ADAPTER}
 UNRELATED = {"acme/tiny-llama-code", "acme/tiny-llama-chat", "other/tiny-llama-french", "other/tiny-llama-poems"}
@@ -51,8 +52,8 @@ def test_calibration_data_counts_and_bad_lines_name_the_line(crawled, tmp_path):
         score_target(crawled, BASE, "x", calib=bad)
 
 
-def test_kinship_from_local_weights(crawled, zoo_dir):
-    cands = _by_id(score_target(crawled, BASE, "solve grade school math word problems", weights_dir=zoo_dir))
+def test_kinship_from_local_weights(crawled, hub_dir):
+    cands = _by_id(score_target(crawled, BASE, "solve grade school math word problems", weights_dir=hub_dir))
     kin = {r: c.components["kinship"]["value"] for r, c in cands.items() if "kinship" in c.components}
     assert "acme/tiny-llama-math" in kin and ADAPTER in kin  # full models and LoRA deltas alike
     assert OTHER_VOCAB not in kin and GATED not in kin  # only compatible candidates are compared
