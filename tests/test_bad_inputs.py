@@ -38,7 +38,8 @@ def _invoke(case: Case, run, monkeypatch) -> tuple[int, str]:
     return result.exit_code, result.stderr
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.subprocess] if c.subprocess else [])
+                                  for c in CASES])
 def test_bad_input(case: Case, request, tmp_path, monkeypatch):
     env = SimpleNamespace(tmp=tmp_path, **{name: request.getfixturevalue(name) for name in case.fixtures})
     run = case.build(env)

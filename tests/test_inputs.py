@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from mergekit_from.taskzoo.tokenizer import WIDE_CHARS, CharVocab
@@ -55,6 +56,7 @@ def test_eval_allow_pickle_scores_pickled_weights_as_safetensors(tiny, tmp_path)
     assert result.stdout.replace(str(pickled), str(tiny["a"])) == expected.stdout
 
 
+@pytest.mark.subprocess
 def test_sigint_mid_merge_exits_130_with_one_line(tmp_path):
     """Ctrl-C once the merge is writing its staged output: exit 130, one line, no traceback, no output."""
     base = make_llama(tmp_path / "base", layers=48)  # enough tensors to take seconds to merge

@@ -96,6 +96,7 @@ def _partials(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if ".partial-" in p.name]
 
 
+@pytest.mark.subprocess
 def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path):
     """kill -9 in the middle of an FW merge leaves its staging folder; the next run on OUT removes it."""
     slow = write_recipe(tmp_path / "slow.yml", fw_recipe("fw_hard", ["reverse", "sort"], ["reverse"], max_iters=10_000))

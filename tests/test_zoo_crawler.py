@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -172,6 +173,7 @@ def test_page_work_pauses_the_cyclic_collector_and_restores_the_callers_setting(
 # A crawler process without the CLI's mergekit import (half the start-up time on a busy machine).
 CRAWL_SCRIPT = """
 import sys
+import threading
 from db import open_store
 from zoo.crawler import Crawler
 from zoo.resilience import RetryPolicy
@@ -192,33 +194,43 @@ def _env(cache: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_CACHE": str(cache), "HF_TOKEN": ""}
 
 
-def _kill_9_once_listed(cmd: list[str], env: dict[str, str], db_url: str, items: int = 3) -> None:
-    """Run ``cmd`` and SIGKILL it once ``items`` listed models are committed."""
+def _wait_until_listed(engine, items: int, timeout_s: float = 60) -> None:
+    """Poll the crawl's saved progress until ``items`` listed models are committed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with engine.connect() as c:
+                if (c.execute(text("select max(items_done) from crawl_state")).scalar() or 0) >= items:
+                    return
+        except Exception:  # noqa: BLE001 - the schema may not exist yet
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the crawler did not list {items} models within {timeout_s} s")
+
+
+def _kill_9_once_listed(cmd: list[str], env: dict[str, str], db_url: str, gate: threading.Event,
+                        items: int = 3) -> None:
+    """Run ``cmd`` and SIGKILL it once ``items`` listed models are committed, while the Hub holds
+    the next listing page at ``gate``; then open the gate."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     engine = create_engine(db_url)
-    deadline = time.monotonic() + 60
     try:
-        while time.monotonic() < deadline:
-            try:
-                with engine.connect() as c:
-                    done = c.execute(text("select max(items_done) from crawl_state")).scalar() or 0
-            except Exception:  # noqa: BLE001 - the schema may not exist yet
-                done = 0
-            if done >= items:
-                break
-            time.sleep(0.05)
+        _wait_until_listed(engine, items)
+    finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-    finally:
+        gate.set()
         engine.dispose()
 
 
+@pytest.mark.subprocess
 def test_kill_9_mid_crawl_then_resume_loses_and_duplicates_nothing(hub, db_url, tmp_path, hub_layout):
     """A crawler process killed with SIGKILL between pages resumes from the saved next-page URL."""
     hub.page_size = 1
-    hub.inject(r"^/api/models$", 200, times=100, delay_s=0.25)  # a slow Hub, so the kill lands mid-listing
+    gate = threading.Event()
+    hub.inject(r"^/api/models$", 200, times=1, after=3, hold=gate)  # the fourth page waits: the kill lands there
     cmd = _crawl_cmd(db_url, hub.endpoint, "finetune", recursive=False, enrich=False)
-    _kill_9_once_listed(cmd, _env(tmp_path), db_url)
+    _kill_9_once_listed(cmd, _env(tmp_path), db_url, gate)
     store = open_store(db_url)
     before = _ids(store) - {BASE}
     assert 3 <= len(before) < 8, "the kill should land mid-listing"
@@ -237,6 +249,7 @@ def test_kill_9_mid_crawl_then_resume_loses_and_duplicates_nothing(hub, db_url, 
     store.close()
 
 
+@pytest.mark.subprocess
 def test_kill_9_amid_rate_limits_and_outages_then_resume_stores_every_model_once(hub, db_url, tmp_path,
                                                                                  hub_layout):
     """Bursts of 429 (t=0) and 5xx on listing, model_info and file reads, a SIGKILL mid-listing,
@@ -244,13 +257,14 @@ def test_kill_9_amid_rate_limits_and_outages_then_resume_stores_every_model_once
     hub.page_size = 1
     hub.inject(r"^/api/models$", 429, times=6, after=1)  # the issue's double, after the first page
     hub.inject(r"^/api/models$", 503, times=4, after=1)
-    hub.inject(r"^/api/models$", 200, times=100, delay_s=0.25)  # then a slow Hub, so the kill lands mid-listing
+    gate = threading.Event()
+    hub.inject(r"^/api/models$", 200, times=1, after=1, hold=gate)  # then the fourth page waits: the kill lands there
     hub.inject(r"^/api/models/acme/", 429, times=7)
     hub.inject(r"^/api/models/other/", 502, times=6)
     hub.inject(r"/resolve/.*\.json$", 503, times=6)
     cmd = _crawl_cmd(db_url, hub.endpoint, "finetune,adapter,merge,quantized", recursive=True, enrich=True,
                      floor_s=0.02)
-    _kill_9_once_listed(cmd, _env(tmp_path), db_url)
+    _kill_9_once_listed(cmd, _env(tmp_path), db_url, gate)
     store = open_store(db_url)
     assert len(_ids(store) - {BASE}) < len(hub_layout) - 1, "the kill should land mid-listing"
     done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=180)
@@ -303,6 +317,7 @@ def test_a_refused_connection_fails_within_seconds_naming_the_endpoint(store):
         assert time.monotonic() - t0 < 10
 
 
+@pytest.mark.subprocess
 def test_two_crawlers_on_one_database_do_not_corrupt_it(hub, db_url, tmp_path, hub_layout):
     cmd = _crawl_cmd(db_url, hub.endpoint, "finetune,adapter,merge,quantized", recursive=True, enrich=True)
     procs = [subprocess.Popen(cmd, env=_env(tmp_path / str(i)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
