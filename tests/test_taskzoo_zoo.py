@@ -140,9 +140,13 @@ def test_from_merge_of_two_experts_evaluates_end_to_end(quick_taskzoo, tmp_path)
         evaluate(merged, tasks, 16)
     acc = evaluate(merged, tasks, 16, tokenizer_dir=zoo.base)
     assert set(acc) == set(tasks) and all(0.0 <= a <= 1.0 for a in acc.values())
+    # the scores tell models apart: the first expert beats the base on its own task, the merge is neither
+    base, first = evaluate(zoo.base, tasks, 16), evaluate(zoo.expert(tasks[0]), tasks, 16)
+    assert first[tasks[0]] > base[tasks[0]] + 0.3, (first, base)
+    assert acc != base and acc != first
     # a prior of 0 drops the second expert: the merge is exactly the first expert again
     only_first = run_recipe(_from_recipe(tmp_path, zoo, [1.0, 0.0]), tmp_path / "only-first", options)
-    assert evaluate(only_first, tasks, 16, tokenizer_dir=zoo.base) == evaluate(zoo.expert(tasks[0]), tasks, 16)
+    assert evaluate(only_first, tasks, 16, tokenizer_dir=zoo.base) == first
 
 
 def test_eval_cli(quick_taskzoo):

@@ -27,7 +27,15 @@ def _listing_requests(hub) -> list[str]:
 
 
 def test_binds_loopback_only(hub):
-    assert hub.httpd.server_address[0] == "127.0.0.1"
+    """Reachable on 127.0.0.1 and nowhere else: another loopback address (which a server bound to
+    every interface would answer) refuses the connection."""
+    import socket
+
+    port = hub.httpd.server_address[1]
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.2", port), timeout=5):
+        pass
 
 
 def test_list_models_follows_link_pagination_across_pages(hub, api, hub_layout):
