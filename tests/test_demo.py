@@ -9,7 +9,7 @@ import yaml
 from tests.fixtures.models import run_cli
 
 
-def test_demo_end_to_end_on_the_quick_zoo(quick_taskzoo, tmp_path):
+def test_demo_end_to_end_on_the_quick_taskzoo(quick_taskzoo, tmp_path):
     out = tmp_path / "demo"
     result = run_cli("demo", "--quick", "--zoo", quick_taskzoo.root, "--out", out)
     assert result.exit_code == 0, result.output + result.stderr

@@ -46,9 +46,10 @@ def _out_holds_calibration(env) -> Run:
 
 
 CASES = [
-    Case("fw-calibration-nowhere", "cd elsewhere && mergekit-from yaml ../recipes/r.yml OUT  # targets: data/reverse.jsonl",
-         "calibration file not found: data/reverse.jsonl (looked in ",
-         lambda env: _from_elsewhere(env, _fw(targets={"reverse": "data/reverse.jsonl"}), "data/reverse.jsonl"), fixtures=()),
+    Case("fw-calibration-nowhere", "cd elsewhere && mergekit-from yaml ../recipes/r.yml OUT  "
+         "# targets: data/reverse.jsonl", "calibration file not found: data/reverse.jsonl (looked in ",
+         lambda env: _from_elsewhere(env, _fw(targets={"reverse": "data/reverse.jsonl"}), "data/reverse.jsonl"),
+         fixtures=()),
     Case("regmean-calibration-nowhere", "cd elsewhere && mergekit-from yaml ../recipes/r.yml OUT  "
          "# calibration: data/reverse.jsonl", "calibration file not found: data/reverse.jsonl (looked in ", _regmean,
          fixtures=()),

@@ -1,4 +1,4 @@
-"""The quick zoo end to end: build, model folders, evaluator, a FroM merge, the CLI, the benchmark."""
+"""The quick task zoo end to end: build, model folders, evaluator, a FroM merge, the CLI, the benchmark."""
 
 import json
 import sys
@@ -20,7 +20,7 @@ def _card_metadata(folder):
     return yaml.safe_load(text.split("---\n")[1])
 
 
-def test_quick_zoo_folders_are_hub_style(quick_taskzoo):
+def test_quick_taskzoo_folders_are_hub_style(quick_taskzoo):
     zoo = quick_taskzoo
     assert load_manifest(zoo.root).manifest == zoo.manifest
     models = zoo.manifest["models"]
