@@ -43,9 +43,9 @@ def expert(task: str) -> str:
     return ref_string(str(experts()[f"expert_{task}"]))
 
 
-@pytest.mark.parametrize("score, target", [("cosine", "reverse"), ("inner_product", "sort")])
+@pytest.mark.parametrize("score, target", [("cosine", "reverse"), ("inner_product", "maxchar")])
 def test_hard_picks_the_targets_own_expert_first_and_reduces_the_objective(tmp_path, score, target):
-    recipe = fw_recipe("fw_hard", ["shift", "reverse", "sort"], [target], max_iters=3, score=score, step_size=1.0)
+    recipe = fw_recipe("fw_hard", ["shift", "reverse", "maxchar"], [target], max_iters=3, score=score, step_size=1.0)
     out, trace = run_fw(tmp_path, recipe)
     its = trace["iterations"]
     assert its[0]["picked"] == expert(target)
@@ -60,13 +60,13 @@ def test_hard_picks_the_targets_own_expert_first_and_reduces_the_objective(tmp_p
 
 
 def test_per_tensor_lmo_picks_per_tensor_and_replays(tmp_path):
-    recipe = fw_recipe("fw_hard", ["shift", "reverse", "sort"], ["reverse", "sort"], max_iters=2, lmo="tensor")
+    recipe = fw_recipe("fw_hard", ["shift", "reverse", "maxchar"], ["reverse", "maxchar"], max_iters=2, lmo="tensor")
     out, trace = run_fw(tmp_path, recipe)
     names = set(TensorIndex.open(experts()["base"]).shapes)
     for it in trace["iterations"]:
         assert set(it["picked_by_tensor"]) == names
         assert sum(it["pick_share"].values()) == pytest.approx(1.0)
-    assert objective(out, ["reverse", "sort"]) == pytest.approx(trace["final_objective"], abs=1e-4)
+    assert objective(out, ["reverse", "maxchar"]) == pytest.approx(trace["final_objective"], abs=1e-4)
 
 
 def test_lmo_granularity_on_a_score_matrix():
@@ -84,7 +84,8 @@ def test_step_schedule_and_update_rules(tmp_path):
     assert torch.allclose(fw_step(theta, [(0.5, s)], None), 0.5 * s)
     trimmed = ties_trim(s - theta, 0.2)
     assert torch.equal(trimmed, torch.tensor([0.0] * 8 + [8.0, 9.0]))
-    recipe = fw_recipe("fw_hard", ["shift", "reverse"], ["reverse"], max_iters=4, step_size=0.5, update="ties", init="base")
+    recipe = fw_recipe("fw_hard", ["shift", "reverse"], ["reverse"], max_iters=4, step_size=0.5, update="ties",
+                       init="base")
     out, trace = run_fw(tmp_path, recipe)
     assert [it["step"] for it in trace["iterations"]] == pytest.approx([0.15, 0.1, 0.075, 0.06])
     assert objective(out, ["reverse"]) == pytest.approx(trace["final_objective"], abs=1e-4)
@@ -95,12 +96,12 @@ def test_initialisations(tmp_path):
     point); base and a model folder start exactly at that model."""
     z = experts()
     starts, results = {}, {}
-    for init in ("base", "task_arithmetic", "from", "expert_sort"):
+    for init in ("base", "task_arithmetic", "from", "expert_maxchar"):
         given = str(z[init]) if init.startswith("expert") else init
         recipe = fw_recipe("fw_hard", ["shift", "reverse"], ["reverse"], max_iters=1, init=given, samples_per_task=8)
         out, trace = run_fw(tmp_path, recipe, name=init)
         starts[init] = trace["iterations"][0]["objective"]
-        if init in ("base", "expert_sort"):
+        if init in ("base", "expert_maxchar"):
             tok = calibration.load_tokenizer(z["base"])  # iteration 0 sees the first 8 samples at θ₀
             enc = calibration.encode(calibration.read_jsonl(z["data_reverse"], 8), tok)
             model = load_skeleton(z["base" if init == "base" else init])
@@ -118,7 +119,7 @@ def test_initialisations(tmp_path):
 
 def test_soft_picks_one_model_per_target_and_its_inner_loop_reduces_the_loss(tmp_path):
     recipe = fw_recipe(
-        "fw_soft", ["shift", "reverse", "sort", "rotate"], ["reverse", "sort"], max_iters=2,
+        "fw_soft", ["shift", "reverse", "maxchar", "rotate"], ["reverse", "maxchar"], max_iters=2,
         ada_iters=25, ada_lr=5e-2, ada_loss="cross_entropy", ada_batch_size=8,
     )
     out, trace = run_fw(tmp_path, recipe)
@@ -127,13 +128,13 @@ def test_soft_picks_one_model_per_target_and_its_inner_loop_reduces_the_loss(tmp
         assert len(picks) == 2 and len(set(picks)) == 2
         assert it["inner_loss"]["last"] < it["inner_loss"]["first"]
     assert trace["final_objective"] < trace["iterations"][0]["objective"]
-    assert objective(out, ["reverse", "sort"]) == pytest.approx(trace["final_objective"], abs=1e-4)
+    assert objective(out, ["reverse", "maxchar"]) == pytest.approx(trace["final_objective"], abs=1e-4)
 
 
 def test_streaming_never_holds_two_candidates(tmp_path, monkeypatch):
     """Instrument the loader: count candidate tensors alive whenever a candidate tensor is read."""
     z = experts()
-    candidates = {str(z[f"expert_{t}"]) for t in ("shift", "reverse", "sort")}
+    candidates = {str(z[f"expert_{t}"]) for t in ("shift", "reverse", "maxchar")}
     live: dict[int, str] = {}
     worst = {"tensors": 0, "models": 0}
     original = TensorIndex.tensor
@@ -149,7 +150,7 @@ def test_streaming_never_holds_two_candidates(tmp_path, monkeypatch):
         return t
 
     monkeypatch.setattr(TensorIndex, "tensor", tracked)
-    recipe = fw_recipe("fw_hard", ["shift", "reverse", "sort"], ["reverse"], max_iters=2, samples_per_task=8)
+    recipe = fw_recipe("fw_hard", ["shift", "reverse", "maxchar"], ["reverse"], max_iters=2, samples_per_task=8)
     run_fw(tmp_path, recipe)
     assert worst == {"tensors": 1, "models": 1}
     # the instrument does see a consumer that keeps candidates around
@@ -174,7 +175,8 @@ def test_objectives_on_known_logits():
 
 
 def test_entropy_objective_runs_on_prompts(tmp_path):
-    recipe = fw_recipe("fw_hard", ["shift", "reverse"], ["reverse"], max_iters=2, objective="entropy", samples_per_task=8)
+    recipe = fw_recipe("fw_hard", ["shift", "reverse"], ["reverse"], max_iters=2, objective="entropy",
+                       samples_per_task=8)
     _, trace = run_fw(tmp_path, recipe)
     assert trace["settings"]["objective"] == "entropy"
     assert all(0 < it["objective"] < torch.log(torch.tensor(32.0)).item() for it in trace["iterations"])
@@ -214,7 +216,7 @@ def test_effective_coefficients_recurrence():
 
 def test_trace_coefficients_reproduce_the_written_model(tmp_path):
     """With per-model picks and task-arithmetic steps, θ − base = Σ a_i τ_i exactly."""
-    pool = ["shift", "reverse", "sort"]
+    pool = ["shift", "reverse", "maxchar"]
     recipe = fw_recipe("fw_hard", pool, ["reverse"], max_iters=3, step_size=1.0)
     out, trace = run_fw(tmp_path, recipe)
     coeffs = trace["coefficients"]
@@ -222,7 +224,7 @@ def test_trace_coefficients_reproduce_the_written_model(tmp_path):
     z = experts()
     base = load_file(str(z["base"] / "model.safetensors"))
     merged = load_file(str(out / "model.safetensors"))
-    experts = {expert(t): load_file(str(z[f"expert_{t}"] / "model.safetensors")) for t in pool}
+    expert_weights = {expert(t): load_file(str(z[f"expert_{t}"] / "model.safetensors")) for t in pool}
     for name, b in base.items():
-        expected = b + sum(c * (experts[r][name] - b) for r, c in coeffs.items())
+        expected = b + sum(c * (expert_weights[r][name] - b) for r, c in coeffs.items())
         torch.testing.assert_close(merged[name], expected, atol=2e-5, rtol=0)

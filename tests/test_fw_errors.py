@@ -99,7 +99,8 @@ def test_incompatible_pool_model_is_named_with_the_tensor(tmp_path, wider):
 
 
 def test_incompatible_pool_model_is_skipped_when_asked(tmp_path, wider, caplog):
-    recipe = fw_recipe("fw_hard", ["reverse", "sort"], ["reverse"], max_iters=1, samples_per_task=4, skip_incompatible=True)
+    recipe = fw_recipe("fw_hard", ["reverse", "maxchar"], ["reverse"], max_iters=1, samples_per_task=4,
+                       skip_incompatible=True)
     recipe["models"].append({"model": str(wider)})
     cfg = write_recipe(tmp_path / "skip.yml", recipe)
     result = CliRunner().invoke(main, ["yaml", str(cfg), str(tmp_path / "out"), "--quiet"])
@@ -148,10 +149,10 @@ def test_regmean_model_without_calibration(tmp_path):
         "base_model": str(z["base"]),
         "models": [
             {"model": str(z["expert_reverse"]), "parameters": {"calibration": str(z["data_reverse"])}},
-            {"model": str(z["expert_sort"])},
+            {"model": str(z["expert_maxchar"])},
         ],
     }
-    assert f"pool model {z['expert_sort']} has no calibration data" in run_bad(tmp_path, recipe)
+    assert f"pool model {z['expert_maxchar']} has no calibration data" in run_bad(tmp_path, recipe)
 
 
 def test_base_without_tokenizer(tmp_path):

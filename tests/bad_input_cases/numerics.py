@@ -48,7 +48,7 @@ def regmean_recipe(models: list[Path], data: list[Path], **settings) -> dict:
 
 
 def fw_with_pool_model(method: str, model: Path, **settings) -> dict:
-    recipe = fw_recipe(method, ["reverse", "sort"], ["reverse"], max_iters=1, samples_per_task=4, **settings)
+    recipe = fw_recipe(method, ["reverse", "maxchar"], ["reverse"], max_iters=1, samples_per_task=4, **settings)
     recipe["models"][0] = {"model": str(model)}
     return recipe
 
@@ -63,14 +63,14 @@ def _fw_nan_in_pool(method: str, **settings):
 
 def _fw_nan_in_base(env) -> Run:
     bad = poisoned(experts()["base"], env.tmp / "nan_base")
-    recipe = fw_recipe("fw_hard", ["reverse", "sort"], ["reverse"], max_iters=1, samples_per_task=4)
+    recipe = fw_recipe("fw_hard", ["reverse", "maxchar"], ["reverse"], max_iters=1, samples_per_task=4)
     recipe["base_model"] = str(bad)
     return yaml_run(env, recipe, f"base model '{bad}'")
 
 
 def _fw_inf_in_init_model(env) -> Run:
-    bad = poisoned(experts()["expert_sort"], env.tmp / "inf_init", NORM, float("inf"))
-    recipe = fw_recipe("fw_hard", ["reverse", "sort"], ["reverse"], max_iters=1, samples_per_task=4, init=str(bad))
+    bad = poisoned(experts()["expert_maxchar"], env.tmp / "inf_init", NORM, float("inf"))
+    recipe = fw_recipe("fw_hard", ["reverse", "maxchar"], ["reverse"], max_iters=1, samples_per_task=4, init=str(bad))
     return yaml_run(env, recipe, f"init model '{bad}'")
 
 
@@ -82,14 +82,14 @@ def _fw_overflow(env) -> Run:
 def _regmean_nan_in_pool(env) -> Run:
     z = experts()
     bad = poisoned(z["expert_reverse"], env.tmp / "nan_expert")
-    return yaml_run(env, regmean_recipe([bad, z["expert_sort"]], [z["data_reverse"], z["data_sort"]]),
+    return yaml_run(env, regmean_recipe([bad, z["expert_maxchar"]], [z["data_reverse"], z["data_maxchar"]]),
                     f"pool model '{bad}' has NaN/Inf values in tensor '{TENSOR}'")
 
 
 def _regmean_overflow(env) -> Run:
     z = experts()
     loud = poisoned(z["expert_reverse"], env.tmp / "loud_expert", NORM, HUGE)
-    return yaml_run(env, regmean_recipe([loud, z["expert_sort"]], [z["data_reverse"], z["data_sort"]]),
+    return yaml_run(env, regmean_recipe([loud, z["expert_maxchar"]], [z["data_reverse"], z["data_maxchar"]]),
                     f"for pool model '{loud}'")
 
 
@@ -116,7 +116,7 @@ def _regmean_blown_up(env) -> Run:
     z = experts()
     base = edited(z["base"], env.tmp / "massive_base", massive_channels)
     experts = [nudged(base, env.tmp / f"expert{i}", seed=i) for i in (1, 2)]
-    recipe = regmean_recipe(experts, [z["data_reverse"], z["data_sort"]], ridge=0)
+    recipe = regmean_recipe(experts, [z["data_reverse"], z["data_maxchar"]], ridge=0)
     recipe["base_model"] = str(base)
     return yaml_run(env, recipe, "model.layers.")
 

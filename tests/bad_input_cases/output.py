@@ -73,7 +73,7 @@ def _foreign_folder(env):
 
 
 def _adapters(env, where: Path) -> list[Path]:
-    from test_lora import make_adapter
+    from tests.fixtures.models import make_adapter
 
     return [make_adapter(env.tiny["base"], where / f"lora_{i}", seed=i) for i in (1, 2)]
 

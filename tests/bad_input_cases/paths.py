@@ -13,7 +13,7 @@ LOOKED = "(looked in "
 
 
 def _fw(**settings) -> dict:
-    recipe = fw_recipe("fw_hard", ["reverse", "sort"], ["reverse"], max_iters=1)
+    recipe = fw_recipe("fw_hard", ["reverse", "maxchar"], ["reverse"], max_iters=1)
     recipe["fw_hard"].update(settings)
     return recipe
 
@@ -32,7 +32,7 @@ def _regmean(env) -> Run:
     z = experts()
     recipe = {"merge_method": "regmean", "base_model": str(z["base"]),
               "models": [{"model": str(z["expert_reverse"]), "parameters": {"calibration": "data/reverse.jsonl"}},
-                         {"model": str(z["expert_sort"]), "parameters": {"calibration": str(z["data_sort"])}}]}
+                         {"model": str(z["expert_maxchar"]), "parameters": {"calibration": str(z["data_maxchar"])}}]}
     return _from_elsewhere(env, recipe, "data/reverse.jsonl")
 
 
