@@ -1,4 +1,4 @@
-"""FW-Merging (fw_hard / fw_soft) end to end through `mergekit-from yaml`, on tiny experts trained on task zoo tasks."""
+"""FW-Merging (fw_hard / fw_soft) end to end through `mergekit-from yaml`, on tiny task zoo experts."""
 
 from __future__ import annotations
 

@@ -115,8 +115,8 @@ def nudged(src: Path, dst: Path, seed: int, rel: float = 1e-3) -> Path:
 def _regmean_blown_up(env) -> Run:
     z = experts()
     base = edited(z["base"], env.tmp / "massive_base", massive_channels)
-    experts = [nudged(base, env.tmp / f"expert{i}", seed=i) for i in (1, 2)]
-    recipe = regmean_recipe(experts, [z["data_reverse"], z["data_maxchar"]], ridge=0)
+    nudged_experts = [nudged(base, env.tmp / f"expert{i}", seed=i) for i in (1, 2)]
+    recipe = regmean_recipe(nudged_experts, [z["data_reverse"], z["data_maxchar"]], ridge=0)
     recipe["base_model"] = str(base)
     return yaml_run(env, recipe, "model.layers.")
 
