@@ -194,6 +194,7 @@ def hub_with_tokenizer(hub_dir, tmp_path):
         yield server
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_merge_worse_than_the_base_is_reported_and_quiet_is_silent(hub_with_tokenizer, tmp_path):
     """lambda=30 scales the merged task vector 30x: a real merge that raises the calibration loss."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from tests.fixtures.models import run_cli
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_on_the_quick_taskzoo(quick_taskzoo, tmp_path):
     out = tmp_path / "demo"
     result = run_cli("demo", "--quick", "--zoo", quick_taskzoo.root, "--out", out)

@@ -96,6 +96,7 @@ def test_failed_merge_keeps_previous_output(tiny, tmp_path):
     assert not list(out.glob("*.safetensors"))
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_console_script_exit_code_and_single_line(tiny, tmp_path):
     """The installed entry point, in its own process: exit status and stderr as a user sees them."""

@@ -56,6 +56,7 @@ def test_eval_allow_pickle_scores_pickled_weights_as_safetensors(tiny, tmp_path)
     assert result.stdout.replace(str(pickled), str(tiny["a"])) == expected.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_sigint_mid_merge_exits_130_with_one_line(tmp_path):
     """Ctrl-C once the merge is writing its staged output: exit 130, one line, no traceback, no output."""

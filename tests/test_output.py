@@ -97,6 +97,7 @@ def _partials(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if ".partial-" in p.name]
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path):
     """kill -9 in the middle of an FW merge leaves its staging folder; the next run on OUT removes it."""

@@ -180,6 +180,7 @@ def load_benchmark(name: str = "quality"):
     return module
 
 
+@pytest.mark.slow
 def test_quality_benchmark_quick(quick_taskzoo, tmp_path):
     quality = load_benchmark()
     data = quality.main(["--out", str(tmp_path), "--quick", "--zoo", str(quick_taskzoo.root), "--n", "16",
@@ -200,6 +201,7 @@ def test_quality_benchmark_quick(quick_taskzoo, tmp_path):
     assert (tmp_path / "quality.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_quality_scaling_settings_quick(quick_taskzoo, tmp_path):
     quality = load_benchmark()
     data = quality.main(["--out", str(tmp_path), "--quick", "--zoo", str(quick_taskzoo.root), "--n", "16",

@@ -74,6 +74,7 @@ def test_user_errors_are_one_line(run, db_url):
     assert res.exit_code == 2 and "not in the store" in res.output
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_serve_command_serves_a_folder(hub_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -223,6 +223,7 @@ def _kill_9_once_listed(cmd: list[str], env: dict[str, str], db_url: str, gate: 
         engine.dispose()
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_kill_9_mid_crawl_then_resume_loses_and_duplicates_nothing(hub, db_url, tmp_path, hub_layout):
     """A crawler process killed with SIGKILL between pages resumes from the saved next-page URL."""
@@ -249,6 +250,7 @@ def test_kill_9_mid_crawl_then_resume_loses_and_duplicates_nothing(hub, db_url, 
     store.close()
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_kill_9_amid_rate_limits_and_outages_then_resume_stores_every_model_once(hub, db_url, tmp_path,
                                                                                  hub_layout):
@@ -279,6 +281,7 @@ def test_kill_9_amid_rate_limits_and_outages_then_resume_stores_every_model_once
     store.close()
 
 
+@pytest.mark.slow
 def test_long_bursts_on_every_kind_of_call_are_outlasted(make_crawler, store, hub, hub_layout):
     """Bursts longer than the old fixed five retries, on listing, model_info, header reads and
     downloads, with quick waits: the crawl completes."""
@@ -301,6 +304,7 @@ def test_unknown_base_is_an_error_and_stores_nothing(make_crawler, store):
     assert _count(store, Model) == 0
 
 
+@pytest.mark.slow
 def test_a_refused_connection_fails_within_seconds_naming_the_endpoint(store):
     import socket
 
@@ -317,6 +321,7 @@ def test_a_refused_connection_fails_within_seconds_naming_the_endpoint(store):
         assert time.monotonic() - t0 < 10
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_two_crawlers_on_one_database_do_not_corrupt_it(hub, db_url, tmp_path, hub_layout):
     cmd = _crawl_cmd(db_url, hub.endpoint, "finetune,adapter,merge,quantized", recursive=True, enrich=True)
