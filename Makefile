@@ -24,7 +24,7 @@ demo: venv
 	$(BIN)/mergekit-from demo --out $(DEMO_OUT)
 
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) out

@@ -1,6 +1,6 @@
 """Peak memory and speed of fw_hard against the pool size, streamed vs load-everything.
 
-Builds a base Llama (hidden 512, 6 layers, vocab 8192: 27.4M parameters, fp32, with the tests'
+Builds a base Llama (hidden 512, 6 layers, vocab 8192: 27.4M parameters, fp32, with the task zoo's
 char-level tokenizer) and up to 32 candidates (the base plus Gaussian noise), then runs the same
 fw_hard recipe with pools of N = 4, 8, 16, 32 candidates, each as a fresh
 `mergekit-from yaml` process, twice per N:
@@ -29,13 +29,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # the tiny zoo's char-level tokenizer and task samples
 
 
 def build_pool(root: Path, n: int, quick: bool) -> tuple[Path, list[Path], int]:
     import torch
-    from fw_fixtures import make_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mergekit_from.taskzoo.tokenizer import CharVocab
 
     base_dir = root / "base"
     shape = dict(vocab_size=8192, hidden_size=512, intermediate_size=1376, num_hidden_layers=6)
@@ -48,7 +48,7 @@ def build_pool(root: Path, n: int, quick: bool) -> tuple[Path, list[Path], int]:
         torch.manual_seed(0)
         base = LlamaForCausalLM(cfg)
         base.save_pretrained(base_dir)
-        make_tokenizer().save_pretrained(base_dir)
+        CharVocab().save(base_dir)
         for i in range(n):
             torch.manual_seed(100 + i)
             with torch.no_grad():
@@ -87,14 +87,16 @@ def main() -> None:
     ap.add_argument("--models-dir", type=Path, help="where the pool is built/reused (default OUT/models)")
     args = ap.parse_args()
     import yaml
-    from fw_fixtures import task_samples, write_jsonl
+
+    from mergekit_from.taskzoo.tasks import examples, write_jsonl
 
     args.out = args.out.resolve()  # recipes resolve data paths against their own folder
     args.out.mkdir(parents=True, exist_ok=True)
     models = (args.models_dir or args.out / "models").resolve()
     models.mkdir(parents=True, exist_ok=True)
     base, cands, params = build_pool(models, max(args.sizes), args.quick)
-    data = write_jsonl(args.out / "rev.jsonl", task_samples("rev", args.samples, seed=3))
+    data = args.out / "reverse.jsonl"
+    write_jsonl(data, examples("reverse", "calibration", args.samples, seed=3))
 
     results: dict[str, dict[str, dict]] = {"streamed": {}, "preloaded": {}}
     for n in args.sizes:
@@ -104,7 +106,7 @@ def main() -> None:
                 "base_model": str(base),
                 "models": [{"model": str(c)} for c in cands[:n]],
                 "dtype": "float32",
-                "fw_hard": {"targets": {"rev": str(data)}, "max_iters": args.iters, "samples_per_task": args.samples,
+                "fw_hard": {"targets": {"reverse": str(data)}, "max_iters": args.iters, "samples_per_task": args.samples,
                             "preload_candidates": variant == "preloaded"},
             }
             path = args.out / f"fw_{variant}_{n}.yml"

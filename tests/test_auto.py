@@ -7,31 +7,42 @@ import os
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import load_model, merge, run_cli
 from huggingface_hub import HfApi
 from sqlalchemy import select
-from zoo_fixtures import BASE, GATED, OTHER_DEPTH, OTHER_VOCAB, QUANTIZED
 
 from db import MergeRun, Target, open_store
+
+from tests.fixtures.hub_repos import BASE, GATED, OTHER_DEPTH, OTHER_VOCAB, QUANTIZED
+from tests.fixtures.models import load_model, merge, run_cli
 
 TARGET = "solve grade school math word problems"
 TOKEN = "hf_test_token_do_not_store"
 
 
-@pytest.fixture
-def writable_hub(zoo_dir, tmp_path):
-    """A private copy of the zoo served with write access for TOKEN only."""
+@pytest.fixture(scope="module")
+def from_run(hub_dir, tmp_path_factory):
+    """One `auto --method from --pool-size 3 --push-to-hub me/math-merge` run against a private copy of the
+    Hub repos, served with write access for TOKEN only; the tests below each check one part of it."""
     import shutil
 
     from zoo.hub_server import HubServer
 
+    tmp_path = tmp_path_factory.mktemp("auto-from")
     root = tmp_path / "hub"
-    shutil.copytree(zoo_dir, root)
+    shutil.copytree(hub_dir, root)
     with HubServer(root, page_size=3, gated={GATED: "manual"}, access_tokens={TOKEN}) as server:
-        yield server
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("HF_TOKEN", TOKEN)
+            result = auto(server, tmp_path, "--method", "from", "--pool-size", "3", "--push-to-hub", "me/math-merge")
+        assert result.exit_code == 0, result.output + result.stderr
+        out = tmp_path / "merged"
+        run = json.loads((out / "auto_run.json").read_text())
+        yield SimpleNamespace(hub=server, tmp=tmp_path, out=out, result=result, run=run,
+                              pool=[s["repo_id"] for s in run["sources"]], db=f"sqlite:///{tmp_path / 'zoo.sqlite'}")
 
 
 def auto(hub, tmp_path, *extra, out="merged"):
@@ -40,52 +51,58 @@ def auto(hub, tmp_path, *extra, out="merged"):
                    "--quiet", *extra)
 
 
-def test_from_merge_of_the_best_pool_with_provenance(writable_hub, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    result = auto(writable_hub, tmp_path, "--method", "from", "--pool-size", "3", "--push-to-hub", "me/math-merge")
-    assert result.exit_code == 0, result.output + result.stderr
-    out = tmp_path / "merged"
-    run = json.loads((out / "auto_run.json").read_text())
-    pool = [s["repo_id"] for s in run["sources"]]
+def test_from_pool_is_the_best_compatible_models(from_run):
+    pool = from_run.pool
     assert len(pool) == 3 and "acme/tiny-llama-math" in pool and "acme/tiny-llama-algebra" in pool
-    excluded = {e["repo_id"]: e["why"] for e in run["excluded"]}
+    excluded = {e["repo_id"]: e["why"] for e in from_run.run["excluded"]}
     assert {OTHER_VOCAB, OTHER_DEPTH, QUANTIZED} <= set(excluded) and not {OTHER_VOCAB, OTHER_DEPTH, QUANTIZED} & set(pool)
     assert "vocabulary" in excluded[OTHER_VOCAB] and "quantized" in excluded[QUANTIZED]
 
-    # the card pins every source to the commit the Hub reports, with its coefficient
-    api = HfApi(endpoint=writable_hub.endpoint)
-    card = (out / "README.md").read_text()
-    meta = yaml.safe_load(card.split("---")[1])
-    assert meta["base_model"][0] == BASE and set(meta["base_model"][1:]) <= set(pool)
-    assert meta["base_model_relation"] == "merge" and {"merge", "mergekit"} <= set(meta["tags"])
-    for src in run["sources"]:
-        assert f"| {src['repo_id']} | `{api.model_info(src['repo_id']).sha}` |" in card
-    assert abs(sum(s["coefficient"] for s in run["sources"]) - 1.0) < 1e-4  # FroM weights are convex
 
-    # the recipe that ran reproduces the same weights through `mergekit-from yaml`
-    again = run_cli("yaml", out / "mergekit_config.yml", tmp_path / "again", "--quiet")
+def test_from_card_pins_every_source_to_its_commit(from_run):
+    """The card pins every source to the commit the Hub reports, with its coefficient."""
+    api = HfApi(endpoint=from_run.hub.endpoint, token=TOKEN)
+    card = (from_run.out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["base_model"][0] == BASE and set(meta["base_model"][1:]) <= set(from_run.pool)
+    assert meta["base_model_relation"] == "merge" and {"merge", "mergekit"} <= set(meta["tags"])
+    for src in from_run.run["sources"]:
+        assert f"| {src['repo_id']} | `{api.model_info(src['repo_id']).sha}` |" in card
+    assert abs(sum(s["coefficient"] for s in from_run.run["sources"]) - 1.0) < 1e-4  # FroM weights are convex
+
+
+def test_from_recipe_that_ran_reproduces_the_weights(from_run, tmp_path):
+    again = run_cli("yaml", from_run.out / "mergekit_config.yml", tmp_path / "again", "--quiet")
     assert again.exit_code == 0, again.stderr
-    first, second = load_model(out), load_model(tmp_path / "again")
+    first, second = load_model(from_run.out), load_model(tmp_path / "again")
     assert first.keys() == second.keys() and all((first[k] == second[k]).all() for k in first)
 
-    # pushed to the local Hub; the token is nowhere on disk
-    files = set(api.list_repo_files("me/math-merge"))
+
+def test_from_push_reaches_the_hub_and_the_token_is_nowhere_on_disk(from_run):
+    files = set(HfApi(endpoint=from_run.hub.endpoint, token=TOKEN).list_repo_files("me/math-merge"))
     assert {"README.md", "mergekit_config.yml", "model.safetensors", "auto_run.json"} <= files
-    for path in [*tmp_path.rglob("*")]:
+    for path in [*from_run.tmp.rglob("*")]:
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert TOKEN.encode() not in path.read_bytes(), path
-    assert TOKEN not in result.output + result.stderr
+    assert TOKEN not in from_run.result.output + from_run.result.stderr
 
-    store = open_store(f"sqlite:///{tmp_path / 'zoo.sqlite'}")
+
+def test_from_run_is_recorded_in_the_store(from_run):
+    store = open_store(from_run.db)
     with store.session() as s:
         row = s.scalars(select(MergeRun)).one()
-        assert row.status == "done" and row.pool == pool and row.output == str(out)
+        assert row.status == "done" and row.pool == from_run.pool and row.output == str(from_run.out)
         assert s.get(Target, row.target_id).description == TARGET  # the run points at the scores it used
-        assert {p["repo_id"] for p in row.picks} == set(pool)
+        assert {p["repo_id"] for p in row.picks} == set(from_run.pool)
     store.close()
 
-    # runs can be listed and compared from the CLI
-    db = f"sqlite:///{tmp_path / 'zoo.sqlite'}"
+
+def test_from_run_is_listed_and_shown_by_zoo_runs(from_run):
+    db, pool, out = from_run.db, from_run.pool, from_run.out
+    store = open_store(db)
+    with store.session() as s:
+        row = s.scalars(select(MergeRun)).one()
+    store.close()
     listed = [json.loads(line) for line in run_cli("zoo", "runs", "--db", db, "--json").stdout.splitlines()]
     assert [(r["run_id"], r["method"], r["status"], r["pool"]) for r in listed] == [(row.run_id, "from", "done", pool)]
     assert listed[0]["calib_loss_merged"] is None and listed[0]["output"] == str(out)
@@ -163,7 +180,7 @@ def test_bad_settings_fail_before_any_hub_request(tmp_path, extra, message):
 
 
 @pytest.fixture
-def hub_with_tokenizer(zoo_dir, tmp_path):
+def hub_with_tokenizer(hub_dir, tmp_path):
     """The zoo with a tokenizer next to the base, so calibration data can be scored and evaluated."""
     import shutil
 
@@ -171,12 +188,14 @@ def hub_with_tokenizer(zoo_dir, tmp_path):
     from zoo.hub_server import HubServer
 
     root = tmp_path / "hub"
-    shutil.copytree(zoo_dir, root)
+    shutil.copytree(hub_dir, root)
     CharVocab().save(root / BASE)
     with HubServer(root, page_size=3, gated={GATED: "manual"}) as server:
         yield server
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_merge_worse_than_the_base_is_reported_and_quiet_is_silent(hub_with_tokenizer, tmp_path):
     """lambda=30 scales the merged task vector 30x: a real merge that raises the calibration loss."""
     calib = calib_file(tmp_path / "math.jsonl")

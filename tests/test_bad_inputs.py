@@ -12,9 +12,7 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from bad_input_cases import Case, all_cases, snapshot  # noqa: E402
+from tests.bad_input_cases import Case, all_cases, snapshot
 
 DOC = Path(__file__).parents[1] / "docs" / "errors.md"
 CASES = all_cases()
@@ -40,7 +38,8 @@ def _invoke(case: Case, run, monkeypatch) -> tuple[int, str]:
     return result.exit_code, result.stderr
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.subprocess] if c.subprocess else [])
+                                  for c in CASES])
 def test_bad_input(case: Case, request, tmp_path, monkeypatch):
     env = SimpleNamespace(tmp=tmp_path, **{name: request.getfixturevalue(name) for name in case.fixtures})
     run = case.build(env)
@@ -74,13 +73,13 @@ HEADER = """# Errors: the bad-input matrix
 Every case below is a test (`tests/test_bad_inputs.py`, cases in `tests/bad_input_cases/`). Each one runs the real
 `mergekit-from` command line and checks: exit code 2, one line on stderr that starts with `error:` and names the
 culprit, no traceback, and the output location absent or byte-identical afterwards. The message column is the fixed
-part of that line. Regenerate this file with `python tests/test_bad_inputs.py` after adding a case.
+part of that line. Regenerate this file with `python -m tests.test_bad_inputs` after adding a case.
 
 """
 
 
 def test_docs_list_the_matrix():
-    assert DOC.read_text(encoding="utf-8") == HEADER + doc_table(CASES) + "\n", "run: python tests/test_bad_inputs.py"
+    assert DOC.read_text(encoding="utf-8") == HEADER + doc_table(CASES) + "\n", "run: python -m tests.test_bad_inputs"
 
 
 def test_matrix_is_large():

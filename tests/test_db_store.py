@@ -11,7 +11,7 @@ from sqlalchemy import func, make_url, select, text
 from db import Edge, MergeRun, Model, Score, Target, default_url, open_store
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request, db_url) -> str:
     """Each store test runs on both backends (a fresh database each time): conftest's SQLite file, or
     a new database on the throwaway PostgreSQL server."""
@@ -140,6 +140,7 @@ def test_upsert_groups_rows_with_the_same_keys_in_another_order(store):
     assert got == {"org/a": (5, 10), "org/b": (2, 20), "org/c": (3, None)}
 
 
+@pytest.mark.postgres
 def test_a_crawl_into_postgres_stores_what_sqlite_stores(postgres, hub, crawled, tmp_path):
     from zoo.crawler import Crawler
     from zoo.inventory import inventory

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
-from conftest import run_cli
+
+from tests.fixtures.models import run_cli
 
 
-def test_demo_end_to_end_on_the_quick_zoo(quick_zoo, tmp_path):
+@pytest.mark.slow
+def test_demo_end_to_end_on_the_quick_taskzoo(quick_taskzoo, tmp_path):
     out = tmp_path / "demo"
-    result = run_cli("demo", "--quick", "--zoo", quick_zoo.root, "--out", out)
+    result = run_cli("demo", "--quick", "--zoo", quick_taskzoo.root, "--out", out)
     assert result.exit_code == 0, result.output + result.stderr
     summary = json.loads((out / "demo.json").read_text())
     targets = summary["targets"]
-    assert targets == quick_zoo.targets[: len(targets)] and len(targets) >= 2
+    assert targets == quick_taskzoo.targets[: len(targets)] and len(targets) >= 2
 
     # the table: base, every target's expert, both merges; printed as well as saved
     rows = summary["accuracy"]

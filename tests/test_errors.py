@@ -7,8 +7,9 @@ import sys
 
 import pytest
 import torch
-from conftest import make_finetune, make_llama, run_cli, write_recipe
 from safetensors.torch import load_file, save_file
+
+from tests.fixtures.models import make_finetune, make_llama, run_cli, write_recipe
 
 
 def run_bad(tmp_path, recipe: dict):
@@ -95,6 +96,8 @@ def test_failed_merge_keeps_previous_output(tiny, tmp_path):
     assert not list(out.glob("*.safetensors"))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_console_script_exit_code_and_single_line(tiny, tmp_path):
     """The installed entry point, in its own process: exit status and stderr as a user sees them."""
     cfg = write_recipe(tmp_path / "bad.yml", from_recipe(tiny["base"], tiny["a"], k=-2))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import load_model, merge, run_cli
 from mergekit.merge_methods import merge_state_dicts
 from safetensors.torch import load_file
 
 from mergekit_from.methods.from_merge import from_coefficients, from_merge_tensors
+
+from tests.fixtures.models import load_model, merge, run_cli
 
 
 def _sd(path):

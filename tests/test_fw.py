@@ -1,7 +1,8 @@
-"""FW-Merging (fw_hard / fw_soft) end to end through `mergekit-from yaml`, on a real tiny task zoo."""
+"""FW-Merging (fw_hard / fw_soft) end to end through `mergekit-from yaml`, on tiny task zoo experts."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import weakref
 from pathlib import Path
@@ -9,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from fw_fixtures import fw_recipe, write_recipe, zoo
 from safetensors.torch import load_file
 
 from mergekit_from import calibration
@@ -19,6 +19,9 @@ from mergekit_from.prepass.lmo import lmo_picks, step_coefficient
 from mergekit_from.prepass.objective import load_skeleton, task_objective
 from mergekit_from.prepass.pool import ref_string
 from mergekit_from.weights import TensorIndex
+
+from tests.fixtures.fw_experts import experts, fw_recipe
+from tests.fixtures.models import write_recipe
 
 
 def run_fw(tmp_path: Path, recipe: dict, name: str = "out") -> tuple[Path, dict]:
@@ -31,7 +34,7 @@ def run_fw(tmp_path: Path, recipe: dict, name: str = "out") -> tuple[Path, dict]
 
 def objective(model_dir: Path, tasks: list[str]) -> float:
     """Mean response cross-entropy over the target tasks' calibration files (the FW objective)."""
-    z = zoo()
+    z = experts()
     tok = calibration.load_tokenizer(z["base"])
     data = [calibration.encode(calibration.read_jsonl(z[f"data_{t}"]), tok) for t in tasks]
     batches = [list(calibration.batches(e, 8, tok.pad_token_id)) for e in data]
@@ -39,12 +42,12 @@ def objective(model_dir: Path, tasks: list[str]) -> float:
 
 
 def expert(task: str) -> str:
-    return ref_string(str(zoo()[f"expert_{task}"]))
+    return ref_string(str(experts()[f"expert_{task}"]))
 
 
-@pytest.mark.parametrize("score, target", [("cosine", "rev"), ("inner_product", "sort")])
+@pytest.mark.parametrize("score, target", [("cosine", "reverse"), ("inner_product", "maxchar")])
 def test_hard_picks_the_targets_own_expert_first_and_reduces_the_objective(tmp_path, score, target):
-    recipe = fw_recipe("fw_hard", ["shift", "rev", "sort"], [target], max_iters=3, score=score, step_size=1.0)
+    recipe = fw_recipe("fw_hard", ["shift", "reverse", "maxchar"], [target], max_iters=3, score=score, step_size=1.0)
     out, trace = run_fw(tmp_path, recipe)
     its = trace["iterations"]
     assert its[0]["picked"] == expert(target)
@@ -59,13 +62,13 @@ def test_hard_picks_the_targets_own_expert_first_and_reduces_the_objective(tmp_p
 
 
 def test_per_tensor_lmo_picks_per_tensor_and_replays(tmp_path):
-    recipe = fw_recipe("fw_hard", ["shift", "rev", "sort"], ["rev", "sort"], max_iters=2, lmo="tensor")
+    recipe = fw_recipe("fw_hard", ["shift", "reverse", "maxchar"], ["reverse", "maxchar"], max_iters=2, lmo="tensor")
     out, trace = run_fw(tmp_path, recipe)
-    names = set(TensorIndex.open(zoo()["base"]).shapes)
+    names = set(TensorIndex.open(experts()["base"]).shapes)
     for it in trace["iterations"]:
         assert set(it["picked_by_tensor"]) == names
         assert sum(it["pick_share"].values()) == pytest.approx(1.0)
-    assert objective(out, ["rev", "sort"]) == pytest.approx(trace["final_objective"], abs=1e-4)
+    assert objective(out, ["reverse", "maxchar"]) == pytest.approx(trace["final_objective"], abs=1e-4)
 
 
 def test_lmo_granularity_on_a_score_matrix():
@@ -83,33 +86,42 @@ def test_step_schedule_and_update_rules(tmp_path):
     assert torch.allclose(fw_step(theta, [(0.5, s)], None), 0.5 * s)
     trimmed = ties_trim(s - theta, 0.2)
     assert torch.equal(trimmed, torch.tensor([0.0] * 8 + [8.0, 9.0]))
-    recipe = fw_recipe("fw_hard", ["shift", "rev"], ["rev"], max_iters=4, step_size=0.5, update="ties", init="base")
+    recipe = fw_recipe("fw_hard", ["shift", "reverse"], ["reverse"], max_iters=4, step_size=0.5, update="ties",
+                       init="base")
     out, trace = run_fw(tmp_path, recipe)
     assert [it["step"] for it in trace["iterations"]] == pytest.approx([0.15, 0.1, 0.075, 0.06])
-    assert objective(out, ["rev"]) == pytest.approx(trace["final_objective"], abs=1e-4)
+    assert objective(out, ["reverse"]) == pytest.approx(trace["final_objective"], abs=1e-4)
 
 
-@pytest.mark.parametrize("init", ["base", "task_arithmetic", "from", "expert_sort"])
-def test_initialisations(tmp_path, init):
-    z = zoo()
-    given = str(z[init]) if init.startswith("expert") else init
-    recipe = fw_recipe("fw_hard", ["shift", "rev"], ["rev"], max_iters=1, init=given, samples_per_task=8)
-    out, trace = run_fw(tmp_path, recipe)
-    if init in ("base", "expert_sort"):
-        tok = calibration.load_tokenizer(z["base"])  # iteration 0 sees the first 8 samples at θ₀
-        enc = calibration.encode(calibration.read_jsonl(z["data_rev"], 8), tok)
-        model = load_skeleton(z["base" if init == "base" else init])
-        batches = [list(calibration.batches(enc, 8, tok.pad_token_id))]
-        start = task_objective(model, batches, [8], "cross_entropy", False)
-        assert trace["iterations"][0]["objective"] == pytest.approx(start, abs=1e-5)
-    merged = load_file(str(out / "model.safetensors"))
-    assert set(merged) == set(TensorIndex.open(z["base"]).shapes)
-    assert all(torch.isfinite(t).all() for t in merged.values())
+def test_initialisations(tmp_path):
+    """Every init starts the search somewhere else (an ignored ``init`` would start them all at one
+    point); base and a model folder start exactly at that model."""
+    z = experts()
+    starts, results = {}, {}
+    for init in ("base", "task_arithmetic", "from", "expert_maxchar"):
+        given = str(z[init]) if init.startswith("expert") else init
+        recipe = fw_recipe("fw_hard", ["shift", "reverse"], ["reverse"], max_iters=1, init=given, samples_per_task=8)
+        out, trace = run_fw(tmp_path, recipe, name=init)
+        starts[init] = trace["iterations"][0]["objective"]
+        if init in ("base", "expert_maxchar"):
+            tok = calibration.load_tokenizer(z["base"])  # iteration 0 sees the first 8 samples at θ₀
+            enc = calibration.encode(calibration.read_jsonl(z["data_reverse"], 8), tok)
+            model = load_skeleton(z["base" if init == "base" else init])
+            batches = [list(calibration.batches(enc, 8, tok.pad_token_id))]
+            start = task_objective(model, batches, [8], "cross_entropy", False)
+            assert starts[init] == pytest.approx(start, abs=1e-5)
+        merged = load_file(str(out / "model.safetensors"))
+        assert set(merged) == set(TensorIndex.open(z["base"]).shapes)
+        assert all(torch.isfinite(t).all() for t in merged.values())
+        results[init] = merged
+    for a, b in itertools.combinations(starts, 2):
+        assert abs(starts[a] - starts[b]) > 1e-4, (a, b, starts)
+        assert any(not torch.equal(results[a][n], results[b][n]) for n in results[a]), (a, b)
 
 
 def test_soft_picks_one_model_per_target_and_its_inner_loop_reduces_the_loss(tmp_path):
     recipe = fw_recipe(
-        "fw_soft", ["shift", "rev", "sort", "first"], ["rev", "sort"], max_iters=2,
+        "fw_soft", ["shift", "reverse", "maxchar", "rotate"], ["reverse", "maxchar"], max_iters=2,
         ada_iters=25, ada_lr=5e-2, ada_loss="cross_entropy", ada_batch_size=8,
     )
     out, trace = run_fw(tmp_path, recipe)
@@ -118,13 +130,13 @@ def test_soft_picks_one_model_per_target_and_its_inner_loop_reduces_the_loss(tmp
         assert len(picks) == 2 and len(set(picks)) == 2
         assert it["inner_loss"]["last"] < it["inner_loss"]["first"]
     assert trace["final_objective"] < trace["iterations"][0]["objective"]
-    assert objective(out, ["rev", "sort"]) == pytest.approx(trace["final_objective"], abs=1e-4)
+    assert objective(out, ["reverse", "maxchar"]) == pytest.approx(trace["final_objective"], abs=1e-4)
 
 
 def test_streaming_never_holds_two_candidates(tmp_path, monkeypatch):
     """Instrument the loader: count candidate tensors alive whenever a candidate tensor is read."""
-    z = zoo()
-    candidates = {str(z[f"expert_{t}"]) for t in ("shift", "rev", "sort")}
+    z = experts()
+    candidates = {str(z[f"expert_{t}"]) for t in ("shift", "reverse", "maxchar")}
     live: dict[int, str] = {}
     worst = {"tensors": 0, "models": 0}
     original = TensorIndex.tensor
@@ -140,7 +152,7 @@ def test_streaming_never_holds_two_candidates(tmp_path, monkeypatch):
         return t
 
     monkeypatch.setattr(TensorIndex, "tensor", tracked)
-    recipe = fw_recipe("fw_hard", ["shift", "rev", "sort"], ["rev"], max_iters=2, samples_per_task=8)
+    recipe = fw_recipe("fw_hard", ["shift", "reverse", "maxchar"], ["reverse"], max_iters=2, samples_per_task=8)
     run_fw(tmp_path, recipe)
     assert worst == {"tensors": 1, "models": 1}
     # the instrument does see a consumer that keeps candidates around
@@ -165,32 +177,33 @@ def test_objectives_on_known_logits():
 
 
 def test_entropy_objective_runs_on_prompts(tmp_path):
-    recipe = fw_recipe("fw_hard", ["shift", "rev"], ["rev"], max_iters=2, objective="entropy", samples_per_task=8)
+    recipe = fw_recipe("fw_hard", ["shift", "reverse"], ["reverse"], max_iters=2, objective="entropy",
+                       samples_per_task=8)
     _, trace = run_fw(tmp_path, recipe)
     assert trace["settings"]["objective"] == "entropy"
     assert all(0 < it["objective"] < torch.log(torch.tensor(32.0)).item() for it in trace["iterations"])
 
 
 def test_initial_model_as_a_vertex_and_bfloat16_inputs(tmp_path):
-    recipe = fw_recipe("fw_hard", ["shift", "rev"], ["rev"], max_iters=2, lmo="tensor", initial_vertex=True)
+    recipe = fw_recipe("fw_hard", ["shift", "reverse"], ["reverse"], max_iters=2, lmo="tensor", initial_vertex=True)
     out, trace = run_fw(tmp_path, recipe)
     assert len(trace["pool"]) == 3 and trace["pool"][2].endswith("fw_initial")
-    assert objective(out, ["rev"]) == pytest.approx(trace["final_objective"], abs=1e-4)
+    assert objective(out, ["reverse"]) == pytest.approx(trace["final_objective"], abs=1e-4)
     recipe["dtype"] = "bfloat16"  # mergekit hands the kernel bf16 tensors; the replay still runs in fp32
     out, trace = run_fw(tmp_path, recipe, name="bf16")
     merged = load_file(str(out / "model.safetensors"))
     assert all(t.dtype == torch.bfloat16 for t in merged.values())
-    assert objective(out, ["rev"]) == pytest.approx(trace["final_objective"], abs=5e-2)
+    assert objective(out, ["reverse"]) == pytest.approx(trace["final_objective"], abs=5e-2)
 
 
 def test_data_paths_are_relative_to_the_recipe(tmp_path):
-    z = zoo()
+    z = experts()
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "rev.jsonl").write_bytes(z["data_rev"].read_bytes())
-    recipe = fw_recipe("fw_soft", ["shift", "rev"], ["rev"], max_iters=1, ada_iters=2)
-    recipe["fw_soft"]["targets"] = ["data/rev.jsonl"]
+    (tmp_path / "data" / "reverse.jsonl").write_bytes(z["data_reverse"].read_bytes())
+    recipe = fw_recipe("fw_soft", ["shift", "reverse"], ["reverse"], max_iters=1, ada_iters=2)
+    recipe["fw_soft"]["targets"] = ["data/reverse.jsonl"]
     _, trace = run_fw(tmp_path, recipe)
-    assert trace["targets"] == ["rev"]
+    assert trace["targets"] == ["reverse"]
 
 
 def test_effective_coefficients_recurrence():
@@ -205,15 +218,15 @@ def test_effective_coefficients_recurrence():
 
 def test_trace_coefficients_reproduce_the_written_model(tmp_path):
     """With per-model picks and task-arithmetic steps, θ − base = Σ a_i τ_i exactly."""
-    pool = ["shift", "rev", "sort"]
-    recipe = fw_recipe("fw_hard", pool, ["rev"], max_iters=3, step_size=1.0)
+    pool = ["shift", "reverse", "maxchar"]
+    recipe = fw_recipe("fw_hard", pool, ["reverse"], max_iters=3, step_size=1.0)
     out, trace = run_fw(tmp_path, recipe)
     coeffs = trace["coefficients"]
     assert set(coeffs) == {expert(t) for t in pool}
-    z = zoo()
+    z = experts()
     base = load_file(str(z["base"] / "model.safetensors"))
     merged = load_file(str(out / "model.safetensors"))
-    experts = {expert(t): load_file(str(z[f"expert_{t}"] / "model.safetensors")) for t in pool}
+    expert_weights = {expert(t): load_file(str(z[f"expert_{t}"] / "model.safetensors")) for t in pool}
     for name, b in base.items():
-        expected = b + sum(c * (experts[r][name] - b) for r, c in coeffs.items())
+        expected = b + sum(c * (expert_weights[r][name] - b) for r, c in coeffs.items())
         torch.testing.assert_close(merged[name], expected, atol=2e-5, rtol=0)

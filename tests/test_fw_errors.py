@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fw_fixtures import fw_recipe, make_base, make_tokenizer, write_recipe, zoo
 
 from mergekit_from import calibration
 from mergekit_from.cli import main
 from mergekit_from.errors import CalibrationError
+
+from tests.fixtures.fw_experts import VOCAB, experts, fw_recipe, make_base
+from tests.fixtures.models import write_recipe
 
 
 def run_bad(tmp_path: Path, recipe: dict) -> str:
@@ -34,7 +36,7 @@ def test_reader_accepts_both_formats_and_masks_the_prompt(tmp_path):
     f.write_text('{"prompt": "r:ab>", "response": "ba"}\n\n{"text": "abc"}\n')
     samples = calibration.read_jsonl(f)
     assert samples == [calibration.Sample("r:ab>", "ba"), calibration.Sample("abc")]
-    tok = make_tokenizer()
+    tok = VOCAB.hf_tokenizer()
     pair, text = calibration.encode(samples, tok)
     assert pair.labels == [-100] * 6 + tok("ba", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert text.labels == text.input_ids and text.prompt_len == len(text.input_ids)
@@ -62,15 +64,15 @@ def test_reader_names_file_and_line(tmp_path, content, expected):
 
 
 def test_missing_calibration_file(tmp_path):
-    recipe = fw_recipe("fw_hard", ["rev"], ["rev"])
-    recipe["fw_hard"]["targets"] = {"rev": str(tmp_path / "nope.jsonl")}
+    recipe = fw_recipe("fw_hard", ["reverse"], ["reverse"])
+    recipe["fw_hard"]["targets"] = {"reverse": str(tmp_path / "nope.jsonl")}
     assert run_bad(tmp_path, recipe) == f"error: calibration file not found: {tmp_path / 'nope.jsonl'}"
 
 
 def test_malformed_calibration_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "r:ab>", "response": "ba"}\n{oops}\n')
-    recipe = fw_recipe("fw_soft", ["rev"], ["rev"])
+    recipe = fw_recipe("fw_soft", ["reverse"], ["reverse"])
     recipe["fw_soft"]["targets"] = [str(bad)]
     assert f"{bad}:2: malformed JSON" in run_bad(tmp_path, recipe)
 
@@ -78,18 +80,18 @@ def test_malformed_calibration_line(tmp_path):
 def test_task_without_samples(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    recipe = fw_recipe("fw_hard", ["rev"], ["rev"])
-    recipe["fw_hard"]["targets"] = {"rev": str(empty)}
+    recipe = fw_recipe("fw_hard", ["reverse"], ["reverse"])
+    recipe["fw_hard"]["targets"] = {"reverse": str(empty)}
     assert run_bad(tmp_path, recipe) == f"error: {empty}: no samples (the file has no JSON lines)"
 
 
 @pytest.fixture(scope="module")
 def wider(tmp_path_factory) -> Path:
-    return make_base(tmp_path_factory.mktemp("wide") / "wide", make_tokenizer(), hidden=48)
+    return make_base(tmp_path_factory.mktemp("wide") / "wide", hidden=48)
 
 
 def test_incompatible_pool_model_is_named_with_the_tensor(tmp_path, wider):
-    recipe = fw_recipe("fw_hard", ["rev"], ["rev"])
+    recipe = fw_recipe("fw_hard", ["reverse"], ["reverse"])
     recipe["models"].append({"model": str(wider)})
     line = run_bad(tmp_path, recipe)
     assert f"pool model {wider} is incompatible with the base: tensor " in line
@@ -97,7 +99,8 @@ def test_incompatible_pool_model_is_named_with_the_tensor(tmp_path, wider):
 
 
 def test_incompatible_pool_model_is_skipped_when_asked(tmp_path, wider, caplog):
-    recipe = fw_recipe("fw_hard", ["rev", "sort"], ["rev"], max_iters=1, samples_per_task=4, skip_incompatible=True)
+    recipe = fw_recipe("fw_hard", ["reverse", "maxchar"], ["reverse"], max_iters=1, samples_per_task=4,
+                       skip_incompatible=True)
     recipe["models"].append({"model": str(wider)})
     cfg = write_recipe(tmp_path / "skip.yml", recipe)
     result = CliRunner().invoke(main, ["yaml", str(cfg), str(tmp_path / "out"), "--quiet"])
@@ -108,56 +111,56 @@ def test_incompatible_pool_model_is_skipped_when_asked(tmp_path, wider, caplog):
 
 
 def test_empty_pool(tmp_path):
-    recipe = fw_recipe("fw_hard", [], ["rev"])
+    recipe = fw_recipe("fw_hard", [], ["reverse"])
     recipe["models"] = [{"model": recipe["base_model"]}]
     assert "the pool is empty" in run_bad(tmp_path, recipe)
 
 
 @pytest.mark.parametrize("method", ["fw_hard", "fw_soft"])
 def test_max_iters_must_be_positive(tmp_path, method):
-    recipe = fw_recipe(method, ["rev"], ["rev"], max_iters=0)
+    recipe = fw_recipe(method, ["reverse"], ["reverse"], max_iters=0)
     line = run_bad(tmp_path, recipe)
     assert line.startswith(f"error: {method} settings: max_iters: Input should be greater than 0")
 
 
 def test_settings_from_parameters_and_typos(tmp_path):
-    recipe = fw_recipe("fw_hard", ["rev"], ["rev"])
+    recipe = fw_recipe("fw_hard", ["reverse"], ["reverse"])
     recipe["parameters"] = {"max_iters": -1}
     assert "max_iters: Input should be greater than 0" in run_bad(tmp_path, recipe)
-    recipe = fw_recipe("fw_hard", ["rev"], ["rev"], step_sise=0.1)
+    recipe = fw_recipe("fw_hard", ["reverse"], ["reverse"], step_sise=0.1)
     assert "step_sise: Extra inputs are not permitted" in run_bad(tmp_path, recipe)
 
 
 @pytest.mark.parametrize("method", ["fw_hard", "regmean"])
 def test_base_missing_on_disk(tmp_path, method):
-    recipe = fw_recipe("fw_hard", ["rev"], ["rev"])
+    recipe = fw_recipe("fw_hard", ["reverse"], ["reverse"])
     recipe["merge_method"] = method
     recipe["base_model"] = str(tmp_path / "no_base")
     if method == "regmean":
-        recipe["regmean"] = {"calibration": {m["model"]: str(zoo()["data_rev"]) for m in recipe["models"]}}
+        recipe["regmean"] = {"calibration": {m["model"]: str(experts()["data_reverse"]) for m in recipe["models"]}}
         del recipe["fw_hard"]
     assert run_bad(tmp_path, recipe) == f"error: base model not found on disk: {tmp_path / 'no_base'}"
 
 
 def test_regmean_model_without_calibration(tmp_path):
-    z = zoo()
+    z = experts()
     recipe = {
         "merge_method": "regmean",
         "base_model": str(z["base"]),
         "models": [
-            {"model": str(z["expert_rev"]), "parameters": {"calibration": str(z["data_rev"])}},
-            {"model": str(z["expert_sort"])},
+            {"model": str(z["expert_reverse"]), "parameters": {"calibration": str(z["data_reverse"])}},
+            {"model": str(z["expert_maxchar"])},
         ],
     }
-    assert f"pool model {z['expert_sort']} has no calibration data" in run_bad(tmp_path, recipe)
+    assert f"pool model {z['expert_maxchar']} has no calibration data" in run_bad(tmp_path, recipe)
 
 
 def test_base_without_tokenizer(tmp_path):
     bare = tmp_path / "bare_base"
     bare.mkdir()
     for f in ("model.safetensors", "config.json"):
-        (bare / f).write_bytes((zoo()["base"] / f).read_bytes())
-    recipe = fw_recipe("fw_hard", ["rev"], ["rev"])
+        (bare / f).write_bytes((experts()["base"] / f).read_bytes())
+    recipe = fw_recipe("fw_hard", ["reverse"], ["reverse"])
     recipe["base_model"] = str(bare)
     assert run_bad(tmp_path, recipe).startswith(f"error: cannot load a tokenizer from {bare}")
 
@@ -168,6 +171,6 @@ def test_kernel_without_its_prepass_says_so(tmp_path):
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    recipe = fw_recipe("fw_hard", ["rev"], ["rev"])
+    recipe = fw_recipe("fw_hard", ["reverse"], ["reverse"])
     with pytest.raises(Exception, match="runs through `mergekit-from yaml`"):
         run_merge(MergeConfiguration.model_validate(recipe), str(tmp_path / "out"), MergeOptions(quiet=True))

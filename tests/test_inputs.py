@@ -10,11 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
-from bad_input_cases.inputs import pickled_copy, wider_vocab
-from conftest import load_model, make_finetune, make_llama, merge, run_cli, write_recipe
 
 from mergekit_from.taskzoo.tokenizer import WIDE_CHARS, CharVocab
+
+from tests.bad_input_cases.inputs import pickled_copy, wider_vocab
+from tests.fixtures.models import load_model, make_finetune, make_llama, merge, run_cli, write_recipe
 
 
 def test_vocab_mismatch_merges_when_the_recipe_aligns_tokenizers(tmp_path):
@@ -54,6 +56,8 @@ def test_eval_allow_pickle_scores_pickled_weights_as_safetensors(tiny, tmp_path)
     assert result.stdout.replace(str(pickled), str(tiny["a"])) == expected.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigint_mid_merge_exits_130_with_one_line(tmp_path):
     """Ctrl-C once the merge is writing its staged output: exit 130, one line, no traceback, no output."""
     base = make_llama(tmp_path / "base", layers=48)  # enough tensors to take seconds to merge

@@ -7,24 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import merge, run_cli
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
-TARGETS = ["q_proj", "v_proj", "up_proj"]
-
-
-def make_adapter(base_dir, out, seed, r=4, alpha=8, targets=TARGETS, scale=0.05):
-    torch.manual_seed(seed)
-    model = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), LoraConfig(r=r, lora_alpha=alpha, target_modules=targets))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:  # lora_B starts at zero; give every factor a real value
-                p.copy_(scale * torch.randn_like(p))
-    model.save_pretrained(out)
-    return out
-
+from tests.fixtures.models import make_adapter, merge, run_cli
 
 @pytest.fixture(scope="module")
 def adapters(tiny, tmp_path_factory):
@@ -121,7 +108,7 @@ def test_adapters_of_different_bases_are_refused(tiny, adapters, tmp_path):
 
 
 def test_adapter_shapes_checked_against_base(tiny, adapters, tmp_path):
-    from conftest import make_llama
+    from tests.fixtures.models import make_llama
 
     wide = make_llama(tmp_path / "wide", hidden=48)
     result = run_cli("lora", tmp_path / "out", *adapters, "--base", wide)

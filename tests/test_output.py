@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import load_model, run_cli, write_recipe
-from fw_fixtures import fw_recipe, zoo
 
 from mergekit_from.output import MARKER, Output, written_by
+
+from tests.fixtures.fw_experts import experts, fw_recipe
+from tests.fixtures.models import load_model, run_cli, write_recipe
 
 QUIET = ["--no-copy-tokenizer", "--quiet"]
 
@@ -67,8 +68,9 @@ def test_overwrite_writes_into_the_users_folder_and_keeps_the_rest(tiny, tmp_pat
 
 def test_lora_output_is_marked_and_replaced(tiny, tmp_path):
     from peft import PeftModel
-    from test_lora import make_adapter
     from transformers import LlamaForCausalLM
+
+    from tests.fixtures.models import make_adapter
 
     a, b = (make_adapter(tiny["base"], tmp_path / f"lora_{i}", seed=i) for i in (1, 2))
     out = tmp_path / "merged"
@@ -95,9 +97,12 @@ def _partials(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if ".partial-" in p.name]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path):
     """kill -9 in the middle of an FW merge leaves its staging folder; the next run on OUT removes it."""
-    slow = write_recipe(tmp_path / "slow.yml", fw_recipe("fw_hard", ["rev", "sort"], ["rev"], max_iters=10_000))
+    slow = write_recipe(tmp_path / "slow.yml",
+                        fw_recipe("fw_hard", ["reverse", "maxchar"], ["reverse"], max_iters=10_000))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "mergekit_from.cli", "yaml", str(slow), str(out), "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
@@ -110,7 +115,7 @@ def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert _partials(tmp_path) and not out.exists()
-    quick = write_recipe(tmp_path / "quick.yml", fw_recipe("fw_hard", ["rev", "sort"], ["rev"], max_iters=1))
+    quick = write_recipe(tmp_path / "quick.yml", fw_recipe("fw_hard", ["reverse", "maxchar"], ["reverse"], max_iters=1))
     result = run_cli("yaml", quick, out, "--quiet")
     assert result.exit_code == 0, result.stderr
     assert not _partials(tmp_path) and (out / "model.safetensors").is_file()
@@ -128,27 +133,28 @@ def _link(path: Path, target: Path) -> Path:
 def _fw_project(tmp_path: Path, run_dir: Path) -> dict:
     """fw_hard with every kind of relative path: models against the working directory (as
     mergekit does), calibration, init model and tokenizer against the recipe's folder."""
-    z = zoo()
+    z = experts()
     _link(run_dir / "models", z["root"])
-    shutil.copy(z["data_rev"], tmp_path / "recipes" / "data" / "rev.jsonl")
+    shutil.copy(z["data_reverse"], tmp_path / "recipes" / "data" / "reverse.jsonl")
     _link(tmp_path / "recipes" / "init", z["expert_shift"])
     _link(tmp_path / "recipes" / "tok", z["base"])
     return {"merge_method": "fw_hard", "base_model": "models/base",
-            "models": [{"model": "models/expert_rev"}, {"model": "models/expert_sort"}], "dtype": "float32",
-            "fw_hard": {"targets": ["data/rev.jsonl"], "max_iters": 2, "init": "init", "tokenizer": "tok",
+            "models": [{"model": "models/expert_reverse"}, {"model": "models/expert_maxchar"}], "dtype": "float32",
+            "fw_hard": {"targets": ["data/reverse.jsonl"], "max_iters": 2, "init": "init", "tokenizer": "tok",
                         "samples_per_task": 8}}
 
 
 def _regmean_project(tmp_path: Path, run_dir: Path) -> dict:
     """regmean with one calibration file next to the recipe and one in the working directory."""
-    z = zoo()
+    z = experts()
     _link(run_dir / "models", z["root"])
-    shutil.copy(z["data_rev"], tmp_path / "recipes" / "data" / "rev.jsonl")
-    shutil.copy(z["data_sort"], run_dir / "sort.jsonl")
+    shutil.copy(z["data_reverse"], tmp_path / "recipes" / "data" / "reverse.jsonl")
+    shutil.copy(z["data_maxchar"], run_dir / "maxchar.jsonl")
     return {"merge_method": "regmean", "base_model": "models/base",
-            "models": [{"model": "models/expert_rev", "parameters": {"calibration": "data/rev.jsonl"}},
-                       {"model": "models/expert_sort"}],
-            "dtype": "float32", "regmean": {"calibration": {"models/expert_sort": "sort.jsonl"}, "samples_per_task": 8}}
+            "models": [{"model": "models/expert_reverse", "parameters": {"calibration": "data/reverse.jsonl"}},
+                       {"model": "models/expert_maxchar"}],
+            "dtype": "float32",
+            "regmean": {"calibration": {"models/expert_maxchar": "maxchar.jsonl"}, "samples_per_task": 8}}
 
 
 @pytest.mark.parametrize("project", [_fw_project, _regmean_project], ids=["fw_hard", "regmean"])
@@ -164,7 +170,8 @@ def test_recorded_recipe_reruns_from_anywhere_with_the_same_weights(tmp_path, mo
     recorded = yaml.safe_load((out / "mergekit_config.yml").read_text())
     assert Path(recorded["base_model"]).is_absolute()
     assert sorted(p.name for p in (out / "calibration").iterdir()) == sorted(
-        ["rev.jsonl"] if recorded["merge_method"] == "fw_hard" else ["expert_rev.jsonl", "expert_sort.jsonl"])
+        ["reverse.jsonl"] if recorded["merge_method"] == "fw_hard"
+        else ["expert_reverse.jsonl", "expert_maxchar.jsonl"])
 
     monkeypatch.chdir(third)  # a third directory: nothing relative to the first run is reachable
     (first / "models").unlink()

@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import load_model, merge, run_cli, write_recipe
 from mergekit.scripts.run_yaml import main as mergekit_yaml
 
 from mergekit_from.output import MARKER
 from mergekit_from.prepass.settings import HardSettings, RegMeanSettings, SoftSettings
+
+from tests.fixtures.models import load_model, merge, run_cli, write_recipe
 
 
 def from_recipe(tiny, **params) -> dict:

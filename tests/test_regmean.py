@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from fw_fixtures import write_recipe, zoo
 from safetensors.torch import load_file, save_file
 
 from mergekit.config import MergeConfiguration
@@ -20,6 +19,9 @@ from mergekit_from.calibration import Batch
 from mergekit_from.cli import main
 from mergekit_from.methods.regmean import regmean_solve, shrink
 from mergekit_from.weights import TensorIndex
+
+from tests.fixtures.fw_experts import experts
+from tests.fixtures.models import write_recipe
 
 
 def random_spd(n: int, seed: int) -> torch.Tensor:
@@ -74,7 +76,7 @@ def test_hooks_keep_the_running_mean_over_real_tokens():
 
 
 def regmean_recipe(tasks: list[str], **settings) -> dict:
-    z = zoo()
+    z = experts()
     return {
         "merge_method": "regmean",
         "base_model": str(z["base"]),
@@ -92,8 +94,8 @@ def run(tmp_path: Path, recipe: dict) -> dict[str, torch.Tensor]:
 
 
 def test_one_model_returns_that_model(tmp_path):
-    merged = run(tmp_path, regmean_recipe(["rev"], alpha=0.5))
-    expert = load_file(str(zoo()["expert_rev"] / "model.safetensors"))
+    merged = run(tmp_path, regmean_recipe(["reverse"], alpha=0.5))
+    expert = load_file(str(experts()["expert_reverse"] / "model.safetensors"))
     assert set(merged) == set(expert)
     for name, t in expert.items():
         assert torch.allclose(merged[name], t, atol=1e-4, rtol=1e-3), name
@@ -112,10 +114,10 @@ def test_two_models_linear_weights_solved_others_averaged(tmp_path, monkeypatch)
         return model
 
     monkeypatch.setattr(regmean_grams, "load_skeleton", tracked)
-    merged = run(tmp_path, regmean_recipe(["rev", "sort"]))
+    merged = run(tmp_path, regmean_recipe(["reverse", "maxchar"]))
     assert len(alive) == 2 and worst[0] == 1
-    a = load_file(str(zoo()["expert_rev"] / "model.safetensors"))
-    b = load_file(str(zoo()["expert_sort"] / "model.safetensors"))
+    a = load_file(str(experts()["expert_reverse"] / "model.safetensors"))
+    b = load_file(str(experts()["expert_maxchar"] / "model.safetensors"))
     for name in ("model.norm.weight", "model.embed_tokens.weight", "model.layers.0.input_layernorm.weight"):
         assert torch.allclose(merged[name], (a[name] + b[name]) / 2, atol=1e-6), name
     name = "model.layers.0.mlp.down_proj.weight"
@@ -124,8 +126,8 @@ def test_two_models_linear_weights_solved_others_averaged(tmp_path, monkeypatch)
 
 def test_regmean_beats_the_average_on_its_own_objective(tmp_path):
     """RegMean minimises Σ_i ‖X_i W − X_i W_i‖²; check that against the plain mean on real Grams."""
-    z = zoo()
-    recipe = regmean_recipe(["rev", "sort"], alpha=1.0)
+    z = experts()
+    recipe = regmean_recipe(["reverse", "maxchar"], alpha=1.0)
     merged = run(tmp_path, recipe)
     pre = regmean_grams.RegMeanPrePass(MergeConfiguration.model_validate(recipe), recipe, tmp_path)
     tok = calibration.load_tokenizer(z["base"])
@@ -146,7 +148,7 @@ def test_regmean_beats_the_average_on_its_own_objective(tmp_path):
 
 @pytest.mark.parametrize("alpha", [-0.1, 1.5])
 def test_alpha_is_validated(tmp_path, alpha):
-    cfg = write_recipe(tmp_path / "rm.yml", regmean_recipe(["rev"], alpha=alpha))
+    cfg = write_recipe(tmp_path / "rm.yml", regmean_recipe(["reverse"], alpha=alpha))
     result = CliRunner().invoke(main, ["yaml", str(cfg), str(tmp_path / "out"), "--quiet"])
     assert result.exit_code == 2 and "regmean settings: alpha:" in result.output
 
@@ -158,12 +160,13 @@ def test_alpha_is_validated(tmp_path, alpha):
 def gpt2_pool(request, tmp_path_factory) -> dict[str, Path]:
     """A tiny GPT2LMHeadModel (Conv1D layers, tied head) and two noisy 'experts' of it, stored as
     ``save_pretrained`` writes them or, like openai-community/gpt2, without the ``transformer.`` prefix."""
-    from conftest import make_finetune
-    from fw_fixtures import make_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from mergekit_from.taskzoo.tokenizer import CharVocab
+    from tests.fixtures.models import make_finetune
+
     root = tmp_path_factory.mktemp("gpt2")
-    tok = make_tokenizer()
+    tok = CharVocab().hf_tokenizer()
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4,
                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -178,8 +181,8 @@ def gpt2_pool(request, tmp_path_factory) -> dict[str, Path]:
 
 def test_gpt2_conv1d_weights_get_grams_and_the_official_solve(tmp_path, gpt2_pool):
     """Conv1D stores W as [in, out]: the official code solves (Σ G̃_i)⁻¹ Σ G̃_i W_i with no transpose."""
-    z, p = zoo(), gpt2_pool
-    data = {p[k]: z[f"data_{t}"] for k, t in (("a", "rev"), ("b", "sort"))}
+    z, p = experts(), gpt2_pool
+    data = {p[k]: z[f"data_{t}"] for k, t in (("a", "reverse"), ("b", "maxchar"))}
     recipe = {"merge_method": "regmean", "base_model": str(p["base"]), "dtype": "float32",
               "models": [{"model": str(m)} for m in data],
               "regmean": {"calibration": {str(m): str(d) for m, d in data.items()}, "alpha": 0.9, "ridge": 0}}
@@ -219,16 +222,16 @@ def test_weights_without_a_gram_are_named(caplog):
 def loud_pool(tmp_path_factory) -> dict[str, Path]:
     """A base with a few activation channels 1e4x larger than the rest (as real LLMs have), and two
     experts 0.1% of each weight matrix's norm away from it."""
-    from bad_input_cases.numerics import edited, massive_channels, nudged
+    from tests.bad_input_cases.numerics import edited, massive_channels, nudged
 
     root = tmp_path_factory.mktemp("loud")
-    base = edited(zoo()["base"], root / "base", lambda sd: massive_channels(sd, 1e4))
+    base = edited(experts()["base"], root / "base", lambda sd: massive_channels(sd, 1e4))
     return {"base": base, "a": nudged(base, root / "a", seed=1), "b": nudged(base, root / "b", seed=2)}
 
 
 def loud_recipe(pool: dict[str, Path], samples: int, **settings) -> dict:
-    z = zoo()
-    data = {pool["a"]: z["data_rev"], pool["b"]: z["data_sort"]}
+    z = experts()
+    data = {pool["a"]: z["data_reverse"], pool["b"]: z["data_maxchar"]}
     return {"merge_method": "regmean", "base_model": str(pool["base"]), "dtype": "float32",
             "models": [{"model": str(m)} for m in data],
             "regmean": {"calibration": {str(m): str(d) for m, d in data.items()}, "samples_per_task": samples,
@@ -242,9 +245,9 @@ def worst_change(merged: dict[str, torch.Tensor], base: Path) -> float:
 
 
 def test_ill_conditioned_grams_give_a_bounded_merge(tmp_path, loud_pool, caplog):
-    """4 samples (~50 tokens, fewer than down_proj's 64 inputs): the official solve moved a tensor
+    """2 samples (~40 tokens, fewer than down_proj's 64 inputs): the official solve moved a tensor
     by 1.6x its norm (exit 0); the ridge keeps every tensor within 0.5%, and the short calibration is named."""
-    merged = run(tmp_path, loud_recipe(loud_pool, samples=4))
+    merged = run(tmp_path, loud_recipe(loud_pool, samples=2))
     assert worst_change(merged, loud_pool["base"]) < 5e-3
     assert "calibration tokens, fewer than the input width of" in caplog.text
     assert "(e.g. model.layers.0.mlp.down_proj.weight, width 64)" in caplog.text
@@ -252,7 +255,7 @@ def test_ill_conditioned_grams_give_a_bounded_merge(tmp_path, loud_pool, caplog)
 
 def test_unregularised_blow_up_is_refused(tmp_path, loud_pool):
     """The same inputs with ``ridge: 0`` (the official solve): exit 2 naming the tensor, nothing written."""
-    cfg = write_recipe(tmp_path / "rm.yml", loud_recipe(loud_pool, samples=4, ridge=0))
+    cfg = write_recipe(tmp_path / "rm.yml", loud_recipe(loud_pool, samples=2, ridge=0))
     result = CliRunner().invoke(main, ["yaml", str(cfg), str(tmp_path / "out"), "--quiet"])
     assert result.exit_code == 2, result.output
     assert "RegMean: merged tensor 'model.layers." in result.output and "more than 10x their spread" in result.output

@@ -16,7 +16,8 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
 from mergekit_from.cli import main
-from zoo_fixtures import BASE, GATED, OTHER_VOCAB
+
+from tests.fixtures.hub_repos import BASE, GATED, OTHER_VOCAB
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,14 +36,14 @@ def run(monkeypatch):
     return invoke
 
 
-def test_crawl_ls_show_score_export(run, hub, db_url, tmp_path, zoo_layout):
+def test_crawl_ls_show_score_export(run, hub, db_url, tmp_path, hub_layout):
     out = run("zoo", "crawl", "--base", BASE, "--recursive", "--endpoint", hub.endpoint, "--db", db_url,
               "--cache-dir", str(tmp_path / "cache"), "--quiet").output
-    assert f"enriched {len(zoo_layout)} (enriched {len(zoo_layout) - 1}, gated 1)" in out
+    assert f"enriched {len(hub_layout)} (enriched {len(hub_layout) - 1}, gated 1)" in out
 
     rows = [json.loads(line) for line in run("zoo", "ls", "--db", db_url, "--json").output.splitlines()]
     by_id = {r["repo_id"]: r for r in rows}
-    assert set(by_id) == set(zoo_layout)
+    assert set(by_id) == set(hub_layout)
     assert {"repo_id", "sha", "relation", "compatible", "gated"} <= set(rows[0])
     assert by_id[OTHER_VOCAB]["compatible"] is False and by_id["acme/tiny-llama-math"]["compatible"] is True
     assert by_id[GATED]["gated"] == "manual"
@@ -58,10 +59,10 @@ def test_crawl_ls_show_score_export(run, hub, db_url, tmp_path, zoo_layout):
                                              "--top", "1").output
 
     table = list(csv.DictReader(io.StringIO(run("zoo", "export", "--db", db_url).output)))
-    assert len(table) == len(zoo_layout)
+    assert len(table) == len(hub_layout)
     target = tmp_path / "zoo.json"
     run("zoo", "export", "--db", db_url, "--format", "json", "--out", str(target))
-    assert len(json.loads(target.read_text())) == len(zoo_layout)
+    assert len(json.loads(target.read_text())) == len(hub_layout)
 
 
 def test_user_errors_are_one_line(run, db_url):
@@ -73,9 +74,11 @@ def test_user_errors_are_one_line(run, db_url):
     assert res.exit_code == 2 and "not in the store" in res.output
 
 
-def test_serve_command_serves_a_folder(zoo_dir, tmp_path):
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_serve_command_serves_a_folder(hub_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "mergekit_from.cli", "zoo", "serve", str(zoo_dir), "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "mergekit_from.cli", "zoo", "serve", str(hub_dir), "--port", "0",
                              "--page-size", "2"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()
@@ -85,7 +88,7 @@ def test_serve_command_serves_a_folder(zoo_dir, tmp_path):
         assert len(ids) == len(set(ids)) == 11
         with pytest.raises(HfHubHTTPError) as refused:  # read-only without --writable or --access-token
             HfApi(endpoint=endpoint, token=False).create_repo("team/new")
-        assert refused.value.response.status_code == 403 and not (zoo_dir / "team").exists()
+        assert refused.value.response.status_code == 403 and not (hub_dir / "team").exists()
     finally:
         proc.terminate()
         proc.wait(10)

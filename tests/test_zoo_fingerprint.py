@@ -8,7 +8,8 @@ from sqlalchemy import select
 from db import TensorFingerprint
 from zoo.arrays import read_header
 from zoo.fingerprint import Fingerprint, compare
-from zoo_fixtures import ADAPTER, BASE, FINETUNES, OTHER_DEPTH, OTHER_VOCAB, QUANTIZED, SECOND_LEVEL
+
+from tests.fixtures.hub_repos import ADAPTER, BASE, FINETUNES, OTHER_DEPTH, OTHER_VOCAB, QUANTIZED, SECOND_LEVEL
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def test_unknown_without_fingerprint_and_adapter_on_wrong_base(fps):
     assert verdict.compatible is False and "does not fit" in verdict.reason
 
 
-def test_fingerprint_from_the_hub_equals_the_local_header(fps, zoo_dir):
-    header = read_header(zoo_dir / BASE / "model.safetensors")
+def test_fingerprint_from_the_hub_equals_the_local_header(fps, hub_dir):
+    header = read_header(hub_dir / BASE / "model.safetensors")
     local = Fingerprint.of((n, v["dtype"], v["shape"]) for n, v in header.items() if n != "__metadata__")
     assert local == fps[BASE] and local.vocab_size == 64

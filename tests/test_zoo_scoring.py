@@ -12,7 +12,8 @@ from mergekit_from.calibration import read_jsonl, sample_texts
 from mergekit_from.errors import CalibrationError
 from zoo.errors import ZooConfigError
 from zoo.scoring import score_target
-from zoo_fixtures import ADAPTER, BASE, GATED, OTHER_DEPTH, OTHER_VOCAB, QUANTIZED, SECOND_LEVEL
+
+from tests.fixtures.hub_repos import ADAPTER, BASE, GATED, OTHER_DEPTH, OTHER_VOCAB, QUANTIZED, SECOND_LEVEL
 
 MATH = {"acme/tiny-llama-math", "acme/tiny-llama-algebra", SECOND_LEVEL, ADAPTER}
 UNRELATED = {"acme/tiny-llama-code", "acme/tiny-llama-chat", "other/tiny-llama-french", "other/tiny-llama-poems"}
@@ -66,8 +67,8 @@ def test_a_target_is_named_by_its_calibration_text_not_by_the_files_bytes(crawle
     assert first[0].target_id != score_target(crawled, BASE, "a useful assistant")[0].target_id
 
 
-def test_kinship_from_local_weights(crawled, zoo_dir):
-    cands = _by_id(score_target(crawled, BASE, "solve grade school math word problems", weights_dir=zoo_dir))
+def test_kinship_from_local_weights(crawled, hub_dir):
+    cands = _by_id(score_target(crawled, BASE, "solve grade school math word problems", weights_dir=hub_dir))
     kin = {r: c.components["kinship"]["value"] for r, c in cands.items() if "kinship" in c.components}
     assert "acme/tiny-llama-math" in kin and ADAPTER in kin  # full models and LoRA deltas alike
     assert OTHER_VOCAB not in kin and GATED not in kin  # only compatible candidates are compared

@@ -13,7 +13,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from zoo_fixtures import ADAPTER, BASE, FINETUNES, GATED, QUANTIZED, SECOND_LEVEL
+
+from tests.fixtures.hub_repos import ADAPTER, BASE, FINETUNES, GATED, QUANTIZED, SECOND_LEVEL
 
 
 @pytest.fixture
@@ -26,11 +27,19 @@ def _listing_requests(hub) -> list[str]:
 
 
 def test_binds_loopback_only(hub):
-    assert hub.httpd.server_address[0] == "127.0.0.1"
+    """Reachable on 127.0.0.1 and nowhere else: another loopback address (which a server bound to
+    every interface would answer) refuses the connection."""
+    import socket
+
+    port = hub.httpd.server_address[1]
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.2", port), timeout=5):
+        pass
 
 
-def test_list_models_follows_link_pagination_across_pages(hub, api, zoo_layout):
-    children = [r for r, rel in zoo_layout.items() if rel == "finetune" and r != SECOND_LEVEL]
+def test_list_models_follows_link_pagination_across_pages(hub, api, hub_layout):
+    children = [r for r, rel in hub_layout.items() if rel == "finetune" and r != SECOND_LEVEL]
     got = [m.id for m in api.list_models(filter=f"base_model:finetune:{BASE}", expand=["sha", "tags"])]
     assert sorted(got) == sorted(children) and len(got) == len(set(got))
     pages = _listing_requests(hub)
@@ -98,15 +107,15 @@ def test_injected_rate_limit_is_answered_like_the_hub(hub, api):
     assert api.model_info(BASE).id == BASE
 
 
-def test_create_repo_and_upload_folder_publish_a_model(zoo_dir, tmp_path):
+def test_create_repo_and_upload_folder_publish_a_model(hub_dir, tmp_path):
     import filecmp
     import shutil
 
     from zoo.hub_server import HubServer
 
     root = tmp_path / "hub"
-    shutil.copytree(zoo_dir / BASE, root / BASE)
-    source = zoo_dir / "acme/tiny-llama-math"
+    shutil.copytree(hub_dir / BASE, root / BASE)
+    source = hub_dir / "acme/tiny-llama-math"
     with HubServer(root, writable=True) as hub:
         api = HfApi(endpoint=hub.endpoint, token="hf_local")
         assert api.create_repo("team/merged") == f"{hub.endpoint}/team/merged"
@@ -136,23 +145,23 @@ def test_create_repo_and_upload_folder_publish_a_model(zoo_dir, tmp_path):
             HfApi(endpoint=hub.endpoint, token="hf_local").create_repo("team/other")
 
 
-def test_sorted_pagination_keeps_order_across_pages(zoo_dir, zoo_layout):
+def test_sorted_pagination_keeps_order_across_pages(hub_dir, hub_layout):
     from zoo.hub_server import HubServer
 
-    stats = {rid: {"likes": i % 4, "downloads": 10 * i} for i, rid in enumerate(sorted(zoo_layout))}
-    with HubServer(zoo_dir, page_size=2, stats=stats) as hub:
+    stats = {rid: {"likes": i % 4, "downloads": 10 * i} for i, rid in enumerate(sorted(hub_layout))}
+    with HubServer(hub_dir, page_size=2, stats=stats) as hub:
         got = list(HfApi(endpoint=hub.endpoint, token=False).list_models(sort="likes", expand=["likes"]))
         pages = len(_listing_requests(hub))
     keys = [(-m.likes, m.id) for m in got]
-    assert keys == sorted(keys) and {m.id for m in got} == set(zoo_layout) and len(got) == len(zoo_layout)
-    assert pages == -(-len(zoo_layout) // 2)
+    assert keys == sorted(keys) and {m.id for m in got} == set(hub_layout) and len(got) == len(hub_layout)
+    assert pages == -(-len(hub_layout) // 2)
 
 
-def _hub_with_a_model(zoo_dir, tmp_path) -> Path:
+def _hub_with_a_model(hub_dir, tmp_path) -> Path:
     import shutil
 
     root = tmp_path / "hub"
-    shutil.copytree(zoo_dir / BASE, root / BASE)
+    shutil.copytree(hub_dir / BASE, root / BASE)
     return root
 
 
@@ -162,13 +171,13 @@ def _status(call) -> int:
     return err.value.response.status_code
 
 
-def test_writes_need_writable_or_an_access_token(zoo_dir, tmp_path):
+def test_writes_need_writable_or_an_access_token(hub_dir, tmp_path):
     """A served folder is read-only unless the operator says otherwise; refusals are the Hub's
     own statuses, so huggingface_hub raises its usual errors."""
-    from bad_input_cases import snapshot
+    from tests.bad_input_cases import snapshot
     from zoo.hub_server import HubServer
 
-    root = _hub_with_a_model(zoo_dir, tmp_path)
+    root = _hub_with_a_model(hub_dir, tmp_path)
     before = snapshot(root)
     upload = {"path_or_fileobj": b'{"x": 1}', "path_in_repo": "notes.json", "repo_id": BASE}
     with HubServer(root) as hub:
@@ -191,17 +200,17 @@ def test_writes_need_writable_or_an_access_token(zoo_dir, tmp_path):
     assert (root / BASE / "more.json").read_bytes() == b"{}"
 
 
-def test_writes_never_go_through_a_symlink(zoo_dir, tmp_path):
+def test_writes_never_go_through_a_symlink(hub_dir, tmp_path):
     """Reads follow the operator's symlinks; a write into a symlinked repo, org or subfolder is
     refused and nothing lands outside the served folder."""
     import shutil
 
-    from bad_input_cases import snapshot
+    from tests.bad_input_cases import snapshot
     from zoo.hub_server import HubServer
 
-    root = _hub_with_a_model(zoo_dir, tmp_path)
+    root = _hub_with_a_model(hub_dir, tmp_path)
     outside = tmp_path / "outside"
-    shutil.copytree(zoo_dir / BASE, outside / "model")
+    shutil.copytree(hub_dir / BASE, outside / "model")
     (outside / "org").mkdir()
     (outside / "data").mkdir()
     (root / "team").mkdir()

@@ -22,7 +22,6 @@ import json
 import re
 import shutil
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -61,13 +60,13 @@ class HubError(Exception):
 @dataclass
 class Fault:
     """Answer the next ``times`` requests whose path matches ``pattern`` with ``status``
-    (status 200: answer normally, ``delay_s`` late)."""
+    (status 200: answer normally, once ``hold`` is set when one is given)."""
 
     pattern: re.Pattern[str]
     status: int
     times: int
     reset_s: int = 0
-    delay_s: float = 0.0
+    hold: threading.Event | None = None
     after: int = 0  # let this many matching requests through first
 
 
@@ -98,14 +97,14 @@ class HubServer:
 
     # -- fault injection (tests) ----------------------------------------------------------------
 
-    def inject(self, pattern: str, status: int, times: int, reset_s: int = 0, delay_s: float = 0.0,
-               after: int = 0) -> None:
+    def inject(self, pattern: str, status: int, times: int, reset_s: int = 0,
+               hold: threading.Event | None = None, after: int = 0) -> None:
         """The next ``times`` requests matching ``pattern`` (a regex on the path) get ``status``;
         a 429 carries ``RateLimit: "api";r=0;t=<reset_s>`` as the Hub sends it; 200 means a
-        normal answer after ``delay_s`` seconds (a slow Hub). ``after``: the first matching
+        normal answer, held until ``hold`` is set (a stalled Hub). ``after``: the first matching
         requests pass untouched (an outage in the middle of a listing)."""
         with self._lock:
-            self._faults.append(Fault(re.compile(pattern), status, times, reset_s, delay_s, after))
+            self._faults.append(Fault(re.compile(pattern), status, times, reset_s, hold, after))
 
     def _take_fault(self, path: str) -> Fault | None:
         with self._lock:
@@ -473,8 +472,8 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query, keep_blank_values=True)
         self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if self.command == "POST" else b""
         fault = self.hub._take_fault(url.path)
-        if fault is not None and fault.delay_s:
-            time.sleep(fault.delay_s)
+        if fault is not None and fault.hold is not None:
+            fault.hold.wait()
         try:
             if fault is not None and fault.status != 200:
                 self._fault(fault, body)

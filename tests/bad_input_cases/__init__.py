@@ -3,7 +3,7 @@
 Each case builds its inputs in a fresh folder and returns the command to run, the paths that
 must come out untouched (absent stays absent, a file or folder stays byte-identical) and the
 culprit its one error line must name. ``tests/test_bad_inputs.py`` runs them all and checks
-that ``docs/errors.md`` lists exactly these cases (``python tests/test_bad_inputs.py`` rewrites it).
+that ``docs/errors.md`` lists exactly these cases (``python -m tests.test_bad_inputs`` rewrites it).
 
 Cases live in one module per topic below; each module exports ``CASES``.
 """

@@ -9,9 +9,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from bad_input_cases import Case, Run
-
-BASE, GATED = "acme/tiny-llama", "acme/tiny-llama-gated"  # tests/zoo_fixtures.py
+from tests.bad_input_cases import Case, Run
+from tests.fixtures.hub_repos import BASE, GATED
 
 
 def _closed_endpoint() -> str:

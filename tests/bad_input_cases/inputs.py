@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from bad_input_cases import Case, Run
-from bad_input_cases.recipe import from_recipe, yaml_run
+from tests.bad_input_cases import Case, Run
+from tests.bad_input_cases.recipe import from_recipe, yaml_run
 
 
 def pickled_copy(model: Path, out: Path) -> Path:

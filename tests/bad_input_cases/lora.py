@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from bad_input_cases import Case, Run
+from tests.bad_input_cases import Case, Run
+
 
 # The tiny fixture's Llama: hidden 32, 4 heads of 8, intermediate 48.
 SHAPES = {"self_attn.q_proj": (32, 32), "self_attn.v_proj": (32, 32), "mlp.up_proj": (48, 32)}
@@ -72,7 +73,7 @@ def _model_folder(env) -> Run:
 
 
 def _wide_base(env) -> Run:
-    from conftest import make_llama
+    from tests.fixtures.models import make_llama
 
     wide = make_llama(env.tmp / "wide", hidden=48)
     return lora_run(env, "--base", str(wide), culprit=str(wide))

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from fw_fixtures import fw_recipe, zoo
 from safetensors.torch import load_file, save_file
 
-from bad_input_cases import Case, Run
-from bad_input_cases.recipe import yaml_run
+from tests.bad_input_cases import Case, Run
+from tests.bad_input_cases.recipe import yaml_run
+from tests.fixtures.fw_experts import experts, fw_recipe
+
 
 TENSOR = "model.layers.0.mlp.down_proj.weight"
 NORM = "model.layers.0.input_layernorm.weight"  # scales the inputs of q/k/v: the calibration sees it
@@ -41,54 +42,54 @@ def poisoned(src: Path, dst: Path, name: str = TENSOR, value: float = float("nan
 
 
 def regmean_recipe(models: list[Path], data: list[Path], **settings) -> dict:
-    return {"merge_method": "regmean", "base_model": str(zoo()["base"]), "dtype": "float32",
+    return {"merge_method": "regmean", "base_model": str(experts()["base"]), "dtype": "float32",
             "models": [{"model": str(m)} for m in models],
             "regmean": {"calibration": {str(m): str(d) for m, d in zip(models, data)}, **settings}}
 
 
 def fw_with_pool_model(method: str, model: Path, **settings) -> dict:
-    recipe = fw_recipe(method, ["rev", "sort"], ["rev"], max_iters=1, samples_per_task=4, **settings)
+    recipe = fw_recipe(method, ["reverse", "maxchar"], ["reverse"], max_iters=1, samples_per_task=4, **settings)
     recipe["models"][0] = {"model": str(model)}
     return recipe
 
 
 def _fw_nan_in_pool(method: str, **settings):
     def build(env) -> Run:
-        bad = poisoned(zoo()["expert_rev"], env.tmp / "nan_expert")
+        bad = poisoned(experts()["expert_reverse"], env.tmp / "nan_expert")
         return yaml_run(env, fw_with_pool_model(method, bad, **settings), f"pool model '{bad}'")
 
     return build
 
 
 def _fw_nan_in_base(env) -> Run:
-    bad = poisoned(zoo()["base"], env.tmp / "nan_base")
-    recipe = fw_recipe("fw_hard", ["rev", "sort"], ["rev"], max_iters=1, samples_per_task=4)
+    bad = poisoned(experts()["base"], env.tmp / "nan_base")
+    recipe = fw_recipe("fw_hard", ["reverse", "maxchar"], ["reverse"], max_iters=1, samples_per_task=4)
     recipe["base_model"] = str(bad)
     return yaml_run(env, recipe, f"base model '{bad}'")
 
 
 def _fw_inf_in_init_model(env) -> Run:
-    bad = poisoned(zoo()["expert_sort"], env.tmp / "inf_init", NORM, float("inf"))
-    recipe = fw_recipe("fw_hard", ["rev", "sort"], ["rev"], max_iters=1, samples_per_task=4, init=str(bad))
+    bad = poisoned(experts()["expert_maxchar"], env.tmp / "inf_init", NORM, float("inf"))
+    recipe = fw_recipe("fw_hard", ["reverse", "maxchar"], ["reverse"], max_iters=1, samples_per_task=4, init=str(bad))
     return yaml_run(env, recipe, f"init model '{bad}'")
 
 
 def _fw_overflow(env) -> Run:
-    loud = poisoned(zoo()["expert_rev"], env.tmp / "loud_expert", NORM, HUGE)
-    return yaml_run(env, fw_with_pool_model("fw_hard", loud), "iteration 0 (targets rev)")
+    loud = poisoned(experts()["expert_reverse"], env.tmp / "loud_expert", NORM, HUGE)
+    return yaml_run(env, fw_with_pool_model("fw_hard", loud), "iteration 0 (targets reverse)")
 
 
 def _regmean_nan_in_pool(env) -> Run:
-    z = zoo()
-    bad = poisoned(z["expert_rev"], env.tmp / "nan_expert")
-    return yaml_run(env, regmean_recipe([bad, z["expert_sort"]], [z["data_rev"], z["data_sort"]]),
+    z = experts()
+    bad = poisoned(z["expert_reverse"], env.tmp / "nan_expert")
+    return yaml_run(env, regmean_recipe([bad, z["expert_maxchar"]], [z["data_reverse"], z["data_maxchar"]]),
                     f"pool model '{bad}' has NaN/Inf values in tensor '{TENSOR}'")
 
 
 def _regmean_overflow(env) -> Run:
-    z = zoo()
-    loud = poisoned(z["expert_rev"], env.tmp / "loud_expert", NORM, HUGE)
-    return yaml_run(env, regmean_recipe([loud, z["expert_sort"]], [z["data_rev"], z["data_sort"]]),
+    z = experts()
+    loud = poisoned(z["expert_reverse"], env.tmp / "loud_expert", NORM, HUGE)
+    return yaml_run(env, regmean_recipe([loud, z["expert_maxchar"]], [z["data_reverse"], z["data_maxchar"]]),
                     f"for pool model '{loud}'")
 
 
@@ -112,10 +113,10 @@ def nudged(src: Path, dst: Path, seed: int, rel: float = 1e-3) -> Path:
 
 
 def _regmean_blown_up(env) -> Run:
-    z = zoo()
+    z = experts()
     base = edited(z["base"], env.tmp / "massive_base", massive_channels)
-    experts = [nudged(base, env.tmp / f"expert{i}", seed=i) for i in (1, 2)]
-    recipe = regmean_recipe(experts, [z["data_rev"], z["data_sort"]], ridge=0)
+    nudged_experts = [nudged(base, env.tmp / f"expert{i}", seed=i) for i in (1, 2)]
+    recipe = regmean_recipe(nudged_experts, [z["data_reverse"], z["data_maxchar"]], ridge=0)
     recipe["base_model"] = str(base)
     return yaml_run(env, recipe, "model.layers.")
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from bad_input_cases import Case, Run
-from bad_input_cases.recipe import from_recipe, recipe_file
+from tests.bad_input_cases import Case, Run
+from tests.bad_input_cases.recipe import from_recipe
+from tests.fixtures.models import write_recipe
+
 
 NO_HUB = "http://127.0.0.1:9"  # never reached: the output is refused first
 QUIET = ["--no-copy-tokenizer", "--quiet"]
@@ -25,7 +27,7 @@ def _project(env) -> Path:
     proj = env.tmp / "proj"
     for name in ("base", "a", "b"):
         shutil.copytree(env.tiny[name], proj / name)
-    recipe_file(proj / "recipe.yml", {"merge_method": "from", "base_model": "./base",
+    write_recipe(proj / "recipe.yml", {"merge_method": "from", "base_model": "./base",
                                       "models": [{"model": "./a"}, {"model": "./b"}], "parameters": {"k": 2}})
     _write(proj / "notes.txt")
     return proj
@@ -40,13 +42,13 @@ def _yaml_into_models(env) -> Run:
     models = env.tmp / "models"
     for name in ("base", "a", "b"):
         shutil.copytree(env.tiny[name], models / name)
-    cfg = recipe_file(env.tmp / "r.yml", from_recipe(env, models / "a", models / "b") | {"base_model": str(models / "base")})
+    cfg = write_recipe(env.tmp / "r.yml", from_recipe(env, models / "a", models / "b") | {"base_model": str(models / "base")})
     return Run(["yaml", str(cfg), str(models), *QUIET], protect=[models, cfg], culprit=str(models / "base"))
 
 
 def _yaml_to(out_of):
     def build(env) -> Run:
-        cfg = recipe_file(env.tmp / "r.yml", from_recipe(env, env.tiny["a"], env.tiny["b"], k=2))
+        cfg = write_recipe(env.tmp / "r.yml", from_recipe(env, env.tiny["a"], env.tiny["b"], k=2))
         out, culprit, protect = out_of(env)
         return Run(["yaml", str(cfg), str(out), *QUIET], protect=[*protect, cfg], culprit=culprit)
 
@@ -71,7 +73,7 @@ def _foreign_folder(env):
 
 
 def _adapters(env, where: Path) -> list[Path]:
-    from test_lora import make_adapter
+    from tests.fixtures.models import make_adapter
 
     return [make_adapter(env.tiny["base"], where / f"lora_{i}", seed=i) for i in (1, 2)]
 

@@ -3,8 +3,8 @@ nothing, and invalid values inside mergekit's filters and gradients."""
 
 from __future__ import annotations
 
-from bad_input_cases import Case, Run
-from bad_input_cases.recipe import from_recipe, yaml_run
+from tests.bad_input_cases import Case, Run
+from tests.bad_input_cases.recipe import from_recipe, yaml_run
 
 
 def _from(env, where: str = "top", **params) -> dict:

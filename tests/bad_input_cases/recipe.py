@@ -4,14 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from bad_input_cases import Case, Run
-
-
-def recipe_file(path: Path, recipe: dict) -> Path:
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
+from tests.bad_input_cases import Case, Run
+from tests.fixtures.models import write_recipe
 
 
 def from_recipe(env, *models, **params) -> dict:
@@ -21,7 +15,7 @@ def from_recipe(env, *models, **params) -> dict:
 
 def yaml_run(env, recipe: dict, culprit: str | None = None, *extra: str) -> Run:
     """``yaml bad.yml OUT`` in the case's folder; OUT must stay absent."""
-    cfg = recipe_file(env.tmp / "bad.yml", recipe)
+    cfg = write_recipe(env.tmp / "bad.yml", recipe)
     out = env.tmp / "out"
     return Run(["yaml", str(cfg), str(out), "--no-copy-tokenizer", "--quiet", *extra], protect=[out, cfg],
                culprit=culprit)

@@ -6,7 +6,7 @@ import socket
 import sqlite3
 from pathlib import Path
 
-from bad_input_cases import Case, Run
+from tests.bad_input_cases import Case, Run
 
 
 def _store(env, name: str = "zoo.sqlite") -> tuple[str, Path]:

@@ -1,4 +1,4 @@
-"""The quick zoo end to end: build, model folders, evaluator, a FroM merge, the CLI, the benchmark."""
+"""The quick task zoo end to end: build, model folders, evaluator, a FroM merge, the CLI, the benchmark."""
 
 import json
 import sys
@@ -21,8 +21,8 @@ def _card_metadata(folder):
     return yaml.safe_load(text.split("---\n")[1])
 
 
-def test_quick_zoo_folders_are_hub_style(quick_zoo):
-    zoo = quick_zoo
+def test_quick_taskzoo_folders_are_hub_style(quick_taskzoo):
+    zoo = quick_taskzoo
     assert load_manifest(zoo.root).manifest == zoo.manifest
     models = zoo.manifest["models"]
     for task in zoo.tasks:
@@ -45,41 +45,41 @@ def test_quick_zoo_folders_are_hub_style(quick_zoo):
     assert {e["kind"] for e in models.values()} == {"base", "fft", "lora", "misfit"}
 
 
-def test_manifest_is_strict_json(quick_zoo):
+def test_manifest_is_strict_json(quick_taskzoo):
     def refuse(constant):
         raise ValueError(f"bare {constant} in manifest.json")
 
-    manifest = json.loads((quick_zoo.root / "manifest.json").read_text(), parse_constant=refuse)
+    manifest = json.loads((quick_taskzoo.root / "manifest.json").read_text(), parse_constant=refuse)
     base = manifest["models"]["base"]["train"]
     assert base["probe"] is None and base["probe_note"] == "no probe: trained for the full schedule"
 
 
-def test_models_folder_serves_as_a_hub_unchanged(quick_zoo):
+def test_models_folder_serves_as_a_hub_unchanged(quick_taskzoo):
     """``models/`` is a Hub layout: each folder is found under the repo id the manifest and cards name."""
     from zoo.local_repos import Catalog
 
-    catalog = Catalog(quick_zoo.root / "models")
-    entries = quick_zoo.manifest["models"].values()
+    catalog = Catalog(quick_taskzoo.root / "models")
+    entries = quick_taskzoo.manifest["models"].values()
     assert {r.repo_id for r in catalog.all()} == {e["repo_id"] for e in entries}
     for entry in entries:
         repo = catalog.get(entry["repo_id"])
         assert repo.base_models == ([entry["base_model"]] if entry["base_model"] else [])
 
 
-def test_misfits_cannot_merge_with_base(quick_zoo):
+def test_misfits_cannot_merge_with_base(quick_taskzoo):
     from mergekit_from.errors import ModelInputError
     from mergekit_from.weights import TensorIndex
 
-    base = TensorIndex.open(quick_zoo.base)
+    base = TensorIndex.open(quick_taskzoo.base)
     with pytest.raises(ModelInputError, match="incompatible"):
-        base.check_compatible(TensorIndex.open(quick_zoo.model_dir("hidden-32")), label="hidden-32")
-    wide = json.loads((quick_zoo.model_dir("vocab-wide") / "config.json").read_text())["vocab_size"]
-    assert wide > json.loads((quick_zoo.base / "config.json").read_text())["vocab_size"]
-    assert "incompatible" in quick_zoo.manifest["models"]["vocab-wide"]
+        base.check_compatible(TensorIndex.open(quick_taskzoo.model_dir("hidden-32")), label="hidden-32")
+    wide = json.loads((quick_taskzoo.model_dir("vocab-wide") / "config.json").read_text())["vocab_size"]
+    assert wide > json.loads((quick_taskzoo.base / "config.json").read_text())["vocab_size"]
+    assert "incompatible" in quick_taskzoo.manifest["models"]["vocab-wide"]
 
 
-def test_experts_beat_base_and_manifest_numbers_reproduce(quick_zoo):
-    zoo = quick_zoo
+def test_experts_beat_base_and_manifest_numbers_reproduce(quick_taskzoo):
+    zoo = quick_taskzoo
     base = zoo.accuracy("base")
     for task in zoo.targets:
         expert = zoo.accuracy(f"fft-{task}")[task]
@@ -102,9 +102,9 @@ def _greedy_by_hand(model, tokenizer, prompt, limit):
     return tokenizer.decode(out)
 
 
-def test_evaluator_equals_hand_count(quick_zoo):
-    task = quick_zoo.targets[0]
-    model, tok = load_model(quick_zoo.expert(task))
+def test_evaluator_equals_hand_count(quick_taskzoo):
+    task = quick_taskzoo.targets[0]
+    model, tok = load_model(quick_taskzoo.expert(task))
     pairs = examples(task, "test", 12)
     # corrupt a third of the references so that the count is neither 0 nor 12 by construction
     pairs = [(p, r if i % 3 else r + "a") for i, (p, r) in enumerate(pairs)]
@@ -128,12 +128,12 @@ def _from_recipe(tmp_path, zoo, weights):
     return path
 
 
-def test_from_merge_of_two_experts_evaluates_end_to_end(quick_zoo, tmp_path):
+def test_from_merge_of_two_experts_evaluates_end_to_end(quick_taskzoo, tmp_path):
     from mergekit.options import MergeOptions
 
     from mergekit_from.recipe import run_recipe
 
-    zoo, tasks = quick_zoo, quick_zoo.targets[:2]
+    zoo, tasks = quick_taskzoo, quick_taskzoo.targets[:2]
     options = MergeOptions(copy_tokenizer=False, quiet=True)
     merged = run_recipe(_from_recipe(tmp_path, zoo, [1.0, 1.0]), tmp_path / "merged", options)
     assert not (merged / "tokenizer.json").exists()
@@ -141,28 +141,32 @@ def test_from_merge_of_two_experts_evaluates_end_to_end(quick_zoo, tmp_path):
         evaluate(merged, tasks, 16)
     acc = evaluate(merged, tasks, 16, tokenizer_dir=zoo.base)
     assert set(acc) == set(tasks) and all(0.0 <= a <= 1.0 for a in acc.values())
+    # the scores tell models apart: the first expert beats the base on its own task, the merge is neither
+    base, first = evaluate(zoo.base, tasks, 16), evaluate(zoo.expert(tasks[0]), tasks, 16)
+    assert first[tasks[0]] > base[tasks[0]] + 0.3, (first, base)
+    assert acc != base and acc != first
     # a prior of 0 drops the second expert: the merge is exactly the first expert again
     only_first = run_recipe(_from_recipe(tmp_path, zoo, [1.0, 0.0]), tmp_path / "only-first", options)
-    assert evaluate(only_first, tasks, 16, tokenizer_dir=zoo.base) == evaluate(zoo.expert(tasks[0]), tasks, 16)
+    assert evaluate(only_first, tasks, 16, tokenizer_dir=zoo.base) == first
 
 
-def test_eval_cli(quick_zoo):
+def test_eval_cli(quick_taskzoo):
     runner = CliRunner()
-    task = quick_zoo.targets[0]
-    res = runner.invoke(main, ["eval", str(quick_zoo.expert(task)), "--tasks", task, "--n", "16", "--json"])
+    task = quick_taskzoo.targets[0]
+    res = runner.invoke(main, ["eval", str(quick_taskzoo.expert(task)), "--tasks", task, "--n", "16", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert out["accuracy"] == evaluate(quick_zoo.expert(task), [task], 16)
-    res = runner.invoke(main, ["eval", str(quick_zoo.expert(task, "lora")), "--tasks", task, "--n", "16"])
+    assert out["accuracy"] == evaluate(quick_taskzoo.expert(task), [task], 16)
+    res = runner.invoke(main, ["eval", str(quick_taskzoo.expert(task, "lora")), "--tasks", task, "--n", "16"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(main, ["eval", str(quick_zoo.base), "--tasks", "nosuchtask"])
+    res = runner.invoke(main, ["eval", str(quick_taskzoo.base), "--tasks", "nosuchtask"])
     assert res.exit_code == 2 and "unknown task 'nosuchtask'" in res.output
 
 
-def test_build_reuses_the_cached_zoo(quick_zoo):
-    res = CliRunner().invoke(main, ["taskzoo", "build", "--quick", "--out", str(quick_zoo.root)])
+def test_build_reuses_the_cached_zoo(quick_taskzoo):
+    res = CliRunner().invoke(main, ["taskzoo", "build", "--quick", "--out", str(quick_taskzoo.root)])
     assert res.exit_code == 0, res.output
-    assert str(quick_zoo.root) in res.output
+    assert str(quick_taskzoo.root) in res.output
 
 
 def load_benchmark(name: str = "quality"):
@@ -177,36 +181,38 @@ def load_benchmark(name: str = "quality"):
     return module
 
 
-def test_quality_benchmark_quick(quick_zoo, tmp_path):
+@pytest.mark.slow
+def test_quality_benchmark_quick(quick_taskzoo, tmp_path):
     quality = load_benchmark()
-    data = quality.main(["--out", str(tmp_path), "--quick", "--zoo", str(quick_zoo.root), "--n", "16",
+    data = quality.main(["--out", str(tmp_path), "--quick", "--zoo", str(quick_taskzoo.root), "--n", "16",
                          "--only", "fft2,lora2"])
     saved = json.loads((tmp_path / "quality.json").read_text())
     assert saved["settings"] == data["settings"]
     st = saved["settings"]["fft2"]
-    assert st["tasks"] == quick_zoo.targets[:2]
+    assert st["tasks"] == quick_taskzoo.targets[:2]
     for label, m in st["methods"].items():
         assert set(m) == {"method", "params", "acc", "normalized_mean"}
         expected = sum(m["acc"][t] / st["experts"][t] for t in st["tasks"]) / len(st["tasks"])
         assert m["normalized_mean"] == pytest.approx(expected, abs=1e-4)
     assert st["methods"]["task_arithmetic (λ tuned on test)"]["params"]["tuned_on"] == "test"
     lora = saved["settings"]["lora2"]
-    assert lora["experts"] == {t: evaluate(quick_zoo.expert(t, "lora"), [t], 16)[t] for t in lora["tasks"]}
+    assert lora["experts"] == {t: evaluate(quick_taskzoo.expert(t, "lora"), [t], 16)[t] for t in lora["tasks"]}
     assert "task_arithmetic (λ tuned on test)" in lora["methods"]
     assert (tmp_path / "quality.md").read_text().startswith("# Merge quality")
     assert (tmp_path / "quality.png").stat().st_size > 0
 
 
-def test_quality_scaling_settings_quick(quick_zoo, tmp_path):
+@pytest.mark.slow
+def test_quality_scaling_settings_quick(quick_taskzoo, tmp_path):
     quality = load_benchmark()
-    data = quality.main(["--out", str(tmp_path), "--quick", "--zoo", str(quick_zoo.root), "--n", "16",
+    data = quality.main(["--out", str(tmp_path), "--quick", "--zoo", str(quick_taskzoo.root), "--n", "16",
                          "--only", "irrelevance2,irrelevance4,relevance4"])
     sets = data["settings"]
-    targets = quick_zoo.targets[:2]
+    targets = quick_taskzoo.targets[:2]
     assert [sets[s]["pool"][:2] for s in sets] == [targets] * 3
     assert sets["irrelevance4"]["tasks"] == targets and len(sets["irrelevance4"]["pool"]) == 4
     assert sets["relevance4"]["tasks"] == sets["relevance4"]["pool"]
-    assert set(sets["relevance4"]["pool"]) == set(quick_zoo.tasks)
+    assert set(sets["relevance4"]["pool"]) == set(quick_taskzoo.tasks)
     for st in sets.values():
         assert {"ties", "fw_hard init=task_arithmetic", "fw_hard init=from", "fw_soft"} <= set(st["methods"])
         for m in st["methods"].values():
@@ -216,8 +222,8 @@ def test_quality_scaling_settings_quick(quick_zoo, tmp_path):
     recipes = list((tmp_path / "work" / "recipes").rglob("*.yaml"))
     assert recipes and not any("test.jsonl" in r.read_text() for r in recipes)
     fw = (tmp_path / "work" / "recipes" / "irrelevance4" / "fw_soft.yaml").read_text()
-    assert all(str(quick_zoo.calibration(t)) in fw for t in targets)
-    assert not any(str(quick_zoo.calibration(t)) in fw for t in quick_zoo.tasks if t not in targets)
+    assert all(str(quick_taskzoo.calibration(t)) in fw for t in targets)
+    assert not any(str(quick_taskzoo.calibration(t)) in fw for t in quick_taskzoo.tasks if t not in targets)
     irr = data["meta"]["scaling"]["irrelevance"]
     assert irr["pools"] == [2, 4]
     c = irr["methods"]["fw_soft"]
@@ -226,37 +232,37 @@ def test_quality_scaling_settings_quick(quick_zoo, tmp_path):
     assert (tmp_path / "scaling.png").stat().st_size > 0
 
 
-def test_fw_step_probe_ends_on_the_vertex(quick_zoo):
-    targets = quick_zoo.targets[:2]
-    rows = load_benchmark("fw_step_probe").probe(quick_zoo, targets, 0.3, targets[0], [0.0, 1.0], n=16)
+def test_fw_step_probe_ends_on_the_vertex(quick_taskzoo):
+    targets = quick_taskzoo.targets[:2]
+    rows = load_benchmark("fw_step_probe").probe(quick_taskzoo, targets, 0.3, targets[0], [0.0, 1.0], n=16)
     assert [r["c"] for r in rows] == [0.0, 1.0]
     # c = 1 is the expert itself
-    assert rows[1]["accuracy"] == evaluate(quick_zoo.expert(targets[0]), targets, 16, tokenizer_dir=quick_zoo.base)
+    assert rows[1]["accuracy"] == evaluate(quick_taskzoo.expert(targets[0]), targets, 16, tokenizer_dir=quick_taskzoo.base)
     assert all(r["mean"] == pytest.approx(sum(r["accuracy"].values()) / 2, abs=1e-4) for r in rows)
 
 
-def test_folded_lora_expert_scores_like_the_adapter(quick_zoo):
+def test_folded_lora_expert_scores_like_the_adapter(quick_taskzoo):
     quality = load_benchmark()
-    task = quick_zoo.targets[0]
-    folded = quality.fold_lora(quick_zoo, task)
-    assert quality.fold_lora(quick_zoo, task) == folded  # cached
+    task = quick_taskzoo.targets[0]
+    folded = quality.fold_lora(quick_taskzoo, task)
+    assert quality.fold_lora(quick_taskzoo, task) == folded  # cached
     assert not (folded / "adapter_config.json").exists() and list(folded.glob("*.safetensors"))
-    assert evaluate(folded, [task], 32) == evaluate(quick_zoo.expert(task, "lora"), [task], 32)
+    assert evaluate(folded, [task], 32) == evaluate(quick_taskzoo.expert(task, "lora"), [task], 32)
 
 
-def test_rebuild_with_other_settings_reuses_what_still_matches(quick_zoo, tmp_path):
+def test_rebuild_with_other_settings_reuses_what_still_matches(quick_taskzoo, tmp_path):
     import dataclasses
     import shutil
 
     from mergekit_from.taskzoo import QUICK
 
     root = tmp_path / "zoo"
-    shutil.copytree(quick_zoo.root, root)
+    shutil.copytree(quick_taskzoo.root, root)
     base_weights = root / "models" / "taskzoo" / "base" / "model.safetensors"
     before = base_weights.stat().st_mtime_ns
     spec = dataclasses.replace(QUICK, misfit=dataclasses.replace(QUICK.misfit, steps=7))
     zoo = build_zoo(root, spec=spec)
     assert base_weights.stat().st_mtime_ns == before  # base and experts reused
-    assert zoo.manifest["models"]["fft-ends"] == quick_zoo.manifest["models"]["fft-ends"]
+    assert zoo.manifest["models"]["fft-ends"] == quick_taskzoo.manifest["models"]["fft-ends"]
     assert zoo.manifest["models"]["vocab-wide"]["train"]["steps"] == 7  # misfits retrained
     assert zoo.manifest["spec"]["misfit"]["steps"] == 7
