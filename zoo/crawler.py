@@ -47,6 +47,7 @@ from db import AdapterConfig, CrawlState, Edge, Model, Store, TensorFingerprint,
 from db.kinds import RELATIONS, Relation, Status
 from zoo.errors import HubAccessError, HubCrawlError, ZooConfigError
 from zoo.fingerprint import Fingerprint
+from zoo.inventory import descendants
 from zoo.resilience import (
     RetryPolicy,
     Throttle,
@@ -319,7 +320,7 @@ class Crawler:
                     seen.add(kid)
                     frontier.append(kid)
         if enrich:
-            self.enrich(self.descendants(base, relations) | {base}, report)
+            self.enrich(set(descendants(self.store, base, relations)) | {base}, report)
         return report
 
     def _check_base(self, base: str) -> None:
@@ -362,20 +363,6 @@ class Crawler:
                     continue
                 out.add(rid)
             return out
-
-    def descendants(self, base: str, relations: Iterable[str]) -> set[str]:
-        with self.store.session() as s:
-            rows = s.execute(select(Edge.parent_id, Edge.child_id).where(Edge.relation.in_(tuple(relations)))).all()
-        children: dict[str, set[str]] = {}
-        for parent, child in rows:
-            children.setdefault(parent, set()).add(child)
-        out, todo = set(), [base]
-        while todo:
-            for kid in children.pop(todo.pop(), ()):
-                if kid not in out:
-                    out.add(kid)
-                    todo.append(kid)
-        return out
 
     # -- enrichment -----------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from sqlalchemy import select
 
@@ -40,4 +40,29 @@ def inventory(store: Store, base: str | None = None) -> list[dict[str, Any]]:
             "likes": m.likes, "last_modified": m.last_modified.isoformat() if m.last_modified else None,
             "error": m.error,
         })
+    return out
+
+
+def descendants(store: Store, base: str, relations: Iterable[str] | None = None) -> dict[str, tuple[str, int]]:
+    """Every descendant of ``base`` through edges of ``relations`` (all when None): the relation of
+    the edge that reached it first and its hops from the base, breadth first."""
+    query = select(Edge.parent_id, Edge.child_id, Edge.relation)
+    if relations is not None:
+        query = query.where(Edge.relation.in_(tuple(relations)))
+    with store.session() as s:
+        rows = s.execute(query).all()
+    children: dict[str, list[tuple[str, str]]] = {}
+    for parent, child, rel in rows:
+        children.setdefault(parent, []).append((child, rel))
+    out: dict[str, tuple[str, int]] = {}
+    frontier, hops = [base], 0
+    while frontier:
+        hops += 1
+        nxt = []
+        for parent in frontier:
+            for child, rel in sorted(children.get(parent, ())):
+                if child not in out and child != base:
+                    out[child] = (rel, hops)
+                    nxt.append(child)
+        frontier = nxt
     return out

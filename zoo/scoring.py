@@ -31,6 +31,7 @@ from zoo import adapter
 from zoo.arrays import ArrayFolder, is_model_dir, read_file
 from zoo.errors import ZooConfigError
 from zoo.fingerprint import Compatibility, Fingerprint, compare
+from zoo.inventory import descendants
 
 SCORER_VERSION = "1"
 WEIGHTS = {"relation": 0.2, "text": 0.5, "popularity": 0.1, "kinship": 0.2}
@@ -80,28 +81,6 @@ def _tfidf_cosines(query: str, docs: dict[str, str]) -> dict[str, float]:
         dv = {t: (1 + math.log(cnt)) * idf[t] for t, cnt in c.items()}
         dn = math.sqrt(sum(v * v for v in dv.values())) or 1.0
         out[k] = sum(qv[t] * dv[t] for t in qv if t in dv) / (qn * dn)
-    return out
-
-
-def tree_paths(store: Store, base: str) -> dict[str, tuple[str, int]]:
-    """Every descendant of ``base``: (relation of its own edge, hops from the base)."""
-    with store.session() as s:
-        rows = s.execute(select(Edge.parent_id, Edge.child_id, Edge.relation)).all()
-    children: dict[str, list[tuple[str, str]]] = {}
-    for parent, child, rel in rows:
-        children.setdefault(parent, []).append((child, rel))
-    out: dict[str, tuple[str, int]] = {}
-    frontier = [base]
-    hops = 0
-    while frontier:
-        hops += 1
-        nxt = []
-        for parent in frontier:
-            for child, rel in sorted(children.get(parent, ())):
-                if child not in out and child != base:
-                    out[child] = (rel, hops)
-                    nxt.append(child)
-        frontier = nxt
     return out
 
 
@@ -194,7 +173,7 @@ def score_target(store: Store, base: str, description: str, *, calib: Sequence[s
         calib_text = "\n".join(calib)
         calib_sha = hashlib.sha256(calib_text.encode()).hexdigest()
         query = f"{description}\n{calib_text}"
-    paths = tree_paths(store, base)
+    paths = descendants(store, base)
     if not paths:
         raise ZooConfigError(f"no crawled descendants of {base!r} in the store; run `mergekit-from zoo crawl --base "
                              f"{base}` first")
