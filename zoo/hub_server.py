@@ -22,6 +22,7 @@ import json
 import re
 import shutil
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -70,6 +71,19 @@ class Fault:
     after: int = 0  # let this many matching requests through first
 
 
+@dataclass
+class Served:
+    """What one repo's ``resolve`` route answered: calls (HEAD and GET; the Hub's resolver quota
+    counts both), bytes sent in full and in ranged reads, and when the ranged reads came (a
+    client's reads before it decides to download)."""
+
+    calls: int = 0
+    bytes: int = 0
+    ranged_bytes: int = 0
+    first_ranged: float | None = None  # time.monotonic()
+    last_ranged: float | None = None
+
+
 class HubServer:
     """``with HubServer(folder) as hub: HfApi(endpoint=hub.endpoint)...``"""
 
@@ -84,6 +98,7 @@ class HubServer:
         self.verbose = verbose
         # (method, path, status) of recent requests, for tests; bounded so a long `zoo serve` stays small
         self.requests: deque[tuple[str, str, int]] = deque(maxlen=100_000)
+        self.served: dict[str, Served] = {}  # by repo id; the resolver's calls and bytes
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer((HOST, port), _Handler)
@@ -120,6 +135,21 @@ class HubServer:
     def log(self, method: str, path: str, status: int) -> None:
         with self._lock:
             self.requests.append((method, path, status))
+
+    def count_call(self, repo_id: str) -> None:
+        with self._lock:
+            self.served.setdefault(repo_id, Served()).calls += 1
+
+    def count_sent(self, repo_id: str, sent: int, ranged: bool) -> None:
+        with self._lock:
+            served = self.served.setdefault(repo_id, Served())
+            if ranged:
+                now = time.monotonic()
+                served.ranged_bytes += sent
+                served.first_ranged = served.first_ranged if served.first_ranged is not None else now
+                served.last_ranged = now
+            else:
+                served.bytes += sent
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -553,6 +583,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _resolve(self, repo_id: str, revision: str, path: str, body: bool) -> None:
         hub = self.hub
+        hub.count_call(repo_id)
         repo = hub.repo(repo_id)
         hub.check_revision(repo, revision)
         hub.check_access(repo, self.headers.get("Authorization"))
@@ -594,4 +625,5 @@ class _Handler(BaseHTTPRequestHandler):
                         break
                     self.wfile.write(chunk)
                     left -= len(chunk)
+            hub.count_sent(repo_id, length - left, ranged=status == 206)
         hub.log(self.command, self.path, status)

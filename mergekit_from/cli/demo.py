@@ -19,11 +19,32 @@ def print_table(summary: dict[str, Any]) -> None:
     for label, acc in summary["accuracy"].items():
         vals = [acc[t] for t in targets]
         click.echo(f"{label:<28}" + "".join(f"{v:>10.3f}" for v in vals) + f"{sum(vals) / len(vals):>10.3f}")
-    click.echo("\nFW pool and picks (share of iterations):")
-    for repo, share in sorted(summary["fw_pick_share"].items(), key=lambda kv: -kv[1]):
-        coef = summary["coefficients"]["FW"].get(repo, 0.0)
-        click.echo(f"  {repo:<36} picks {share:.2f}  coefficient {coef:+.3f}")
+    print_reads(summary["reads"])
+    print_pool(summary)
     click.echo(f"\ndone in {summary['wall_s']:.0f}s")
+
+
+def print_reads(reads: dict[str, Any]) -> None:
+    click.echo(f"\nread before download (ranged reads, counted by the local Hub): {reads['probed']} of "
+               f"{reads['candidates']} candidates, {reads['bytes_read'] / 1024:.0f} KiB of their "
+               f"{reads['bytes_full'] / 2**20:.1f} MiB (per candidate median {reads['share_median']:.2%}, "
+               f"max {reads['share_max']:.2%}); resolver calls per candidate not downloaded: "
+               f"median {reads['calls_median']}, max {reads['calls_max']}")
+
+
+def print_pool(summary: dict[str, Any]) -> None:
+    """The FW pool with each member's hidden truth: did the card-blind choice find the targets' experts?"""
+    truth, fw = summary["truth"], summary["coefficients"]["FW"]
+    mode = "blind: ids and cards hide the task" if summary["blind"] else "labelled"
+    click.echo(f"\nFW pool ({mode}); true task from the demo's hidden record:")
+    click.echo(f"  {'repo':<28}{'true model':<22}{'task':<10}{'score':>7}{'picks':>7}{'coef':>8}")
+    for repo, share in sorted(summary["fw_pick_share"].items(), key=lambda kv: -kv[1]):
+        t = truth.get(repo, {})
+        mark = " target" if t.get("task") in summary["targets"] and t.get("kind") in ("fft", "lora") else ""
+        click.echo(f"  {repo:<28}{t.get('model', '?'):<22}{t.get('task') or '-':<10}"
+                   f"{summary['scores']['FW'].get(repo, 0.0):>7.3f}{share:>7.2f}{fw.get(repo, 0.0):>+8.3f}{mark}")
+    found = [t for t, rid in summary["experts"].items() if rid in fw]
+    click.echo(f"  target experts in the pool: {len(found)} of {len(summary['targets'])} ({', '.join(found) or 'none'})")
 
 
 @click.command("demo")
@@ -35,9 +56,12 @@ def print_table(summary: dict[str, Any]) -> None:
 @click.option("--pool-size", type=int, default=8, show_default=True)
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="FW setting over the recipe defaults; repeat.")
+@click.option("--labelled", is_flag=True,
+              help="Serve the zoo under its own repo ids and cards (default: blind, neutral ids and cards).")
 @overwrite_option
 def demo_cmd(out: Path, quick: bool, zoo_dir: Path | None, method: str, pool_size: int,
-             settings: tuple[str, ...], overwrite: bool) -> None:
+             settings: tuple[str, ...], labelled: bool, overwrite: bool) -> None:
     """Offline end to end: task zoo -> local Hub -> crawl -> auto (FroM, FW) -> evaluation table."""
-    summary = run_demo(out, quick, method, parse_settings(settings), pool_size, zoo_dir, overwrite)
+    summary = run_demo(out, quick, method, parse_settings(settings), pool_size, zoo_dir, overwrite,
+                       blind=not labelled)
     print_table(summary)
