@@ -22,7 +22,7 @@ import json
 import re
 import shutil
 import threading
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -84,6 +84,7 @@ class HubServer:
         self.verbose = verbose
         # (method, path, status) of recent requests, for tests; bounded so a long `zoo serve` stays small
         self.requests: deque[tuple[str, str, int]] = deque(maxlen=100_000)
+        self.bytes_sent: Counter[str] = Counter()  # file bytes sent per resolve path (ranged reads included)
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer((HOST, port), _Handler)
@@ -585,6 +586,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         if body and length:
+            with self.hub._lock:
+                self.hub.bytes_sent[urlsplit(self.path).path] += length
             with open(f.abspath, "rb") as fh:
                 fh.seek(start)
                 left = length

@@ -191,7 +191,7 @@ def score_target(store: Store, base: str, description: str, *, calib: Sequence[s
                  gradient_key: str | None = None) -> list[Candidate]:
     """Score every descendant of ``base`` for ``description`` (and ``calib``, the calibration
     samples' prompts and responses; ``gradient_key``: the target's cached gradient, whose stored
-    probes give the alignment); store and return them best first."""
+    probes give the alignment, by default the one stored with the target); store and return them best first."""
     if not description.strip():
         raise ZooConfigError("--target: the task description is empty")
     query, calib_sha = description, None
@@ -230,8 +230,9 @@ def score_target(store: Store, base: str, description: str, *, calib: Sequence[s
         if local.base is not None and len(experts) >= 2:
             kin = kinship(local, usable, experts)
 
-    aligned = alignment(store, gradient_key, {r: models[r].sha for r in paths if r in models}) if gradient_key else {}
     tid = target_id(base, description, calib_sha)
+    gradient_key = gradient_key or _stored_gradient(store, tid)
+    aligned = alignment(store, gradient_key, {r: models[r].sha for r in paths if r in models}) if gradient_key else {}
     out = []
     for rid, (rel, hops) in paths.items():
         c = compat[rid]
@@ -265,6 +266,13 @@ def score_target(store: Store, base: str, description: str, *, calib: Sequence[s
     out.sort(key=lambda c: (-c.score, c.repo_id))
     _store(store, tid, base, description, calib_sha, gradient_key, out)
     return out
+
+
+def _stored_gradient(store: Store, tid: str) -> str | None:
+    """The gradient an earlier run (``auto`` with --calib) took for this target, whose probes still count."""
+    with store.session() as s:
+        row = s.get(Target, tid)
+        return row.gradient_key if row is not None else None
 
 
 def target_id(base: str, description: str, calib_sha: str | None) -> str:
