@@ -153,3 +153,23 @@ def test_gradient_is_cached_by_base_calibration_and_settings(blank, quick_taskzo
     other = target_gradient(quick_taskzoo.base, blank.base, None, blank.files, {"objective": "entropy"}, cache=cache)
     assert other.key != same.key and len(list(cache.iterdir())) == 2
     assert set(same.mass["ends"]) == set(same.shapes) and sum(same.nbytes.values()) == same.model_bytes
+
+
+@pytest.mark.slow
+def test_zoo_score_shows_and_explains_the_alignment(blank):
+    import json
+
+    from tests.fixtures.models import run_cli
+    from zoo.scoring import score_target
+
+    score_target(blank.store, blank.base, "two tasks", gradient_key=blank.grad.key)  # the target keeps its gradient
+    db = f"sqlite:///{blank.tmp / 'zoo.sqlite'}"
+    rows = [json.loads(line) for line in run_cli("zoo", "score", "--base", blank.base, "--target", "two tasks",
+                                                 "--db", db, "--json").stdout.splitlines()]
+    expert = next(r for r in rows if blank.truth.get(r["repo_id"]) == "fft-ends")["components"]["alignment"]
+    probed = next(p for p in blank.report.rows if blank.truth[p["repo_id"]] == "fft-ends")
+    assert expert["per_task"] == probed["cosines"] and expert["tensors"] == probed["tensors"]
+    assert (expert["bytes_read"], expert["calls"], expert["full_bytes"]) == \
+        (probed["bytes_read"], probed["calls"], probed["full_bytes"])
+    text = run_cli("zoo", "score", "--base", blank.base, "--target", "two tasks", "--db", db).stdout
+    assert "alignment=" in text and f"ends {probed['cosines']['ends']:+.3f}" in text

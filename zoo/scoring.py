@@ -186,6 +186,17 @@ def alignment(store: Store, gradient_key: str, shas: dict[str, str | None]) -> d
     return out
 
 
+def _compatibility(paths: dict[str, tuple[str, int]], models: dict[str, Model], fps: dict[str, TensorFingerprint],
+                   base: str, include_quantized: bool) -> dict[str, Compatibility]:
+    base_fp = _fingerprint(fps, base)
+    out = {}
+    for rid, (rel, _) in paths.items():
+        m = models.get(rid)
+        quantized = rel == Relation.QUANTIZED or bool(m and m.is_quantized)
+        out[rid] = compare(base_fp, _fingerprint(fps, rid), quantized=quantized, allow_quantized=include_quantized)
+    return out
+
+
 def score_target(store: Store, base: str, description: str, *, calib: Sequence[str] | None = None,
                  weights_dir: str | Path | None = None, include_quantized: bool = False,
                  gradient_key: str | None = None) -> list[Candidate]:
@@ -208,12 +219,7 @@ def score_target(store: Store, base: str, description: str, *, calib: Sequence[s
         fps = {f.repo_id: f for f in s.scalars(select(TensorFingerprint).where(
             TensorFingerprint.repo_id.in_([*paths, base])))}
         adapters = {a.repo_id for a in s.scalars(select(AdapterConfig))}
-    base_fp = _fingerprint(fps, base)
-    compat: dict[str, Compatibility] = {}
-    for rid, (rel, _) in paths.items():
-        m = models.get(rid)
-        quantized = rel == Relation.QUANTIZED or bool(m and m.is_quantized)
-        compat[rid] = compare(base_fp, _fingerprint(fps, rid), quantized=quantized, allow_quantized=include_quantized)
+    compat = _compatibility(paths, models, fps, base, include_quantized)
     cosines = _tfidf_cosines(query, {rid: _doc(models[rid]) for rid in paths if rid in models})
     # Relative to the best match in the pool; the floor keeps a pool of non-matches near zero.
     text_scale = max(max(cosines.values(), default=0.0), TEXT_FLOOR)
