@@ -131,13 +131,13 @@ def test_bytes_served_per_candidate_stay_within_budget_and_five_requests(blank):
 
 @pytest.mark.slow
 def test_a_second_probe_probes_nothing_new_and_a_changed_candidate_again(blank):
-    from zoo.probe import Candidate, probe
+    from zoo.probe import ProbeInput, probe
 
     blank.hub.requests.clear()
     again = probe(blank.store, blank.grad, blank.hub.endpoint, blank.cands, token=False)
     assert (again.probed, again.reused) == (0, len(blank.cands)) and not list(blank.hub.requests)
     first = blank.cands[0]
-    moved = Candidate(first.repo_id, "0" * 40, first.kind, first.files, first.adapter_config)
+    moved = ProbeInput(first.repo_id, "0" * 40, first.kind, first.files, first.adapter_config)
     assert probe(blank.store, blank.grad, blank.hub.endpoint, [moved], token=False).probed == 1
 
 

@@ -52,10 +52,10 @@ def choose_subset(mass: Mapping[str, Mapping[str, float]], nbytes: Mapping[str, 
     embedding rows ranked the wrong expert first for one of two tasks; matrices ranked both right.
 
     Tasks are combined by each task's *share*: a tensor's value is the largest, over tasks, of its
-    squared gradient norm divided by that task's total over those tensors, so a task whose gradient is small overall
-    still brings its own heaviest tensors. Tensors are taken greedily by value per byte; the first
-    one that does not fit whole is taken by its leading rows (a contiguous byte range), so the
-    budget is spent and large matrices are probed even when none fits.
+    squared gradient norm divided by that task's total over those tensors, so a task whose gradient
+    is small overall still brings its own heaviest tensors. Tensors are taken greedily by value per
+    byte; one that does not fit whole is taken by its leading rows (a contiguous byte range), so
+    the budget is spent and large matrices are probed even when none fits.
     """
     nbytes = {n: b for n, b in nbytes.items() if len(shapes[n]) == 2 and not is_vocab_tensor(n)}
     totals = {t: sum(m.get(n, 0.0) for n in nbytes) for t, m in mass.items()}
@@ -133,7 +133,7 @@ def lora_factors(config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
 
 
 @dataclass(frozen=True)
-class Candidate:
+class ProbeInput:
     """What a probe needs to know of a candidate, from the store: its commit, kind and weight files."""
 
     repo_id: str
@@ -148,7 +148,7 @@ class _Reads:
     """Ranged reads of one candidate's files, counted, each through the retry policy."""
 
     fs: HfFileSystem
-    candidate: Candidate
+    candidate: ProbeInput
     retry: RetryPolicy
     throttle: Throttle
     calls: int = 0
@@ -234,7 +234,7 @@ def read_subset(reads: _Reads, grad: TargetGradient) -> dict[str, np.ndarray]:
 # -- probing and the store ------------------------------------------------------------------------
 
 
-def _probe_one(fs: HfFileSystem, grad: TargetGradient, cand: Candidate, retry: RetryPolicy,
+def _probe_one(fs: HfFileSystem, grad: TargetGradient, cand: ProbeInput, retry: RetryPolicy,
                throttle: Throttle) -> dict[str, Any]:
     started = time.perf_counter()
     reads = _Reads(fs, cand, retry, throttle)
@@ -260,7 +260,7 @@ def _probe_one(fs: HfFileSystem, grad: TargetGradient, cand: Candidate, retry: R
             "seconds": round(time.perf_counter() - started, 4), "error": error}
 
 
-def candidates(store: Store, repo_ids: Iterable[str]) -> list[Candidate]:
+def candidates(store: Store, repo_ids: Iterable[str]) -> list[ProbeInput]:
     """The store's view of ``repo_ids`` as probe candidates (those with a known commit)."""
     ids = list(repo_ids)
     with store.session() as s:
@@ -276,7 +276,7 @@ def candidates(store: Store, repo_ids: Iterable[str]) -> list[Candidate]:
             continue
         kind = "adapter" if m.is_adapter else "model"
         names = tuple(sorted(files.get(rid, ())))
-        out.append(Candidate(rid, m.sha, kind, names + ((INDEX,) if len(names) > 1 else ()), configs.get(rid)))
+        out.append(ProbeInput(rid, m.sha, kind, names + ((INDEX,) if len(names) > 1 else ()), configs.get(rid)))
     return out
 
 
@@ -288,7 +288,7 @@ class ProbeReport:
     rows: list[dict[str, Any]]
 
 
-def probe(store: Store, grad: TargetGradient, endpoint: str | None, cands: list[Candidate], *,
+def probe(store: Store, grad: TargetGradient, endpoint: str | None, cands: list[ProbeInput], *,
           token: str | bool | None = None, workers: int = WORKERS, retry: RetryPolicy | None = None,
           progress: bool = False) -> ProbeReport:
     """Probe the candidates the store has no result for at their commit, ``workers`` at a time; store them."""
