@@ -173,3 +173,32 @@ def test_zoo_score_shows_and_explains_the_alignment(blank):
         (probed["bytes_read"], probed["calls"], probed["full_bytes"])
     text = run_cli("zoo", "score", "--base", blank.base, "--target", "two tasks", "--db", db).stdout
     assert "alignment=" in text and f"ends {probed['cosines']['ends']:+.3f}" in text
+
+
+def test_a_rate_limited_probe_waits_and_goes_on(hub, hub_dir, crawled, tmp_path):
+    """A 429 with RateLimit on a ranged read is retried under the crawler's policy; the probe completes."""
+    import shutil
+
+    import torch
+
+    from mergekit_from.target_gradient import target_gradient
+    from mergekit_from.taskzoo.tokenizer import CharVocab
+    from tests.fixtures.hub_repos import BASE
+    from zoo.probe import candidates, probe
+    from zoo.resilience import RetryPolicy
+
+    torch.set_num_threads(1)
+    base = tmp_path / "base"
+    shutil.copytree(hub_dir / BASE, base)
+    CharVocab().save(base)
+    calib = tmp_path / "math.jsonl"
+    calib.write_text("".join('{"prompt": "%d+%d=", "response": "%d"}\n' % (i, i, 2 * i) for i in range(8)))
+    grad = target_gradient(base, BASE, None, {"math": calib}, cache=tmp_path / "gradients")
+    hub.inject(r"^/acme/tiny-llama-math/resolve/", 429, times=1, reset_s=0)
+    hub.requests.clear()
+    report = probe(crawled, grad, hub.endpoint, candidates(crawled, ["acme/tiny-llama-math"]), token=False,
+                   retry=RetryPolicy(floor_s=0.01))
+    rows = {r["repo_id"]: r for r in report.rows}
+    assert all(r["error"] is None and set(r["cosines"]) == {"math"} for r in rows.values()), rows
+    statuses = [s for _, p, s in hub.requests if p.startswith("/acme/tiny-llama-math/resolve/")]
+    assert statuses.count(429) == 1 and len(statuses) == rows["acme/tiny-llama-math"]["calls"] + 1
