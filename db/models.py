@@ -149,7 +149,32 @@ class Target(Base):
     base_id: Mapped[str] = mapped_column(String(256), index=True)
     description: Mapped[str] = mapped_column(Text)
     calib_sha: Mapped[str | None] = mapped_column(String(64))
+    # The cached FW gradient at the base the alignment scores came from (None: no calibration data).
+    gradient_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Probe(Base):
+    """A candidate's alignment with a target's gradient, from tensors read before any download.
+
+    Keyed on the candidate's commit and the gradient's key, so a rerun probes only new or changed
+    candidates; ``cosines`` is per target task, ``error`` says why a probe found nothing.
+    """
+
+    __tablename__ = "probes"
+
+    repo_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    sha: Mapped[str] = mapped_column(String(64), primary_key=True)
+    gradient_key: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "model" or "adapter"
+    cosines: Mapped[dict[str, Any]]
+    tensors: Mapped[list[Any]]  # the tensors the alignment covers
+    bytes_read: Mapped[int] = mapped_column(Integer)
+    full_bytes: Mapped[int | None] = mapped_column(Integer)  # the candidate's weights file(s)
+    calls: Mapped[int] = mapped_column(Integer)  # resolver requests (ranged reads)
+    seconds: Mapped[float] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    probed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Score(Base):

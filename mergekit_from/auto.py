@@ -60,6 +60,7 @@ class AutoRequest:
     cache_dir: Path | None = None  # Hugging Face cache (None: the standard one)
     quiet: bool = False
     overwrite: bool = False  # write into a non-empty --out that mergekit-from did not write
+    max_probe: int | None = None  # probe at most this many candidates (best first by the cards); None: all
 
 
 @dataclass
@@ -115,6 +116,8 @@ def check_request(req: AutoRequest) -> Calibration:
         raise ConfigError("--target is empty: say in words what the merge is for")
     if req.pool_size < 1:
         raise ConfigError(f"--pool-size must be >= 1, got {req.pool_size}")
+    if req.max_probe is not None and req.max_probe < 1:
+        raise ConfigError(f"--max-probe must be >= 1, got {req.max_probe}")
     if req.method in DATA_METHODS and not req.calib:
         raise ConfigError(f"--method {req.method} needs calibration data (--calib FILE); "
                           "use --method from for a data-free merge")
@@ -231,13 +234,16 @@ def ensure_crawled(req: AutoRequest, store, crawler, reporter: Reporter) -> None
     reporter.say(f"listed {report.listed} models, enriched {report.enriched}")
 
 
-def shortlist(store, candidates, k: int) -> tuple[list[PoolModel], list[dict[str, str]]]:
-    """The top ``k`` candidates that can be merged as full weights; the rest with the reason."""
+def shortlist(store, candidates, k: int, tasks: list[str] | None = None) -> tuple[list[PoolModel], list[dict[str, str]]]:
+    """The top ``k`` candidates that can be merged as full weights; the rest with the reason.
+
+    ``tasks`` (the target has a gradient): only candidates aligned with some task's gradient get in,
+    each task's best-aligned first, then the best remaining by score."""
     from db import Model
 
     with store.session() as s:
         rows = {m.repo_id: m for m in s.scalars(select(Model).where(Model.repo_id.in_([c.repo_id for c in candidates])))}
-    pool, excluded = [], []
+    pool, excluded, eligible = [], [], []
     for c in candidates:
         m = rows.get(c.repo_id)
         why = None
@@ -249,13 +255,45 @@ def shortlist(store, candidates, k: int) -> tuple[list[PoolModel], list[dict[str
             why = "LoRA adapter (FW pools take full weights; fold it with mergekit's base+lora first)"
         elif m is not None and m.is_quantized:
             why = "quantized"
-        elif len(pool) >= k:
-            why = f"outside the top {k} (score {c.score:.3f})"
+        elif tasks is not None and not aligned_tasks(c):
+            why = no_evidence(c)
         if why:
             excluded.append({"repo_id": c.repo_id, "why": why})
         else:
+            eligible.append(c)
+    for c in by_evidence(eligible, tasks) if tasks else eligible:
+        if len(pool) >= k:
+            excluded.append({"repo_id": c.repo_id, "why": f"outside the top {k} (score {c.score:.3f})"})
+        else:
+            m = rows.get(c.repo_id)
             pool.append(PoolModel(c.repo_id, m.sha if m else None, c.score, c.components))
     return pool, excluded
+
+
+def aligned_tasks(candidate) -> dict[str, float]:
+    """The target tasks whose gradient the candidate's probe aligns with (positive cosine)."""
+    per_task = candidate.components.get("alignment", {}).get("per_task", {})
+    return {t: v for t, v in per_task.items() if v > 0}
+
+
+def no_evidence(candidate) -> str:
+    """Why a candidate without positive alignment stays out, with its scores (the card lists it)."""
+    comp = candidate.components.get("alignment")
+    if comp is None:
+        return f"not probed (score {candidate.score:.3f})"
+    cos = ", ".join(f"{t} {v:+.3f}" for t, v in comp["per_task"].items()) or comp.get("error", "nothing read")
+    return f"no positive alignment with any target task (score {candidate.score:.3f}; cosines {cos})"
+
+
+def by_evidence(candidates, tasks: list[str]) -> list:
+    """Each task's best-aligned candidate first (task order), then the rest by score."""
+    first = []
+    for task in tasks:
+        best = max((c for c in candidates if aligned_tasks(c).get(task, 0) > 0 and c not in first),
+                   key=lambda c: aligned_tasks(c)[task], default=None)
+        if best is not None:
+            first.append(best)
+    return first + [c for c in candidates if c not in first]
 
 
 def download(repo_id: str, sha: str | None, req: AutoRequest) -> Path:
@@ -306,11 +344,13 @@ def _run_auto(req: AutoRequest, reporter: Reporter) -> AutoResult:
     base_sha = probe_base(api, req.base)
     store = open_store(req.db_url)
     ensure_crawled(req, store, Crawler(store, req.endpoint, progress=reporter.progress), reporter)
-    target_id, pool, excluded = choose_pool(req, store, calib)
+    base_path = download(req.base, base_sha, req)  # first: the target's gradient is taken at the base
+    gradient_key = gather_evidence(req, store, calib, base_path, base_sha, reporter)
+    target_id, pool, excluded = choose_pool(req, store, calib, gradient_key)
     reporter.say("pool: " + ", ".join(f"{m.repo_id} ({m.score:.3f})" for m in pool))
     run_id = _record_start(req, store, target_id, pool, excluded)
     try:
-        result = _merge(req, reporter, output, calib, Source(req.base, base_sha), pool, excluded,
+        result = _merge(req, reporter, output, calib, Source(req.base, base_sha), base_path, pool, excluded,
                         api.endpoint.rstrip("/"), run_id)
     except BaseException as exc:
         _record_failure(store, run_id, exc)
@@ -321,13 +361,45 @@ def _run_auto(req: AutoRequest, reporter: Reporter) -> AutoResult:
     return result
 
 
-def choose_pool(req: AutoRequest, store, calib: Calibration) -> tuple[int, list[PoolModel], list[dict[str, str]]]:
+def gather_evidence(req: AutoRequest, store, calib: Calibration, base_path: Path, base_sha: str | None,
+                    reporter: Reporter) -> str | None:
+    """The target's gradient at the base (cached) and a probe of every compatible candidate not probed
+    at its commit yet (``--max-probe``: the first N by the cards' scores); returns the gradient's key.
+    Without --calib there is no gradient: the scores come from the cards and the tree alone."""
+    if not calib.files:
+        return None
+    from mergekit_from.target_gradient import target_gradient
+    from zoo.probe import candidates, probe
+    from zoo.scoring import score_target
+
+    reporter.say("computing the target's gradient at the base")
+    grad = target_gradient(base_path, req.base, base_sha, calib.files, req.settings)
+    texts = sample_texts(s for samples in calib.samples.values() for s in samples)
+    ranked = [c.repo_id for c in score_target(store, req.base, req.target, calib=texts)
+              if c.compatible is True and "access" not in c.components]
+    todo = candidates(store, ranked[: req.max_probe])
+    report = probe(store, grad, req.endpoint, todo, progress=reporter.progress)
+    read = sum(r["bytes_read"] for r in report.rows)
+    full = sum(r["full_bytes"] or 0 for r in report.rows)
+    reporter.say(f"probed {report.probed} candidates in {report.seconds:.1f}s ({report.reused} probed before"
+                 f"{', not again' if report.reused else ''}): read {read} of their {full} bytes")
+    return grad.key
+
+
+def choose_pool(req: AutoRequest, store, calib: Calibration,
+                gradient_key: str | None = None) -> tuple[int, list[PoolModel], list[dict[str, str]]]:
     """Score the crawled descendants for the target; returns the target's id, the pool and the left-out."""
     from zoo.scoring import score_target
 
     texts = sample_texts(s for samples in calib.samples.values() for s in samples)
-    candidates = score_target(store, req.base, req.target, calib=texts)
-    pool, excluded = shortlist(store, candidates, req.pool_size)
+    candidates = score_target(store, req.base, req.target, calib=texts, gradient_key=gradient_key)
+    tasks = list(calib.files) if gradient_key else None
+    if tasks and not any(aligned_tasks(c) for c in candidates):
+        probed = sum("alignment" in c.components for c in candidates)
+        raise ModelInputError(f"no candidate shows evidence for the target: none of the {probed} probed "
+                              f"descendants of {req.base} aligns with the gradient of any --calib task "
+                              f"({', '.join(tasks)})")
+    pool, excluded = shortlist(store, candidates, req.pool_size, tasks)
     if not pool:
         reasons = "; ".join(f"{e['repo_id']}: {e['why']}" for e in excluded[:3])
         raise ModelInputError(f"no compatible candidates for {req.base} among {len(candidates)} crawled "
@@ -370,10 +442,9 @@ def _record_result(store, run_id: int, result: AutoResult) -> None:
         row.finished_at = datetime.now(timezone.utc)
 
 
-def _merge(req: AutoRequest, reporter: Reporter, output: Output, calib: Calibration, base: Source,
+def _merge(req: AutoRequest, reporter: Reporter, output: Output, calib: Calibration, base: Source, base_path: Path,
            pool: list[PoolModel], excluded: list[dict[str, str]], endpoint: str, run_id: int) -> AutoResult:
-    """Download, merge through `mergekit-from yaml`'s path, evaluate, write the card, push."""
-    base_path = download(req.base, base.sha, req)
+    """Download the pool, merge through `mergekit-from yaml`'s path, evaluate, write the card, push."""
     for m in pool:
         reporter.say(f"downloading {m.repo_id}@{(m.sha or '')[:12]}")
         m.path = download(m.repo_id, m.sha, req)

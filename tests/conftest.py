@@ -63,6 +63,26 @@ def hub(hub_dir):
         yield server
 
 
+@pytest.fixture
+def twin_hub(hub_dir, tmp_path):
+    """A Hub of the tiny base (with a tokenizer) and one "fine-tune" that is a byte copy of it: no
+    candidate's task vector can align with any gradient."""
+    import shutil
+
+    from mergekit_from.card import write_card
+    from mergekit_from.taskzoo.tokenizer import CharVocab
+    from tests.fixtures.hub_repos import BASE
+    from zoo.hub_server import HubServer
+
+    root = tmp_path / "twin-hub"
+    shutil.copytree(hub_dir / BASE, root / BASE)
+    CharVocab().save(root / BASE)
+    shutil.copytree(hub_dir / BASE, root / f"{BASE}-twin")
+    write_card(root / f"{BASE}-twin", "# twin", base_model=BASE)
+    with HubServer(root) as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """A PostgreSQL server on 127.0.0.1; skipped where PostgreSQL is not installed, unless

@@ -47,9 +47,33 @@ class _Entry:
         dtype = _NUMPY[self.info["dtype"]]
         raw = np.memmap(self.file, dtype=dtype, mode="r", offset=self.data_start + start, shape=shape) \
             if end > start else np.zeros(shape, dtype)
-        if self.info["dtype"] == "BF16":
-            return (raw.astype(np.uint32) << 16).view(np.float32)
-        return raw.astype(np.float32)
+        return _widen(raw, self.info["dtype"])
+
+
+def _widen(raw: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw.astype(np.float32)
+
+
+def decode(info: dict[str, Any], data: bytes | memoryview) -> np.ndarray:
+    """One tensor as float32 from its bytes (``info``: its header entry: dtype and shape)."""
+    raw = np.frombuffer(data, dtype=_NUMPY[info["dtype"]]).reshape(tuple(info["shape"]))
+    return _widen(raw, info["dtype"])
+
+
+def parse(blob: bytes) -> dict[str, np.ndarray]:
+    """Every tensor of a whole safetensors file held in memory, as float32."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    data = memoryview(blob)[8 + n :]
+    return {name: decode(info, data[info["data_offsets"][0] : info["data_offsets"][1]])
+            for name, info in header.items() if name != "__metadata__"}
+
+
+def nbytes(info: dict[str, Any]) -> int:
+    start, end = info["data_offsets"]
+    return end - start
 
 
 def _entries(path: Path) -> dict[str, _Entry]:

@@ -8,7 +8,11 @@ Components, each in [0, 1], combined as a weighted mean and gated by compatibili
   candidate's card text, tags, datasets, pipeline tag and name;
 - ``popularity``: log downloads and likes, relative to the pool;
 - ``kinship``: when weights are local, the cosine between the candidate's task vector and the mean
-  task vector of the top text-relevant candidates (the target's experts; Hu et al. 2024).
+  task vector of the top text-relevant candidates (the target's experts; Hu et al. 2024);
+- ``alignment``: when the target has a gradient (calibration data) and the candidate was probed
+  (:mod:`zoo.probe`), FW's LMO score at the base per task, cosine(-g, tau) on the probe subset; the
+  value is the best, over tasks, of the cosine relative to that task's best in the pool. It weighs
+  more than the rest together, so where cards say nothing (or mislead) the weights decide.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ from zoo.arrays import ArrayFolder, is_model_dir, read_file
 from zoo.errors import ZooConfigError
 from zoo.fingerprint import Compatibility, Fingerprint, compare
 from zoo.inventory import descendants
+from zoo.probe import stored_probes
 
-SCORER_VERSION = "1"
-WEIGHTS = {"relation": 0.2, "text": 0.5, "popularity": 0.1, "kinship": 0.2}
+SCORER_VERSION = "2"
+WEIGHTS = {"relation": 0.2, "text": 0.5, "popularity": 0.1, "kinship": 0.2, "alignment": 1.5}
 RELATION_PRIOR = {Relation.FINETUNE: 1.0, Relation.ADAPTER: 0.9, Relation.MERGE: 0.8, Relation.QUANTIZED: 0.1}
 HOP_DECAY = 0.75
 TEXT_FLOOR = 0.2
@@ -162,10 +167,42 @@ def _fingerprint(store_rows: dict[str, TensorFingerprint], repo_id: str) -> Fing
     return Fingerprint.from_row(row.kind, row.tensors) if row is not None else None
 
 
+def alignment(store: Store, gradient_key: str, shas: dict[str, str | None]) -> dict[str, dict[str, Any]]:
+    """The alignment component of each candidate probed at its current commit (``shas``) under the gradient."""
+    probes = stored_probes(store, gradient_key)
+    found = {rid: probes[(rid, sha)] for rid, sha in shas.items() if sha and (rid, sha) in probes}
+    tasks = sorted({t for p in found.values() for t in p.cosines})
+    best = {t: max(p.cosines.get(t, 0.0) for p in found.values()) for t in tasks}
+    out = {}
+    for rid, p in found.items():
+        value = max((max(p.cosines.get(t, 0.0), 0.0) / best[t] for t in tasks if best[t] > 0), default=0.0)
+        cos = ", ".join(f"{t} {c:+.3f}" for t, c in p.cosines.items())
+        why = (f"FW LMO score at the base, cosine(-g, tau) per task: {cos}; from {len(p.tensors)} tensor(s), "
+               f"{p.bytes_read} of {p.full_bytes} bytes in {p.calls} request(s)") if p.cosines else \
+            f"no evidence: {p.error or 'nothing read'}"
+        out[rid] = {"value": round(value, 4), "weight": WEIGHTS["alignment"], "why": why, "per_task": p.cosines,
+                    "kind": p.kind, "tensors": p.tensors, "bytes_read": p.bytes_read, "full_bytes": p.full_bytes,
+                    "calls": p.calls, "seconds": p.seconds, **({"error": p.error} if p.error else {})}
+    return out
+
+
+def _compatibility(paths: dict[str, tuple[str, int]], models: dict[str, Model], fps: dict[str, TensorFingerprint],
+                   base: str, include_quantized: bool) -> dict[str, Compatibility]:
+    base_fp = _fingerprint(fps, base)
+    out = {}
+    for rid, (rel, _) in paths.items():
+        m = models.get(rid)
+        quantized = rel == Relation.QUANTIZED or bool(m and m.is_quantized)
+        out[rid] = compare(base_fp, _fingerprint(fps, rid), quantized=quantized, allow_quantized=include_quantized)
+    return out
+
+
 def score_target(store: Store, base: str, description: str, *, calib: Sequence[str] | None = None,
-                 weights_dir: str | Path | None = None, include_quantized: bool = False) -> list[Candidate]:
+                 weights_dir: str | Path | None = None, include_quantized: bool = False,
+                 gradient_key: str | None = None) -> list[Candidate]:
     """Score every descendant of ``base`` for ``description`` (and ``calib``, the calibration
-    samples' prompts and responses); store and return them best first."""
+    samples' prompts and responses; ``gradient_key``: the target's cached gradient, whose stored
+    probes give the alignment, by default the one stored with the target); store and return them best first."""
     if not description.strip():
         raise ZooConfigError("--target: the task description is empty")
     query, calib_sha = description, None
@@ -182,12 +219,7 @@ def score_target(store: Store, base: str, description: str, *, calib: Sequence[s
         fps = {f.repo_id: f for f in s.scalars(select(TensorFingerprint).where(
             TensorFingerprint.repo_id.in_([*paths, base])))}
         adapters = {a.repo_id for a in s.scalars(select(AdapterConfig))}
-    base_fp = _fingerprint(fps, base)
-    compat: dict[str, Compatibility] = {}
-    for rid, (rel, _) in paths.items():
-        m = models.get(rid)
-        quantized = rel == Relation.QUANTIZED or bool(m and m.is_quantized)
-        compat[rid] = compare(base_fp, _fingerprint(fps, rid), quantized=quantized, allow_quantized=include_quantized)
+    compat = _compatibility(paths, models, fps, base, include_quantized)
     cosines = _tfidf_cosines(query, {rid: _doc(models[rid]) for rid in paths if rid in models})
     # Relative to the best match in the pool; the floor keeps a pool of non-matches near zero.
     text_scale = max(max(cosines.values(), default=0.0), TEXT_FLOOR)
@@ -205,6 +237,8 @@ def score_target(store: Store, base: str, description: str, *, calib: Sequence[s
             kin = kinship(local, usable, experts)
 
     tid = target_id(base, description, calib_sha)
+    gradient_key = gradient_key or _stored_gradient(store, tid)
+    aligned = alignment(store, gradient_key, {r: models[r].sha for r in paths if r in models}) if gradient_key else {}
     out = []
     for rid, (rel, hops) in paths.items():
         c = compat[rid]
@@ -219,6 +253,8 @@ def score_target(store: Store, base: str, description: str, *, calib: Sequence[s
                            "why": f"{(models[rid].downloads or 0) if rid in models else 0} downloads, "
                                   f"{(models[rid].likes or 0) if rid in models else 0} likes"},
         }
+        if rid in aligned:
+            comps["alignment"] = aligned[rid]
         if rid in kin:
             comps["kinship"] = {"value": round(max(kin[rid], 0.0), 4), "weight": WEIGHTS["kinship"],
                                 "why": f"task-vector cosine {kin[rid]:+.3f} with the mean of the top text matches"}
@@ -234,19 +270,26 @@ def score_target(store: Store, base: str, description: str, *, calib: Sequence[s
             comps["access"] = {"value": m.status, "weight": "info", "why": m.error or m.status}
         out.append(Candidate(rid, rel, hops, round(gate * mean, 6), c.compatible, comps, tid))
     out.sort(key=lambda c: (-c.score, c.repo_id))
-    _store(store, tid, base, description, calib_sha, out)
+    _store(store, tid, base, description, calib_sha, gradient_key, out)
     return out
+
+
+def _stored_gradient(store: Store, tid: str) -> str | None:
+    """The gradient an earlier run (``auto`` with --calib) took for this target, whose probes still count."""
+    with store.session() as s:
+        row = s.get(Target, tid)
+        return row.gradient_key if row is not None else None
 
 
 def target_id(base: str, description: str, calib_sha: str | None) -> str:
     return hashlib.sha256(f"{base}\n{description}\n{calib_sha or ''}".encode()).hexdigest()[:16]
 
 
-def _store(store: Store, tid: str, base: str, description: str, calib_sha: str | None,
+def _store(store: Store, tid: str, base: str, description: str, calib_sha: str | None, gradient_key: str | None,
            cands: list[Candidate]) -> None:
     with store.session() as s:
         store.upsert(s, Target, [{"target_id": tid, "base_id": base, "description": description,
-                                  "calib_sha": calib_sha}])
+                                  "calib_sha": calib_sha, "gradient_key": gradient_key}])
         s.query(Score).filter(Score.target_id == tid).delete()
         store.upsert(s, Score, [{"target_id": tid, "repo_id": c.repo_id, "score": c.score,
                                  "compatible": c.compatible, "components": c.components,

@@ -239,10 +239,15 @@ def runs_cmd(run_id: int | None, db_url: str | None, as_json: bool) -> None:
 @click.option("--include-quantized", is_flag=True, help="Do not exclude quantized models.")
 @DB_OPTION
 @click.option("--top", type=click.IntRange(min=1), default=None, help="Show the best N only.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, with every component.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line, with every component (alignment: per-task cosines, tensors, bytes "
+                   "read, requests).")
 def score_cmd(base: str, description: str, calib: tuple[str, ...], weights_dir: str | None, include_quantized: bool,
               db_url: str | None, top: int | None, as_json: bool) -> None:
-    """Score the crawled descendants of --base for --target; scores are stored per target."""
+    """Score the crawled descendants of --base for --target; scores are stored per target.
+
+    The alignment with the target's gradient shows where `auto` with the same --target and --calib
+    probed the candidates (the target remembers its gradient)."""
     from mergekit_from.calibration import read_jsonl, sample_texts
     from zoo.scoring import score_target
 
@@ -257,6 +262,8 @@ def score_cmd(base: str, description: str, calib: tuple[str, ...], weights_dir: 
             parts = " ".join(f"{k}={v['value']:.2f}" for k, v in c.components.items()
                              if isinstance(v["value"], float | int))
             click.echo(f"{c.score:6.3f}  {c.repo_id:<44} {parts}  [{c.components['compatibility']['why']}]")
+            if "alignment" in c.components:
+                click.echo(f"{'':8}alignment: {c.components['alignment']['why']}")
 
 
 @zoo.command("export")

@@ -79,4 +79,10 @@ CASES = [
     Case("auto-gated-base", "mergekit-from auto --base GATED ...  # no token with access", "is gated on",
          lambda env: auto_run(env, "--method", "from", base=GATED, endpoint=env.hub.endpoint, culprit=repr(GATED)),
          fixtures=("hub",)),
+    Case("auto-max-probe-zero", "mergekit-from auto ... --max-probe 0", "--max-probe must be >= 1",
+         lambda env: auto_run(env, "--max-probe", "0", culprit="0"), fixtures=()),
+    Case("auto-no-evidence", "mergekit-from auto ... --calib math.jsonl  # no candidate aligns with the gradient",
+         "no candidate shows evidence for the target",
+         lambda env: auto_run(env, endpoint=env.twin_hub.endpoint, culprit=BASE,
+                              run_env={"XDG_CACHE_HOME": str(env.tmp / "cache")}), fixtures=("twin_hub",)),
 ]
