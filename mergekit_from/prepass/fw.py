@@ -76,7 +76,7 @@ class FWPrePass:
         self.quiet = False
         model = SoftSettings if self.soft else HardSettings
         self.settings = read_settings(model, raw, config, section=method)
-        self.pool = Pool.from_config(config, method, self.settings.skip_incompatible)
+        self.pool = Pool.from_config(config, method, self.settings.skip_incompatible, adapters=True)
         self.config = self.pool.without_skipped(config)
         self.files = _target_files(self.settings, recipe_dir)
         self.samples = calibration.load_tasks(self.files, self.settings.samples_per_task)
