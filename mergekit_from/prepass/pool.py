@@ -74,6 +74,7 @@ class Pool:
     refs: list[str]
     indexes: list[TensorIndex | FoldedIndex]
     skipped: list[str] = field(default_factory=list)
+    finite: set[tuple[int, str]] = field(default_factory=set)  # (candidate, tensor) already checked
 
     @classmethod
     def from_config(cls, config: MergeConfiguration, method: str, skip_incompatible: bool = False,
@@ -108,8 +109,13 @@ class Pool:
         return len(self.refs)
 
     def tensor(self, i: int, name: str) -> torch.Tensor:
-        """Candidate ``i``'s tensor ``name`` in fp32, read from its memory-mapped shard (finite)."""
-        return checked(self.indexes[i].tensor(name).float(), f"pool model {self.refs[i]!r}", name)
+        """Candidate ``i``'s tensor ``name`` in fp32, read from its memory-mapped shard (checked
+        finite on its first read: FW reads every candidate at every iteration)."""
+        t = self.indexes[i].tensor(name).float()
+        if (i, name) not in self.finite:
+            checked(t, f"pool model {self.refs[i]!r}", name)
+            self.finite.add((i, name))
+        return t
 
     def base_tensor(self, name: str) -> torch.Tensor:
         return checked(self.base.tensor(name).float(), f"base model {self.base_ref!r}", name)
