@@ -70,6 +70,11 @@ class PoolModel:
     score: float
     components: dict[str, Any]
     path: Path | None = None
+    adapter: bool = False  # a LoRA adapter of the base: the recipe names it BASE+ADAPTER (mergekit's syntax)
+
+    def reference(self, base_path: Path) -> str:
+        """How the recipe names it; FW folds an adapter into the base tensor by tensor."""
+        return f"{base_path}+{self.path}" if self.adapter else str(self.path)
 
 
 @dataclass
@@ -234,8 +239,9 @@ def ensure_crawled(req: AutoRequest, store, crawler, reporter: Reporter) -> None
     reporter.say(f"listed {report.listed} models, enriched {report.enriched}")
 
 
-def shortlist(store, candidates, k: int, tasks: list[str] | None = None) -> tuple[list[PoolModel], list[dict[str, str]]]:
-    """The top ``k`` candidates that can be merged as full weights; the rest with the reason.
+def shortlist(store, candidates, k: int, tasks: list[str] | None = None,
+              adapters: bool = False) -> tuple[list[PoolModel], list[dict[str, str]]]:
+    """The top ``k`` candidates that can be merged (LoRA adapters only with ``adapters``); the rest with the reason.
 
     ``tasks`` (the target has a gradient): only candidates aligned with some task's gradient get in,
     each task's best-aligned first, then the best remaining by score."""
@@ -251,8 +257,8 @@ def shortlist(store, candidates, k: int, tasks: list[str] | None = None) -> tupl
             why = f"not readable ({m.status})"
         elif c.compatible is not True:
             why = c.components.get("compatibility", {}).get("why") or "compatibility unknown"
-        elif m is not None and m.is_adapter:
-            why = "LoRA adapter (FW pools take full weights; fold it with mergekit's base+lora first)"
+        elif m is not None and m.is_adapter and not adapters:
+            why = "LoRA adapter (only fw_hard/fw_soft pools take adapters)"
         elif m is not None and m.is_quantized:
             why = "quantized"
         elif tasks is not None and not aligned_tasks(c):
@@ -266,7 +272,8 @@ def shortlist(store, candidates, k: int, tasks: list[str] | None = None) -> tupl
             excluded.append({"repo_id": c.repo_id, "why": f"outside the top {k} (score {c.score:.3f})"})
         else:
             m = rows.get(c.repo_id)
-            pool.append(PoolModel(c.repo_id, m.sha if m else None, c.score, c.components))
+            pool.append(PoolModel(c.repo_id, m.sha if m else None, c.score, c.components,
+                                  adapter=bool(m is not None and m.is_adapter)))
     return pool, excluded
 
 
@@ -316,7 +323,7 @@ def build_recipe(req: AutoRequest, base_path: Path, pool: list[PoolModel], files
     recipe: dict[str, Any] = {
         "merge_method": req.method,
         "base_model": str(base_path),
-        "models": [{"model": str(m.path)} for m in pool],
+        "models": [{"model": m.reference(base_path)} for m in pool],
     }
     if req.method in DATA_METHODS:
         recipe[req.method] = {"targets": {t: str(p.resolve()) for t, p in files.items()}, **req.settings}
@@ -399,7 +406,7 @@ def choose_pool(req: AutoRequest, store, calib: Calibration,
         raise ModelInputError(f"no candidate shows evidence for the target: none of the {probed} probed "
                               f"descendants of {req.base} aligns with the gradient of any --calib task "
                               f"({', '.join(tasks)})")
-    pool, excluded = shortlist(store, candidates, req.pool_size, tasks)
+    pool, excluded = shortlist(store, candidates, req.pool_size, tasks, adapters=req.method in DATA_METHODS)
     if not pool:
         reasons = "; ".join(f"{e['repo_id']}: {e['why']}" for e in excluded[:3])
         raise ModelInputError(f"no compatible candidates for {req.base} among {len(candidates)} crawled "
@@ -517,7 +524,7 @@ def _coefficients(req: AutoRequest, out: Path, base_path: Path,
 
         weights = mean_coefficients(base_path, [m.path for m in pool], req.settings)
         return {m.repo_id: w for m, w in zip(pool, weights)}, {}
-    return _fw_coefficients(out, {str(base_path): req.base, **{str(m.path): m.repo_id for m in pool}}, pool)
+    return _fw_coefficients(out, {str(base_path): req.base, **{m.reference(base_path): m.repo_id for m in pool}}, pool)
 
 
 def _fw_coefficients(out: Path, labels: dict[str, str],

@@ -14,19 +14,76 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from safetensors import safe_open
+from mergekit.config import MergeConfiguration
+from mergekit.io.lazy_tensor_loader import LazyTensorLoader, ShardedTensorIndex
+from mergekit.io.tasks import LoaderCache
 from safetensors.torch import save_file
 
 from mergekit_from.card import write_card
 from mergekit_from.errors import AdapterError, ConfigError, ModelInputError
 from mergekit_from.methods.from_merge import DEFAULT_K, from_merge_tensors
 from mergekit_from.output import Output
-from zoo.adapter import CONFIG, WEIGHTS, LoraScaling, base_weight_name, factor_key, split_key
+from mergekit_from.weights import TensorIndex
+from zoo.adapter import CONFIG, WEIGHTS, LoraScaling, Part, base_weight_name, factor_key, split_key
+
+
+def read_adapter_config(path: str | Path) -> tuple[Path, dict]:
+    """A PEFT LoRA adapter folder's path and config, checked: safetensors weights, supported features."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise ModelInputError(f"adapter path not found: {path}")
+    if not (path / CONFIG).is_file():
+        raise AdapterError(f"{path}: no {CONFIG}, not a PEFT adapter folder")
+    if not (path / WEIGHTS).is_file():
+        pickled = (path / "adapter_model.bin").is_file()
+        why = "only a pickled adapter_model.bin, which is never unpickled" if pickled else f"no {WEIGHTS}"
+        raise AdapterError(f"{path}: {why}")
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except ValueError as exc:
+        raise AdapterError(f"{path / CONFIG}: invalid JSON ({exc})") from None
+    problems = []
+    if config.get("peft_type", "LORA") != "LORA":
+        problems.append(f"peft_type {config.get('peft_type')!r}")
+    if config.get("use_dora"):
+        problems.append("DoRA")
+    if config.get("bias", "none") != "none":
+        problems.append(f"bias={config.get('bias')!r}")
+    if config.get("modules_to_save"):
+        problems.append("modules_to_save")
+    if config.get("fan_in_fan_out"):  # B @ A would be the transposed update
+        problems.append("fan_in_fan_out")
+    if problems:
+        raise AdapterError(f"{path}: unsupported adapter features: {', '.join(problems)}")
+    return path, config
+
+
+def factor_keys(path: Path, keys: Iterable[str]) -> dict[str, dict[Part, str]]:
+    """module -> {"A": key, "B": key} of an adapter's safetensors keys; raises on anything else."""
+    modules: dict[str, dict[Part, str]] = {}
+    for key in keys:
+        factor = split_key(key)
+        if factor is None:
+            raise AdapterError(f"{path}: unsupported adapter tensor {key!r} (only lora_A/lora_B of linear layers)")
+        modules.setdefault(factor[0], {})[factor[1]] = key
+    for module, parts in modules.items():
+        if set(parts) != {"A", "B"}:
+            raise AdapterError(f"{path}: module {module!r} lacks lora_{'A' if 'A' not in parts else 'B'}")
+    if not modules:
+        raise AdapterError(f"{path}: adapter holds no LoRA weights")
+    return modules
+
+
+def lora_delta(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """One module's task vector s * B @ A in fp32."""
+    return scale * (b.float() @ a.float())
 
 
 @dataclass
@@ -39,47 +96,11 @@ class LoraAdapter:
 
     @classmethod
     def load(cls, path: str | Path) -> "LoraAdapter":
-        path = Path(path).expanduser()
-        if not path.is_dir():
-            raise ModelInputError(f"adapter path not found: {path}")
-        if not (path / CONFIG).is_file():
-            raise AdapterError(f"{path}: no {CONFIG}, not a PEFT adapter folder")
-        if not (path / WEIGHTS).is_file():
-            pickled = (path / "adapter_model.bin").is_file()
-            why = "only a pickled adapter_model.bin, which is never unpickled" if pickled else f"no {WEIGHTS}"
-            raise AdapterError(f"{path}: {why}")
-        try:
-            config = json.loads((path / CONFIG).read_text())
-        except ValueError as exc:
-            raise AdapterError(f"{path / CONFIG}: invalid JSON ({exc})") from None
-        adapter = cls(path, config)
-        adapter._check_supported()
-        with safe_open(str(path / WEIGHTS), framework="pt") as f:
-            for key in f.keys():
-                factor = split_key(key)
-                if factor is None:
-                    raise AdapterError(f"{path}: unsupported adapter tensor {key!r} (only lora_A/lora_B of linear layers)")
-                adapter.factors.setdefault(factor[0], {})[factor[1]] = f.get_tensor(key)
-        for module, parts in adapter.factors.items():
-            if set(parts) != {"A", "B"}:
-                raise AdapterError(f"{path}: module {module!r} lacks lora_{'A' if 'A' not in parts else 'B'}")
-        if not adapter.factors:
-            raise AdapterError(f"{path}: adapter holds no LoRA weights")
+        adapter = cls(*read_adapter_config(path))
+        with safe_open(str(adapter.path / WEIGHTS), framework="pt") as f:
+            for module, keys in factor_keys(adapter.path, f.keys()).items():
+                adapter.factors[module] = {part: f.get_tensor(key) for part, key in keys.items()}
         return adapter
-
-    def _check_supported(self) -> None:
-        c = self.config
-        problems = []
-        if c.get("peft_type", "LORA") != "LORA":
-            problems.append(f"peft_type {c.get('peft_type')!r}")
-        if c.get("use_dora"):
-            problems.append("DoRA")
-        if c.get("bias", "none") != "none":
-            problems.append(f"bias={c.get('bias')!r}")
-        if c.get("modules_to_save"):
-            problems.append("modules_to_save")
-        if problems:
-            raise AdapterError(f"{self.path}: unsupported adapter features: {', '.join(problems)}")
 
     @property
     def base_model(self) -> str | None:
@@ -91,11 +112,98 @@ class LoraAdapter:
     def delta(self, module: str) -> torch.Tensor:
         """The module's task vector s * B @ A in fp32."""
         parts = self.factors[module]
-        return self.scale(module) * (parts["B"].float() @ parts["A"].float())
+        return lora_delta(parts["A"], parts["B"], self.scale(module))
 
     def delta_shape(self, module: str) -> tuple[int, int]:
         parts = self.factors[module]
         return parts["B"].shape[0], parts["A"].shape[1]
+
+
+@dataclass
+class FoldedIndex:
+    """A model with a LoRA adapter folded in, served one tensor at a time like a
+    :class:`~mergekit_from.weights.TensorIndex`: ``W + s * B @ A`` where the adapter adapts ``W``,
+    the model's own tensor elsewhere. Only the header is read up front; each fold reads one
+    module's factors, so the adapted model is never whole in memory."""
+
+    model: TensorIndex
+    adapter: Path
+    scaling: LoraScaling
+    modules: dict[str, str]  # the model's tensor name -> the adapter's module
+
+    @classmethod
+    def open(cls, model: TensorIndex, adapter: str | Path) -> "FoldedIndex":
+        path, config = read_adapter_config(adapter)
+        modules: dict[str, str] = {}
+        with safe_open(str(path / WEIGHTS), framework="pt") as f:
+            for module, keys in factor_keys(path, f.keys()).items():
+                name = base_weight_name(module, model.shapes)
+                if name is None:
+                    raise AdapterError(f"{path}: module {module!r} has no weight in {model.root}")
+                shape = (f.get_slice(keys["B"]).get_shape()[0], f.get_slice(keys["A"]).get_shape()[1])
+                if model.shapes[name] != shape:
+                    raise AdapterError(f"{path}: module {module!r} is {list(shape)} but {model.root} has "
+                                       f"{list(model.shapes[name])}")
+                modules[name] = module
+        return cls(model, path, LoraScaling(config), modules)
+
+    @property
+    def root(self) -> Path:
+        return self.model.root
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.model.shapes
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        return self.model.dtypes
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """Tensor ``name`` with the adapter folded in (fp32 sum, the model's dtype), as PEFT's
+        ``merge_and_unload`` writes it."""
+        weight = self.model.tensor(name)
+        module = self.modules.get(name)
+        if module is None:
+            return weight
+        with safe_open(str(self.adapter / WEIGHTS), framework="pt") as f:
+            a, b = f.get_tensor(factor_key(module, "A")), f.get_tensor(factor_key(module, "B"))
+        delta = lora_delta(a, b, self.scaling.scale(module, rank=a.shape[0]))
+        return (weight.float() + delta).to(weight.dtype)
+
+
+class FoldedLoader(LazyTensorLoader):
+    """mergekit's tensor loader for a ``model+adapter`` input that folds per tensor
+    (:class:`FoldedIndex`); mergekit's own (``ModelReference.merged``) loads the whole model,
+    merges it with PEFT and writes a full copy to its LoRA cache."""
+
+    def __init__(self, folded: FoldedIndex):
+        super().__init__(ShardedTensorIndex.from_disk(str(folded.root)))
+        self.folded = folded
+
+    def get_tensor(self, key: str, device: str = "cpu", aliases: list[str] | None = None,
+                   raise_on_missing: bool = True) -> torch.Tensor | None:
+        for name in (key, *(aliases or ())):
+            if name in self.folded.shapes:
+                return self.folded.tensor(name).to(device)
+        if raise_on_missing:
+            raise KeyError(key)
+        return None
+
+
+@contextmanager
+def folded_adapters(config: MergeConfiguration) -> Iterator[None]:
+    """Inside, mergekit reads the recipe's local ``model+adapter`` inputs through :class:`FoldedLoader`."""
+    cache = LoaderCache()
+    refs = [r for r in config.referenced_models()
+            if r.lora is not None and r not in cache.loaders and TensorIndex.is_model_dir(r.model.path)]
+    for ref in refs:
+        cache.loaders[ref] = FoldedLoader(FoldedIndex.open(TensorIndex.open(ref.model.path), ref.lora.path))
+    try:
+        yield
+    finally:
+        for ref in refs:
+            cache.loaders.pop(ref, None)
 
 
 def _same_base(a: str | None, b: str | None) -> bool:
@@ -141,8 +249,6 @@ def check_adapters(adapters: Sequence[LoraAdapter], base: str | Path | None = No
                     "adapters of different bases"
                 )
     if base is not None:
-        from mergekit_from.weights import TensorIndex
-
         index = TensorIndex.open(base)
         for module, (shape, path) in shapes.items():
             name = base_weight_name(module, index.shapes)

@@ -14,6 +14,7 @@ import difflib
 import itertools
 import os
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +31,7 @@ import mergekit_from  # noqa: F401  (registers the plugin's methods)
 from db.paths import cache_root
 from mergekit_from.errors import ConfigError, ModelInputError, one_line
 from mergekit_from.finite import check_output
+from mergekit_from.lora import folded_adapters
 from mergekit_from.methods.side_file import user_parameters
 from mergekit_from.output import Output
 from mergekit_from.prepass.pool import absolute_reference, ref_string
@@ -310,7 +312,9 @@ def merge_into(recipe: CheckedRecipe, folder: Path) -> None:
         if recipe.prepass is not None:
             config = recipe.prepass.run(folder, Path(work), recipe.options)
         source = recorded_source(recipe, folder)
-        run_merge(config.model_copy(deep=True), str(folder), options=recipe.options, config_source=source)  # it edits config
+        # A pre-pass method reads adapters folded per tensor; other methods keep mergekit's own LoRA merge.
+        with folded_adapters(config) if recipe.prepass is not None else nullcontext():
+            run_merge(config.model_copy(deep=True), str(folder), options=recipe.options, config_source=source)  # it edits config
         check_output(folder, config)  # no NaN/Inf is committed, whichever method produced it
         _unlink_card_paths(folder / "README.md", Path(work))
 

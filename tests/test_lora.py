@@ -124,3 +124,30 @@ def test_missing_adapter_path_and_pickle_only(tmp_path):
     (pickled / "adapter_model.bin").write_bytes(b"\x80")
     result = run_cli("lora", tmp_path / "out", pickled)
     assert result.exit_code == 2 and "never unpickled" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic"])
+def test_mergekit_methods_on_base_plus_lora_match_mergekit_itself(tiny, adapters, tmp_path, method):
+    """mergekit's own methods keep mergekit's own LoRA path (a PEFT merge into its cache): a
+    ``base+adapter`` recipe gives the same weights through ``mergekit-from yaml`` as through
+    mergekit's ``run_merge``; only the pre-pass methods (FW) fold per tensor."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    from tests.fixtures.models import load_model
+
+    recipe = {
+        "merge_method": method,
+        "models": [{"model": f"{tiny['base']}+{a}", "parameters": {"weight": 0.5}} for a in adapters[:2]],
+        "dtype": "float32",
+    }
+    if method == "task_arithmetic":
+        recipe["base_model"] = str(tiny["base"])
+    ours = merge(tmp_path, recipe)
+    run_merge(MergeConfiguration.model_validate(recipe), str(tmp_path / "mergekit"),
+              MergeOptions(lora_merge_cache=str(tmp_path / "cache"), quiet=True))
+    theirs = load_model(tmp_path / "mergekit")
+    assert set(ours) == set(theirs)
+    assert all(torch.equal(ours[n], theirs[n]) for n in theirs)
+    assert any(not torch.equal(ours[n], load_model(tiny["base"])[n]) for n in theirs)  # the adapters did something

@@ -15,8 +15,9 @@ or the textbook ⟨g_p, θ_m,p − θ_p⟩; ``lmo: model`` sums them over tensor
 
 Unlike the official code, candidates are never all in memory: scoring streams them one tensor
 at a time from their memory-mapped safetensors, and an update re-reads the picked vertex tensor
-by tensor. Held at any time: the iterate, its gradient (soft: the K picked task vectors) and
-one candidate tensor. The result is a *plan* (initial point + moves) that the per-tensor kernel
+by tensor; one pass over the pool serves every gradient of an iteration (soft: one per target).
+Held at any time: the iterate, its gradient(s) (soft: then the K picked task vectors) and one
+candidate tensor; pool members ``model+adapter`` are folded per tensor when read. The result is a *plan* (initial point + moves) that the per-tensor kernel
 in :mod:`mergekit_from.methods.fw_merge` replays inside mergekit's executor
 (:class:`~mergekit_from.methods.fw_plan.FWPlan`).
 
@@ -76,7 +77,7 @@ class FWPrePass:
         self.quiet = False
         model = SoftSettings if self.soft else HardSettings
         self.settings = read_settings(model, raw, config, section=method)
-        self.pool = Pool.from_config(config, method, self.settings.skip_incompatible)
+        self.pool = Pool.from_config(config, method, self.settings.skip_incompatible, adapters=True)
         self.config = self.pool.without_skipped(config)
         self.files = _target_files(self.settings, recipe_dir)
         self.samples = calibration.load_tasks(self.files, self.settings.samples_per_task)
@@ -154,15 +155,14 @@ class FWPrePass:
         grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in params.items()}
         return self._finite(value, where, grads), grads
 
-    def _picks(self, vertices: Vertices, params, grads, exclude=()) -> dict[str, int]:
-        scores = lmo_scores(vertices, params, grads, self.settings.score == "cosine", self.quiet)
-        return lmo_picks(scores, list(params), self.settings.lmo, exclude)
+    def _scores(self, vertices: Vertices, params, grads: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        return lmo_scores(vertices, params, grads, self.settings.score == "cosine", self.quiet)
 
     def _hard_iteration(self, t, model, params, vertices: Vertices, tasks: TaskBatches) -> tuple[Iteration, list[Move]]:
         s = self.settings
         where = f"at iteration {t} (targets {', '.join(self.samples)})"
         objective, grads = self._gradient(model, params, tasks.batches, tasks.counts, where)
-        picks = self._picks(vertices, params, grads)
+        picks = lmo_picks(self._scores(vertices, params, [grads])[0], list(params), s.lmo)
         model.zero_grad(set_to_none=True)
         del grads
         coef = step_coefficient(t, s.step_size, s.scaling_factor)
@@ -177,18 +177,20 @@ class FWPrePass:
 
     def _soft_picks(self, t, model, params, vertices: Vertices,
                     tasks: TaskBatches) -> tuple[float, list[dict[str, int]]]:
-        """One distinct pick per target (at most one per candidate), and the mean objective."""
-        chosen: list[dict[str, int]] = []
-        objective = 0.0
-        for k, task in enumerate(self.samples):
-            if len(chosen) >= len(vertices.refs):
-                break
+        """One distinct pick per target (at most one per candidate), and the mean objective. One
+        pass over the pool scores every target's gradient."""
+        objective, grads = 0.0, []
+        for k, task in enumerate(list(self.samples)[: len(vertices.refs)]):
             where = f"at iteration {t} (target {task})"
-            value, grads = self._gradient(model, params, [tasks.batches[k]], [tasks.counts[k]], where)
+            value, g = self._gradient(model, params, [tasks.batches[k]], [tasks.counts[k]], where)
             objective += value / len(tasks.batches)
-            chosen.append(self._picks(vertices, params, grads, chosen))
-            del grads
+            grads.append(g)
         model.zero_grad(set_to_none=True)
+        scores = self._scores(vertices, params, grads)
+        del grads
+        chosen: list[dict[str, int]] = []
+        for per_target in scores:
+            chosen.append(lmo_picks(per_target, list(params), self.settings.lmo, chosen))
         return objective, chosen
 
     def _soft_iteration(self, t, model, params, vertices: Vertices, tasks: TaskBatches) -> tuple[Iteration, list[Move]]:

@@ -3,7 +3,7 @@ scores against the gradient, and the picks; plus the official step schedule."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -27,6 +27,13 @@ class Vertices:
     initial: TensorIndex | None
     initial_ref: str
     preloaded: list[dict[str, torch.Tensor]] | None = None
+    norms: dict[tuple[int, str], float] = field(default_factory=dict)  # the vertices do not change
+
+    def norm(self, i: int, name: str, flat: torch.Tensor) -> float:
+        """‖vertex i's tensor ``name``‖, given its values ``flat``; computed on the first call only."""
+        if (i, name) not in self.norms:
+            self.norms[i, name] = float(torch.linalg.vector_norm(flat))
+        return self.norms[i, name]
 
     @property
     def refs(self) -> list[str]:
@@ -55,26 +62,31 @@ class Vertices:
         return PickRecord(share, picked_by_tensor={n: refs[i] for n, i in picks.items()})
 
 
-def lmo_scores(vertices: Vertices, params: dict[str, torch.nn.Parameter], grads: dict[str, torch.Tensor],
+def lmo_scores(vertices: Vertices, params: dict[str, torch.nn.Parameter], grads: Sequence[dict[str, torch.Tensor]],
                cosine: bool, quiet: bool = False) -> torch.Tensor:
-    """Score matrix [candidates, tensors]; candidates outermost so one is read at a time.
+    """Score matrices [gradients, candidates, tensors] in one pass over the pool: candidates
+    outermost so one is read at a time, and each read serves every gradient (fw_soft has one per
+    target). A candidate tensor's norm is computed once per run.
 
     Dot products rather than elementwise products: no model-sized temporaries, ~3x faster.
     """
     names = list(params)
-    flat = {n: grads[n].flatten() for n in names}
-    scores = torch.zeros(len(vertices.refs), len(names), dtype=torch.float64)
-    gnorms = {n: float(torch.linalg.vector_norm(flat[n])) for n in names}
-    g_theta = {} if cosine else {n: float(torch.dot(flat[n], params[n].detach().flatten())) for n in names}
+    flat = [{n: g[n].flatten() for n in names} for g in grads]
+    scores = torch.zeros(len(grads), len(vertices.refs), len(names), dtype=torch.float64)
+    gnorms = [{n: float(torch.linalg.vector_norm(f[n])) for n in names} for f in flat]
+    g_theta = [{} if cosine else {n: float(torch.dot(f[n], params[n].detach().flatten())) for n in names}
+               for f in flat]
     for i in progress(range(len(vertices.refs)), "LMO", quiet=quiet):
         for j, name in enumerate(names):
             w = vertices.tensor(i, name).flatten()
-            dot = float(torch.dot(flat[name], w))
-            if cosine:
-                denom = gnorms[name] * float(torch.linalg.vector_norm(w))
-                scores[i, j] = dot / denom if denom > 0 else 0.0
-            else:
-                scores[i, j] = dot - g_theta[name]  # ⟨g, s − θ⟩
+            norm = vertices.norm(i, name, w) if cosine else 0.0
+            for k, f in enumerate(flat):
+                dot = float(torch.dot(f[name], w))
+                if cosine:
+                    denom = gnorms[k][name] * norm
+                    scores[k, i, j] = dot / denom if denom > 0 else 0.0
+                else:
+                    scores[k, i, j] = dot - g_theta[k][name]  # ⟨g, s − θ⟩
             del w
     return scores
 

@@ -14,6 +14,7 @@ from mergekit.config import InputModelDefinition, MergeConfiguration
 
 from mergekit_from.errors import ConfigError, ModelInputError
 from mergekit_from.finite import checked
+from mergekit_from.lora import FoldedIndex
 from mergekit_from.weights import TensorIndex
 from zoo.layout import first_mismatch
 
@@ -37,7 +38,7 @@ def ref_string(path: str) -> str:
     return str(absolute_reference(InputModelDefinition(model=path).model))
 
 
-def _local_dir(ref, role: str) -> Path:
+def _local_dir(ref: ModelReference, role: str) -> Path:
     if ref.lora is not None:
         raise ConfigError(f"{role} {ref}: LoRA inputs are not supported by this method; merge the adapter first")
     path = Path(ref.model.path).expanduser()
@@ -48,7 +49,17 @@ def _local_dir(ref, role: str) -> Path:
     return path
 
 
-def layout_mismatch(base: TensorIndex, other: TensorIndex) -> str | None:
+def _open_member(ref: ModelReference, base_ref: ModelReference, base: TensorIndex,
+                 adapters: bool) -> TensorIndex | FoldedIndex:
+    """A pool model: a folder, or (``adapters``) ``model+adapter`` folded per tensor on demand."""
+    if ref.lora is None or not adapters:
+        return TensorIndex.open(_local_dir(ref, "pool model"))
+    model = base if ref.model == base_ref.model else TensorIndex.open(_local_dir(ModelReference(model=ref.model),
+                                                                                   "pool model"))
+    return FoldedIndex.open(model, ref.lora.path)
+
+
+def layout_mismatch(base: TensorIndex, other: TensorIndex | FoldedIndex) -> str | None:
     """The first tensor whose presence or shape differs from the base (exact, vocabulary included)."""
     mismatch = first_mismatch(base.shapes, other.shapes, vocab="exact")
     return None if mismatch is None else str(mismatch)
@@ -61,12 +72,15 @@ class Pool:
     base_ref: str
     base: TensorIndex
     refs: list[str]
-    indexes: list[TensorIndex]
+    indexes: list[TensorIndex | FoldedIndex]
     skipped: list[str] = field(default_factory=list)
+    finite: set[tuple[int, str]] = field(default_factory=set)  # (candidate, tensor) already checked
 
     @classmethod
-    def from_config(cls, config: MergeConfiguration, method: str, skip_incompatible: bool = False) -> "Pool":
-        """The pool of a recipe whose base model :func:`mergekit_from.recipe.check_base` checked."""
+    def from_config(cls, config: MergeConfiguration, method: str, skip_incompatible: bool = False,
+                    adapters: bool = False) -> "Pool":
+        """The pool of a recipe whose base model :func:`mergekit_from.recipe.check_base` checked;
+        with ``adapters``, ``model+adapter`` references are members, folded per tensor when read."""
         if config.slices or config.modules:
             raise ConfigError(f"merge_method {method!r} takes a models: list (slices/modules are not supported)")
         base = TensorIndex.open(_local_dir(config.base_model, "base model"))
@@ -74,7 +88,7 @@ class Pool:
         for m in config.models or ():
             if m.model == config.base_model:
                 continue
-            index = TensorIndex.open(_local_dir(m.model, "pool model"))
+            index = _open_member(m.model, config.base_model, base, adapters)
             problem = layout_mismatch(base, index)
             if problem:
                 if not skip_incompatible:
@@ -95,8 +109,13 @@ class Pool:
         return len(self.refs)
 
     def tensor(self, i: int, name: str) -> torch.Tensor:
-        """Candidate ``i``'s tensor ``name`` in fp32, read from its memory-mapped shard (finite)."""
-        return checked(self.indexes[i].tensor(name).float(), f"pool model {self.refs[i]!r}", name)
+        """Candidate ``i``'s tensor ``name`` in fp32, read from its memory-mapped shard (checked
+        finite on its first read: FW reads every candidate at every iteration)."""
+        t = self.indexes[i].tensor(name).float()
+        if (i, name) not in self.finite:
+            checked(t, f"pool model {self.refs[i]!r}", name)
+            self.finite.add((i, name))
+        return t
 
     def base_tensor(self, name: str) -> torch.Tensor:
         return checked(self.base.tensor(name).float(), f"base model {self.base_ref!r}", name)

@@ -79,7 +79,26 @@ def _wide_base(env) -> Run:
     return lora_run(env, "--base", str(wide), culprit=str(wide))
 
 
+def _fw_adapter(env, **config: object) -> Run:
+    """fw_hard on the FW experts' base with ``base+adapter`` as a pool member; the adapter was made
+    for the tiny fixture, whose MLP is narrower (up_proj 48 x 32, the experts' 64 x 32)."""
+    from tests.bad_input_cases.recipe import yaml_run
+    from tests.fixtures.fw_experts import experts, fw_recipe
+
+    adapter = make_adapter(env.tmp / "lora_a", experts()["base"], 1)
+    if config:
+        cfg = json.loads((adapter / "adapter_config.json").read_text())
+        (adapter / "adapter_config.json").write_text(json.dumps({**cfg, **config}))
+    recipe = fw_recipe("fw_hard", ["shift"], ["reverse"], max_iters=1)
+    recipe["models"].append({"model": f"{experts()['base']}+{adapter}"})
+    return yaml_run(env, recipe, culprit=str(adapter))
+
+
 CASES = [
+    Case("fw-adapter-shape-mismatch", "mergekit-from yaml fw.yml OUT  # pool member BASE+ADAPTER of a narrower model",
+         "but", _fw_adapter, fixtures=()),
+    Case("fw-adapter-dora", "mergekit-from yaml fw.yml OUT  # pool member BASE+ADAPTER, a DoRA adapter",
+         "unsupported adapter features: DoRA", lambda env: _fw_adapter(env, use_dora=True), fixtures=()),
     Case("lora-rank-zero", "mergekit-from lora OUT A B --rank 0", "rank must be between 1 and 8",
          lambda env: lora_run(env, "--rank", "0", culprit="got 0")),
     Case("lora-rank-negative", "mergekit-from lora OUT A B --rank -1", "rank must be between 1 and 8",
