@@ -98,7 +98,7 @@ def test_initialisations(tmp_path):
     point); base and a model folder start exactly at that model."""
     z = experts()
     starts, results = {}, {}
-    for init in ("base", "task_arithmetic", "from", "expert_maxchar"):
+    for init in ("base", "task_arithmetic", "ties", "from", "expert_maxchar"):
         given = str(z[init]) if init.startswith("expert") else init
         recipe = fw_recipe("fw_hard", ["shift", "reverse"], ["reverse"], max_iters=1, init=given, samples_per_task=8)
         out, trace = run_fw(tmp_path, recipe, name=init)
