@@ -15,6 +15,13 @@ DIR/fw_memory.json (``peak_rss_mb`` per N and ``ratio_32_over_4``, for both vari
 for ``streamed``: ratio <= 1.15) and DIR/fw_memory.png.
 
     python benchmarks/fw_memory.py --out out/fw_memory [--sizes 4 8 16 32] [--iters 3] [--quick]
+
+``--soft``: fw_soft and adamerging instead, on a SmolLM2-135M-shaped Llama (30 layers, hidden 576,
+intermediate 1536, 9 heads, 3 KV heads, vocab 49152, tied embeddings; random init, so nothing is
+downloaded) with experts = base + 1e-3 Gaussian task vectors. For K = 2 and 4 (fw_soft: K targets,
+so K picks; adamerging: a pool of K) it writes DIR/soft_memory.json: peak RSS over the model's bytes
+(target: <= K + 2), also net of the peak RSS of the same command on a 2-layer toy model (the
+interpreter, torch and transformers). ``--code DIR`` runs another checkout's code (a "before").
 """
 
 from __future__ import annotations
@@ -61,9 +68,74 @@ def build_pool(root: Path, n: int, quick: bool) -> tuple[Path, list[Path], int]:
     return base_dir, [root / f"cand{i}" for i in range(n)], params
 
 
-def run_once(recipe: Path, out: Path, threads: int) -> tuple[float, float]:
+SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                     num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+TOY_SHAPE = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+                 num_key_value_heads=8, tie_word_embeddings=True)
+
+
+def build_experts(root: Path, shape: dict, k: int) -> tuple[Path, list[Path], int]:
+    """A random-init base with ``shape`` and ``k`` experts (base + 1e-3 Gaussian task vectors); model bytes."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mergekit_from.taskzoo.tokenizer import CharVocab
+
+    base_dir, experts = root / "base", [root / f"expert{i}" for i in range(k)]
+    if not (root / f"done-{k}").exists():
+        torch.manual_seed(0)
+        base = LlamaForCausalLM(LlamaConfig(**shape, bos_token_id=1, eos_token_id=2, pad_token_id=0))
+        base.save_pretrained(base_dir)
+        CharVocab().save(base_dir)
+        state = {n: p.detach().clone() for n, p in base.named_parameters()}
+        for i, path in enumerate(experts):
+            torch.manual_seed(100 + i)
+            with torch.no_grad():
+                for n, p in base.named_parameters():
+                    p.copy_(state[n] + 1e-3 * torch.randn_like(p))
+            base.save_pretrained(path)
+            print(f"expert {i + 1}/{k}", flush=True)
+        (root / f"done-{k}").write_text("ok")
+    return base_dir, experts, (base_dir / "model.safetensors").stat().st_size
+
+
+def soft_memory(args, data: dict[str, Path]) -> dict:
+    """Peak RSS of fw_soft (K picks) and adamerging (K experts) over the model's bytes, K = 2, 4."""
+    import yaml
+
+    tasks = list(data)
+    toy = build_experts(args.out / "toy", TOY_SHAPE, 4)
+    real = build_experts((args.models_dir or args.out / "smollm2").resolve(), SMOLLM2_SHAPE, 4)
+    small = {"samples_per_task": args.samples, "ada_iters": args.iters, "ada_batch_size": 4, "batch_size": 4}
+    report: dict = {"model_bytes": real[2], "code": str(args.code), "settings": small, "runs": {}}
+    for label, (base, experts, _) in (("toy", toy), ("smollm2", real)):
+        for k in (2, 4):
+            for method in ("fw_soft", "adamerging"):
+                fw = {"max_iters": 1, "init": "base"} if method == "fw_soft" else {}
+                recipe = {"merge_method": method, "base_model": str(base), "dtype": "float32",
+                          "models": [{"model": str(e)} for e in experts[:k]],
+                          method: {"targets": {t: str(data[t]) for t in tasks[:k]}, **small, **fw}}
+                if method == "adamerging" and args.code != REPO:  # before: adamerging = fw_soft picking all K
+                    recipe["merge_method"] = "fw_soft"
+                    recipe["fw_soft"] = recipe.pop("adamerging") | {"max_iters": 1, "init": "base",
+                                                                     "ada_loss": "entropy"}
+                path = args.out / f"{label}_{method}_{k}.yml"
+                path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+                rss, wall = run_once(path, args.out / f"merged_{label}_{method}_{k}", args.threads, args.code)
+                report["runs"][f"{label}/{method}/K={k}"] = {"peak_rss_mb": round(rss, 1), "wall_s": round(wall, 1)}
+                print(f"{label:8s} {method:10s} K={k}: peak RSS {rss:7.1f} MB, wall {wall:.1f} s", flush=True)
+    mb = real[2] / 2**20
+    for key, row in report["runs"].items():
+        if key.startswith("smollm2"):
+            toy_rss = report["runs"][key.replace("smollm2", "toy")]["peak_rss_mb"]
+            row["ratio_to_model"] = round(row["peak_rss_mb"] / mb, 2)
+            row["ratio_net_of_toy"] = round((row["peak_rss_mb"] - toy_rss) / mb, 2)
+    return report
+
+
+def run_once(recipe: Path, out: Path, threads: int, code: Path = REPO) -> tuple[float, float]:
     """(peak RSS in MB of the child, wall seconds); raises if the merge failed."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "mergekit_from.cli", "yaml", str(recipe), str(out), "--quiet"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -85,6 +157,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads in the child (1 keeps timings steady when other jobs share the cores)")
     ap.add_argument("--models-dir", type=Path, help="where the pool is built/reused (default OUT/models)")
+    ap.add_argument("--soft", action="store_true", help="fw_soft and adamerging on a SmolLM2-135M-shaped model")
+    ap.add_argument("--code", type=Path, default=REPO, help="the checkout whose code runs the merges (--soft)")
     args = ap.parse_args()
     import yaml
 
@@ -94,6 +168,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     models = (args.models_dir or args.out / "models").resolve()
     models.mkdir(parents=True, exist_ok=True)
+    if args.soft:
+        files = {t: args.out / f"{t}.jsonl" for t in ("reverse", "shift", "maxchar", "rotate")}
+        for t, f in files.items():
+            write_jsonl(f, examples(t, "calibration", args.samples, seed=3))
+        report = soft_memory(args, files)
+        (args.out / "soft_memory.json").write_text(json.dumps(report, indent=1))
+        print(json.dumps(report, indent=1))
+        return
     base, cands, params = build_pool(models, max(args.sizes), args.quick)
     data = args.out / "reverse.jsonl"
     write_jsonl(data, examples("reverse", "calibration", args.samples, seed=3))
