@@ -99,13 +99,30 @@ def build_experts(root: Path, shape: dict, k: int) -> tuple[Path, list[Path], in
     return base_dir, experts, (base_dir / "model.safetensors").stat().st_size
 
 
-def soft_memory(args, data: dict[str, Path]) -> dict:
-    """Peak RSS of fw_soft (K picks) and adamerging (K experts) over the model's bytes, K = 2, 4."""
+def build_all(out: Path, models: Path, samples: int) -> tuple[dict[str, Path], tuple, tuple]:
+    """The calibration files, the toy pool and the SmolLM2-shaped pool (run in a spawned process)."""
+    from mergekit_from.taskzoo.tasks import examples, write_jsonl
+
+    files = {t: out / f"{t}.jsonl" for t in ("reverse", "shift", "maxchar", "rotate")}
+    for t, f in files.items():
+        write_jsonl(f, examples(t, "calibration", samples, seed=3))
+    return files, build_experts(out / "toy", TOY_SHAPE, 4), build_experts(models, SMOLLM2_SHAPE, 4)
+
+
+def soft_memory(args) -> dict:
+    """Peak RSS of fw_soft (K picks) and adamerging (K experts) over the model's bytes, K = 2, 4.
+
+    A forked child's peak RSS counts the parent's pages at the fork, so this parent stays free of
+    torch: the models are built in a spawned process.
+    """
+    import multiprocessing
+
     import yaml
 
+    models = (args.models_dir or args.out / "smollm2").resolve()
+    with multiprocessing.get_context("spawn").Pool(1) as builder:
+        data, toy, real = builder.apply(build_all, (args.out, models, args.samples))
     tasks = list(data)
-    toy = build_experts(args.out / "toy", TOY_SHAPE, 4)
-    real = build_experts((args.models_dir or args.out / "smollm2").resolve(), SMOLLM2_SHAPE, 4)
     small = {"samples_per_task": args.samples, "ada_iters": args.iters, "ada_batch_size": 4, "batch_size": 4}
     report: dict = {"model_bytes": real[2], "code": str(args.code), "settings": small, "runs": {}}
     for label, (base, experts, _) in (("toy", toy), ("smollm2", real)):
@@ -160,22 +177,19 @@ def main() -> None:
     ap.add_argument("--soft", action="store_true", help="fw_soft and adamerging on a SmolLM2-135M-shaped model")
     ap.add_argument("--code", type=Path, default=REPO, help="the checkout whose code runs the merges (--soft)")
     args = ap.parse_args()
+    args.out = args.out.resolve()  # recipes resolve data paths against their own folder
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.soft:
+        report = soft_memory(args)
+        (args.out / "soft_memory.json").write_text(json.dumps(report, indent=1))
+        print(json.dumps(report, indent=1))
+        return
     import yaml
 
     from mergekit_from.taskzoo.tasks import examples, write_jsonl
 
-    args.out = args.out.resolve()  # recipes resolve data paths against their own folder
-    args.out.mkdir(parents=True, exist_ok=True)
     models = (args.models_dir or args.out / "models").resolve()
     models.mkdir(parents=True, exist_ok=True)
-    if args.soft:
-        files = {t: args.out / f"{t}.jsonl" for t in ("reverse", "shift", "maxchar", "rotate")}
-        for t, f in files.items():
-            write_jsonl(f, examples(t, "calibration", args.samples, seed=3))
-        report = soft_memory(args, files)
-        (args.out / "soft_memory.json").write_text(json.dumps(report, indent=1))
-        print(json.dumps(report, indent=1))
-        return
     base, cands, params = build_pool(models, max(args.sizes), args.quick)
     data = args.out / "reverse.jsonl"
     write_jsonl(data, examples("reverse", "calibration", args.samples, seed=3))
