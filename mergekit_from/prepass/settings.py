@@ -82,7 +82,8 @@ class AdaSettings(TargetedSettings):
         "cross_entropy on responses"
     )
     ada_clamp: bool = Field(
-        False, description="clamp coefficients to [0, 1] after each step (AdaMerging's code; FusionBench: off)"
+        False, description="project the coefficients onto [0, 1] after each step (AdaMerging's code clamps them in "
+        "the forward pass; FusionBench's configs do not clamp)"
     )
 
 
