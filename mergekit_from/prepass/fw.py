@@ -2,12 +2,13 @@
 
 The optimiser follows the official code (hmarkc/FW-Merging, FusionBench ``fw_merging``):
 
-- **hard**: θ₀ = init (task arithmetic λ=0.3, base, FroM, or a given model). Each iteration takes
-  the gradient g of the objective at θ_t, picks a vertex s with the LMO, and moves
-  θ ← θ + c_t·D(s − θ) with c_t = step_size·2/(t+2)·scaling_factor, D = identity (task
+- **hard**: θ₀ = init (task arithmetic λ=0.3, TIES as in the official TIES mode, base, FroM, or a
+  given model). Each iteration takes the gradient g of the objective at θ_t, picks a vertex s with
+  the LMO, and moves θ ← θ + c_t·D(s − θ) with c_t = step_size·2/(t+2)·scaling_factor, D = identity (task
   arithmetic) or TIES trimming of the single direction.
 - **soft**: one gradient per target task, one distinct pick per target, then an AdaMerging inner
-  loop learns one coefficient per (pick, tensor) with Adam: θ ← θ + Σ_k c_k,p (s_k,p − θ_p).
+  loop (:func:`~mergekit_from.prepass.adamerging.fit_coefficients`, shared with ``adamerging``) learns
+  one coefficient per (pick, tensor) with Adam: θ ← θ + Σ_k c_k,p (s_k,p − θ_p).
 
 LMO scores, per stored tensor p and candidate m: the official cosine ⟨g_p, θ_m,p⟩ / (‖g_p‖‖θ_m,p‖)
 or the textbook ⟨g_p, θ_m,p − θ_p⟩; ``lmo: model`` sums them over tensors and picks one model,
@@ -15,15 +16,16 @@ or the textbook ⟨g_p, θ_m,p − θ_p⟩; ``lmo: model`` sums them over tensor
 
 Unlike the official code, candidates are never all in memory: scoring streams them one tensor
 at a time from their memory-mapped safetensors, and an update re-reads the picked vertex tensor
-by tensor. Held at any time: the iterate, its gradient (soft: the K picked task vectors) and
-one candidate tensor. The result is a *plan* (initial point + moves) that the per-tensor kernel
-in :mod:`mergekit_from.methods.fw_merge` replays inside mergekit's executor
+by tensor. Held at any time: the iterate, its gradient and one candidate tensor (soft's inner
+loop: the iterate, the K picked task vectors and one tensor's gradient). The result is a *plan*
+(initial point + moves) that the per-tensor kernel in :mod:`mergekit_from.methods.fw_merge` replays inside mergekit's executor
 (:class:`~mergekit_from.methods.fw_plan.FWPlan`).
 
 Deliberate differences, documented in the README: the same first ``samples_per_task`` samples
 are used at every iteration (the official ViT code draws fresh ones); batches are padded rather
 than of size 1 (the per-sample mean loss is the same); the initial model is a vertex only with
-``initial_vertex: true``; TIES trims per tensor (FusionBench trims over the flattened model).
+``initial_vertex: true``; TIES (``update: ties``, ``init: ties``) trims per tensor (FusionBench trims
+over the flattened model).
 """
 
 from __future__ import annotations
