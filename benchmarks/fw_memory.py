@@ -20,8 +20,9 @@ for ``streamed``: ratio <= 1.15) and DIR/fw_memory.png.
 intermediate 1536, 9 heads, 3 KV heads, vocab 49152, tied embeddings; random init, so nothing is
 downloaded) with experts = base + 1e-3 Gaussian task vectors. For K = 2 and 4 (fw_soft: K targets,
 so K picks; adamerging: a pool of K) it writes DIR/soft_memory.json: peak RSS over the model's bytes
-(target: <= K + 2), also net of the peak RSS of the same command on a 2-layer toy model (the
-interpreter, torch and transformers). ``--code DIR`` runs another checkout's code (a "before").
+(target: <= K + 2), for the pre-pass and for the whole merge (mergekit's writing stage included),
+also net of the same on a 2-layer toy model (the interpreter, torch, transformers). ``--code DIR``
+runs another checkout's code (a "before"; it has no adamerging, so only fw_soft runs there).
 """
 
 from __future__ import annotations
@@ -36,6 +37,22 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# A merge in one process that prints its peak RSS (MB) when the pre-pass ends and at the end.
+PHASES = """
+import resource, sys
+from pathlib import Path
+import mergekit.merge as mm
+from mergekit.options import MergeOptions
+from mergekit_from.recipe import check_recipe_file, merge_into
+peak, seen, run_merge = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, {}, mm.run_merge
+def after_prepass(*args, **kwargs):
+    seen["prepass"] = peak()
+    return run_merge(*args, **kwargs)
+mm.run_merge = after_prepass
+Path(sys.argv[2]).mkdir(parents=True)
+merge_into(check_recipe_file(Path(sys.argv[1]), MergeOptions(quiet=True)), Path(sys.argv[2]))
+print("PEAKS", seen["prepass"], peak())
+"""
 
 
 def build_pool(root: Path, n: int, quick: bool) -> tuple[Path, list[Path], int]:
@@ -125,34 +142,41 @@ def soft_memory(args) -> dict:
     tasks = list(data)
     small = {"samples_per_task": args.samples, "ada_iters": args.iters, "ada_batch_size": 4, "batch_size": 4}
     report: dict = {"model_bytes": real[2], "code": str(args.code), "settings": small, "runs": {}}
-    for label, (base, experts, _) in (("toy", toy), ("smollm2", real)):
-        for k in (2, 4):
-            for method in ("fw_soft", "adamerging"):
-                fw = {"max_iters": 1, "init": "base"} if method == "fw_soft" else {}
-                recipe = {"merge_method": method, "base_model": str(base), "dtype": "float32",
-                          "models": [{"model": str(e)} for e in experts[:k]],
-                          method: {"targets": {t: str(data[t]) for t in tasks[:k]}, **small, **fw}}
-                if method == "adamerging" and args.code != REPO:  # before: adamerging = fw_soft picking all K
-                    recipe["merge_method"] = "fw_soft"
-                    recipe["fw_soft"] = recipe.pop("adamerging") | {"max_iters": 1, "init": "base",
-                                                                     "ada_loss": "entropy"}
-                path = args.out / f"{label}_{method}_{k}.yml"
-                path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-                rss, wall = run_once(path, args.out / f"merged_{label}_{method}_{k}", args.threads, args.code)
-                report["runs"][f"{label}/{method}/K={k}"] = {"peak_rss_mb": round(rss, 1), "wall_s": round(wall, 1)}
-                print(f"{label:8s} {method:10s} K={k}: peak RSS {rss:7.1f} MB, wall {wall:.1f} s", flush=True)
+    methods = ("fw_soft", "adamerging") if args.code == REPO else ("fw_soft",)
+    runs = [("toy", toy, 2, "fw_soft")] + [("smollm2", real, k, m) for k in (2, 4) for m in methods]
+    for label, (base, experts, _), k, method in runs:
+        fw = {"max_iters": 1, "init": "base"} if method == "fw_soft" else {}
+        recipe = {"merge_method": method, "base_model": str(base), "dtype": "float32",
+                  "models": [{"model": str(e)} for e in experts[:k]],
+                  method: {"targets": {t: str(data[t]) for t in tasks[:k]}, **small, **fw}}
+        path = args.out / f"{label}_{method}_{k}.yml"
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        env = {**os.environ, "PYTHONPATH": str(args.code), "OMP_NUM_THREADS": str(args.threads)}
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", PHASES, str(path), str(args.out / f"merged_{label}_{method}_{k}")],
+                              env=env, capture_output=True, text=True)
+        peaks = [line for line in proc.stdout.splitlines() if line.startswith("PEAKS")]
+        if proc.returncode != 0 or not peaks:
+            raise RuntimeError(f"{method} on {label} failed:\n{proc.stderr[-2000:]}")
+        prepass, whole = map(float, peaks[0].split()[1:])
+        row = {"prepass_peak_rss_mb": round(prepass, 1), "peak_rss_mb": round(whole, 1),
+               "wall_s": round(time.perf_counter() - start, 1)}
+        report["runs"][f"{label}/{method}/K={k}"] = row
+        print(f"{label:8s} {method:10s} K={k}: {json.dumps(row)}", flush=True)
     mb = real[2] / 2**20
+    toy_row = report["runs"]["toy/fw_soft/K=2"]
     for key, row in report["runs"].items():
         if key.startswith("smollm2"):
-            toy_rss = report["runs"][key.replace("smollm2", "toy")]["peak_rss_mb"]
-            row["ratio_to_model"] = round(row["peak_rss_mb"] / mb, 2)
-            row["ratio_net_of_toy"] = round((row["peak_rss_mb"] - toy_rss) / mb, 2)
+            for phase in ("prepass_peak_rss_mb", "peak_rss_mb"):
+                name = phase.removesuffix("_peak_rss_mb").removesuffix("_mb")
+                row[f"{name}_ratio"] = round(row[phase] / mb, 2)
+                row[f"{name}_ratio_net_of_toy"] = round((row[phase] - toy_row[phase]) / mb, 2)
     return report
 
 
-def run_once(recipe: Path, out: Path, threads: int, code: Path = REPO) -> tuple[float, float]:
+def run_once(recipe: Path, out: Path, threads: int) -> tuple[float, float]:
     """(peak RSS in MB of the child, wall seconds); raises if the merge failed."""
-    env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "mergekit_from.cli", "yaml", str(recipe), str(out), "--quiet"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
