@@ -7,9 +7,9 @@ the merged model's next-token predictions at the targets' prompt positions (no l
 
 Memory: the model's parameters are the only copy of θ (θ₀ is never held: every Adam step adds
 Σ_k Δc_k τ_k in place) and the coefficients' gradient is taken tensor by tensor as it arrives,
-∂L/∂c_k,p = ⟨∂L/∂θ_p, τ_k,p⟩, after which the weight gradient is dropped. What is held is θ, the
-K task vectors and one tensor's gradient: (K + 1) × the model's bytes plus activations, where an
-autograd graph over θ₀ + Σ c τ also held θ₀, the merged copy and its full gradient. The in-place
+∂L/∂c_k,p = ⟨∂L/∂θ_p, τ_k,p⟩, after which the weight gradient is dropped. The loop holds θ, the K
+task vectors and one tensor's gradient, where an autograd graph over θ₀ + Σ c τ also held a merged
+copy and its full gradient (peak RSS: ``benchmarks/fw_memory.py --soft``). The in-place
 updates round differently from the plan's replay, by about fp32's epsilon per step.
 """
 
