@@ -15,6 +15,14 @@ DIR/fw_memory.json (``peak_rss_mb`` per N and ``ratio_32_over_4``, for both vari
 for ``streamed``: ratio <= 1.15) and DIR/fw_memory.png.
 
     python benchmarks/fw_memory.py --out out/fw_memory [--sizes 4 8 16 32] [--iters 3] [--quick]
+
+``--soft``: fw_soft and adamerging instead, on a SmolLM2-135M-shaped Llama (30 layers, hidden 576,
+intermediate 1536, 9 heads, 3 KV heads, vocab 49152, tied embeddings; random init, so nothing is
+downloaded) with experts = base + 1e-3 Gaussian task vectors. For K = 2 and 4 (fw_soft: K targets,
+so K picks; adamerging: a pool of K) it writes DIR/soft_memory.json: peak RSS over the model's bytes
+(target: <= K + 2), for the pre-pass and for the whole merge (mergekit's writing stage included),
+also net of the same on a 2-layer toy model (the interpreter, torch, transformers). ``--code DIR``
+runs another checkout's code (a "before"; it has no adamerging, so only fw_soft runs there).
 """
 
 from __future__ import annotations
@@ -29,6 +37,22 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# A merge in one process that prints its peak RSS (MB) when the pre-pass ends and at the end.
+PHASES = """
+import resource, sys
+from pathlib import Path
+import mergekit.merge as mm
+from mergekit.options import MergeOptions
+from mergekit_from.recipe import check_recipe_file, merge_into
+peak, seen, run_merge = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, {}, mm.run_merge
+def after_prepass(*args, **kwargs):
+    seen["prepass"] = peak()
+    return run_merge(*args, **kwargs)
+mm.run_merge = after_prepass
+Path(sys.argv[2]).mkdir(parents=True)
+merge_into(check_recipe_file(Path(sys.argv[1]), MergeOptions(quiet=True)), Path(sys.argv[2]))
+print("PEAKS", seen["prepass"], peak())
+"""
 
 
 def build_pool(root: Path, n: int, quick: bool) -> tuple[Path, list[Path], int]:
@@ -61,6 +85,95 @@ def build_pool(root: Path, n: int, quick: bool) -> tuple[Path, list[Path], int]:
     return base_dir, [root / f"cand{i}" for i in range(n)], params
 
 
+SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                     num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+TOY_SHAPE = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+                 num_key_value_heads=8, tie_word_embeddings=True)
+
+
+def build_experts(root: Path, shape: dict, k: int) -> tuple[Path, list[Path], int]:
+    """A random-init base with ``shape`` and ``k`` experts (base + 1e-3 Gaussian task vectors); model bytes."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mergekit_from.taskzoo.tokenizer import CharVocab
+
+    base_dir, experts = root / "base", [root / f"expert{i}" for i in range(k)]
+    if not (root / f"done-{k}").exists():
+        torch.manual_seed(0)
+        base = LlamaForCausalLM(LlamaConfig(**shape, bos_token_id=1, eos_token_id=2, pad_token_id=0))
+        base.save_pretrained(base_dir)
+        CharVocab().save(base_dir)
+        state = {n: p.detach().clone() for n, p in base.named_parameters()}
+        for i, path in enumerate(experts):
+            torch.manual_seed(100 + i)
+            with torch.no_grad():
+                for n, p in base.named_parameters():
+                    p.copy_(state[n] + 1e-3 * torch.randn_like(p))
+            base.save_pretrained(path)
+            print(f"expert {i + 1}/{k}", flush=True)
+        (root / f"done-{k}").write_text("ok")
+    return base_dir, experts, (base_dir / "model.safetensors").stat().st_size
+
+
+def build_all(out: Path, models: Path, samples: int) -> tuple[dict[str, Path], tuple, tuple]:
+    """The calibration files, the toy pool and the SmolLM2-shaped pool (run in a spawned process)."""
+    from mergekit_from.taskzoo.tasks import examples, write_jsonl
+
+    files = {t: out / f"{t}.jsonl" for t in ("reverse", "shift", "maxchar", "rotate")}
+    for t, f in files.items():
+        write_jsonl(f, examples(t, "calibration", samples, seed=3))
+    return files, build_experts(out / "toy", TOY_SHAPE, 4), build_experts(models, SMOLLM2_SHAPE, 4)
+
+
+def soft_memory(args) -> dict:
+    """Peak RSS of fw_soft (K picks) and adamerging (K experts) over the model's bytes, K = 2, 4.
+
+    A forked child's peak RSS counts the parent's pages at the fork, so this parent stays free of
+    torch: the models are built in a spawned process.
+    """
+    import multiprocessing
+
+    import yaml
+
+    models = (args.models_dir or args.out / "smollm2").resolve()
+    with multiprocessing.get_context("spawn").Pool(1) as builder:
+        data, toy, real = builder.apply(build_all, (args.out, models, args.samples))
+    tasks = list(data)
+    small = {"samples_per_task": args.samples, "ada_iters": args.iters, "ada_batch_size": 4, "batch_size": 4}
+    report: dict = {"model_bytes": real[2], "code": str(args.code), "settings": small, "runs": {}}
+    methods = ("fw_soft", "adamerging") if args.code == REPO else ("fw_soft",)
+    runs = [("toy", toy, 2, "fw_soft")] + [("smollm2", real, k, m) for k in (2, 4) for m in methods]
+    for label, (base, experts, _), k, method in runs:
+        fw = {"max_iters": 1, "init": "base"} if method == "fw_soft" else {}
+        recipe = {"merge_method": method, "base_model": str(base), "dtype": "float32",
+                  "models": [{"model": str(e)} for e in experts[:k]],
+                  method: {"targets": {t: str(data[t]) for t in tasks[:k]}, **small, **fw}}
+        path = args.out / f"{label}_{method}_{k}.yml"
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        env = {**os.environ, "PYTHONPATH": str(args.code), "OMP_NUM_THREADS": str(args.threads)}
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", PHASES, str(path), str(args.out / f"merged_{label}_{method}_{k}")],
+                              env=env, capture_output=True, text=True)
+        peaks = [line for line in proc.stdout.splitlines() if line.startswith("PEAKS")]
+        if proc.returncode != 0 or not peaks:
+            raise RuntimeError(f"{method} on {label} failed:\n{proc.stderr[-2000:]}")
+        prepass, whole = map(float, peaks[0].split()[1:])
+        row = {"prepass_peak_rss_mb": round(prepass, 1), "peak_rss_mb": round(whole, 1),
+               "wall_s": round(time.perf_counter() - start, 1)}
+        report["runs"][f"{label}/{method}/K={k}"] = row
+        print(f"{label:8s} {method:10s} K={k}: {json.dumps(row)}", flush=True)
+    mb = real[2] / 2**20
+    toy_row = report["runs"]["toy/fw_soft/K=2"]
+    for key, row in report["runs"].items():
+        if key.startswith("smollm2"):
+            for phase in ("prepass_peak_rss_mb", "peak_rss_mb"):
+                name = phase.removesuffix("_peak_rss_mb").removesuffix("_mb")
+                row[f"{name}_ratio"] = round(row[phase] / mb, 2)
+                row[f"{name}_ratio_net_of_toy"] = round((row[phase] - toy_row[phase]) / mb, 2)
+    return report
+
+
 def run_once(recipe: Path, out: Path, threads: int) -> tuple[float, float]:
     """(peak RSS in MB of the child, wall seconds); raises if the merge failed."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
@@ -85,13 +198,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads in the child (1 keeps timings steady when other jobs share the cores)")
     ap.add_argument("--models-dir", type=Path, help="where the pool is built/reused (default OUT/models)")
+    ap.add_argument("--soft", action="store_true", help="fw_soft and adamerging on a SmolLM2-135M-shaped model")
+    ap.add_argument("--code", type=Path, default=REPO, help="the checkout whose code runs the merges (--soft)")
     args = ap.parse_args()
+    args.out = args.out.resolve()  # recipes resolve data paths against their own folder
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.soft:
+        report = soft_memory(args)
+        (args.out / "soft_memory.json").write_text(json.dumps(report, indent=1))
+        print(json.dumps(report, indent=1))
+        return
     import yaml
 
     from mergekit_from.taskzoo.tasks import examples, write_jsonl
 
-    args.out = args.out.resolve()  # recipes resolve data paths against their own folder
-    args.out.mkdir(parents=True, exist_ok=True)
     models = (args.models_dir or args.out / "models").resolve()
     models.mkdir(parents=True, exist_ok=True)
     base, cands, params = build_pool(models, max(args.sizes), args.quick)

@@ -166,7 +166,7 @@ def calib_file(path):
     (["--set", "max_iter=3"], "--set max_iter: not a setting of fw_soft (accepted: ada_batch_size,"),
     (["--set", "max_iters=0"], "--set for fw_soft: max_iters: Input should be greater than 0 (got 0)"),
     (["--set", "targets=x"], "--set targets: not a setting of fw_soft"),
-    (["--set", "init=./nowhere"], "--set init=./nowhere: no such folder (and not one of task_arithmetic|base|from)"),
+    (["--set", "init=./nowhere"], "--set init=./nowhere: no such folder (and not one of task_arithmetic|ties|base|from)"),
     (["--method", "from", "--set", "k=-1"], "--set k=-1 is invalid for from: Input should be greater than or equal"),
     (["--method", "from", "--set", "lamda=2"], "--set lamda: not a setting of from (accepted: k, lambda, scope, weigh"),
     (["--method", "fw_hard", "--set", "update=dare"], "--set for fw_hard: update: Input should be"),

@@ -98,7 +98,7 @@ def test_initialisations(tmp_path):
     point); base and a model folder start exactly at that model."""
     z = experts()
     starts, results = {}, {}
-    for init in ("base", "task_arithmetic", "from", "expert_maxchar"):
+    for init in ("base", "task_arithmetic", "ties", "from", "expert_maxchar"):
         given = str(z[init]) if init.startswith("expert") else init
         recipe = fw_recipe("fw_hard", ["shift", "reverse"], ["reverse"], max_iters=1, init=given, samples_per_task=8)
         out, trace = run_fw(tmp_path, recipe, name=init)
@@ -230,3 +230,21 @@ def test_trace_coefficients_reproduce_the_written_model(tmp_path):
     for name, b in base.items():
         expected = b + sum(c * (expert_weights[r][name] - b) for r, c in coeffs.items())
         torch.testing.assert_close(merged[name], expected, atol=2e-5, rtol=0)
+
+
+def test_hard_as_the_official_ties_mode_runs_and_records_its_choices(tmp_path):
+    """init: ties with θ₀ as a vertex (the official code's TIES mode): the trace and the recorded recipe say so,
+    and θ₀ differs from task arithmetic's."""
+    import yaml
+
+    runs = {}
+    for init in ("ties", "task_arithmetic"):
+        recipe = fw_recipe("fw_hard", ["shift", "reverse"], ["reverse"], max_iters=2, init=init, initial_vertex=True,
+                           samples_per_task=8)
+        out, runs[init] = run_fw(tmp_path, recipe, name=init)
+    trace = runs["ties"]
+    assert trace["settings"]["init"] == "ties" and trace["settings"]["initial_vertex"] is True
+    assert len(trace["pool"]) == 3 and trace["pool"][2].endswith("fw_initial")
+    recorded = yaml.safe_load((tmp_path / "ties" / "mergekit_config.yml").read_text())["fw_hard"]
+    assert recorded["init"] == "ties" and recorded["initial_vertex"] is True and trace["settings"]["ties_density"] == 0.2
+    assert abs(trace["iterations"][0]["objective"] - runs["task_arithmetic"]["iterations"][0]["objective"]) > 1e-3

@@ -2,12 +2,13 @@
 
 The optimiser follows the official code (hmarkc/FW-Merging, FusionBench ``fw_merging``):
 
-- **hard**: θ₀ = init (task arithmetic λ=0.3, base, FroM, or a given model). Each iteration takes
-  the gradient g of the objective at θ_t, picks a vertex s with the LMO, and moves
-  θ ← θ + c_t·D(s − θ) with c_t = step_size·2/(t+2)·scaling_factor, D = identity (task
+- **hard**: θ₀ = init (task arithmetic λ=0.3, TIES as in the official TIES mode, base, FroM, or a
+  given model). Each iteration takes the gradient g of the objective at θ_t, picks a vertex s with
+  the LMO, and moves θ ← θ + c_t·D(s − θ) with c_t = step_size·2/(t+2)·scaling_factor, D = identity (task
   arithmetic) or TIES trimming of the single direction.
 - **soft**: one gradient per target task, one distinct pick per target, then an AdaMerging inner
-  loop learns one coefficient per (pick, tensor) with Adam: θ ← θ + Σ_k c_k,p (s_k,p − θ_p).
+  loop (:func:`~mergekit_from.prepass.adamerging.fit_coefficients`, shared with ``adamerging``) learns
+  one coefficient per (pick, tensor) with Adam: θ ← θ + Σ_k c_k,p (s_k,p − θ_p).
 
 LMO scores, per stored tensor p and candidate m: the official cosine ⟨g_p, θ_m,p⟩ / (‖g_p‖‖θ_m,p‖)
 or the textbook ⟨g_p, θ_m,p − θ_p⟩; ``lmo: model`` sums them over tensors and picks one model,
@@ -16,42 +17,41 @@ or the textbook ⟨g_p, θ_m,p − θ_p⟩; ``lmo: model`` sums them over tensor
 Unlike the official code, candidates are never all in memory: scoring streams them one tensor
 at a time from their memory-mapped safetensors, and an update re-reads the picked vertex tensor
 by tensor; one pass over the pool serves every gradient of an iteration (soft: one per target).
-Held at any time: the iterate, its gradient(s) (soft: then the K picked task vectors) and one
-candidate tensor; pool members ``model+adapter`` are folded per tensor when read. The result is a *plan* (initial point + moves) that the per-tensor kernel
-in :mod:`mergekit_from.methods.fw_merge` replays inside mergekit's executor
+Held at any time: the iterate, its gradient(s) and one candidate tensor (soft's inner loop: the
+iterate, the K picked task vectors and one tensor's gradient); pool members ``model+adapter`` are
+folded per tensor when read. The result is a *plan* (initial point + moves) that the per-tensor
+kernel in :mod:`mergekit_from.methods.fw_merge` replays inside mergekit's executor
 (:class:`~mergekit_from.methods.fw_plan.FWPlan`).
 
 Deliberate differences, documented in the README: the same first ``samples_per_task`` samples
 are used at every iteration (the official ViT code draws fresh ones); batches are padded rather
 than of size 1 (the per-sample mean loss is the same); the initial model is a vertex only with
-``initial_vertex: true``; TIES trims per tensor (FusionBench trims over the flattened model).
+``initial_vertex: true``; TIES (``update: ties``, ``init: ties``) trims per tensor (FusionBench trims
+over the flattened model).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from mergekit.config import InputModelDefinition, MergeConfiguration
+from mergekit.config import MergeConfiguration
 from mergekit.options import MergeOptions
 
-from mergekit_from import calibration
-from mergekit_from.errors import ConfigError, TensorValueError
-from mergekit_from.finite import is_finite
 from mergekit_from.methods.fw_plan import FWPlan, Move, fw_step
+from mergekit_from.prepass.adamerging import fit_coefficients
 from mergekit_from.prepass.fw_init import InitialPoint, check_init
 from mergekit_from.prepass.lmo import Vertices, lmo_picks, lmo_scores, step_coefficient
-from mergekit_from.prepass.objective import TaskBatches, batch_loss, load_skeleton, merge_parameters, task_objective
+from mergekit_from.prepass.objective import TaskBatches, task_objective
 from mergekit_from.prepass.plot import PLOT_FILE, plot_trace
-from mergekit_from.prepass.pool import Pool
 from mergekit_from.prepass.progress import progress
-from mergekit_from.prepass.recipe_data import copy_data, resolve_path, set_setting
-from mergekit_from.prepass.settings import FWSettings, HardSettings, SoftSettings, read_settings
+from mergekit_from.prepass.recipe_data import set_setting
+from mergekit_from.prepass.settings import HardSettings, SoftSettings
+from mergekit_from.prepass.targeted import TargetedPrePass
 from mergekit_from.prepass.trace import FWTrace, Iteration, PickRecord, effective_coefficients
 
 LOG = logging.getLogger(__name__)
@@ -59,43 +59,19 @@ LOG = logging.getLogger(__name__)
 PLAN_FILE = "fw_plan.json"
 
 
-def _target_files(settings: FWSettings, recipe_dir: Path) -> dict[str, Path]:
-    targets = settings.targets
-    if isinstance(targets, list):
-        targets = {Path(f).stem: f for f in targets}
-    if not targets:
-        raise ConfigError("targets: give at least one target task's calibration file")
-    return {task: resolve_path(f, recipe_dir, "calibration file not found") for task, f in targets.items()}
-
-
-class FWPrePass:
+class FWPrePass(TargetedPrePass):
     """Checks a fw_hard / fw_soft recipe up front; :meth:`run` optimises and returns the config."""
 
     def __init__(self, method: str, config: MergeConfiguration, raw: dict[str, Any], recipe_dir: Path):
-        self.method = method
         self.soft = method == "fw_soft"
-        self.quiet = False
-        model = SoftSettings if self.soft else HardSettings
-        self.settings = read_settings(model, raw, config, section=method)
-        self.pool = Pool.from_config(config, method, self.settings.skip_incompatible, adapters=True)
-        self.config = self.pool.without_skipped(config)
-        self.files = _target_files(self.settings, recipe_dir)
-        self.samples = calibration.load_tasks(self.files, self.settings.samples_per_task)
+        super().__init__(method, SoftSettings if self.soft else HardSettings, config, raw, recipe_dir)
         self.init_dir = check_init(self.settings, self.pool, recipe_dir)
-        self.tokenizer_dir = None
-        if self.settings.tokenizer:
-            self.tokenizer_dir = resolve_path(self.settings.tokenizer, recipe_dir, "tokenizer folder not found",
-                                              Path.is_dir)
-        tok_dir = self.tokenizer_dir or Path(self.pool.base.root)
-        self.tokenizer = calibration.load_tokenizer(tok_dir, self.settings.trust_remote_code)
-        self.inputs = [*self.files.values(), *filter(None, (self.init_dir, self.tokenizer_dir))]
+        self.inputs += [self.init_dir] if self.init_dir else []
 
     def record(self, raw: dict[str, Any], out_dir: Path) -> None:
-        copies = copy_data(list(self.files.items()), out_dir)
-        set_setting(raw, self.method, "targets", dict(zip(self.files, copies)))
-        for key, path in (("init", self.init_dir), ("tokenizer", self.tokenizer_dir)):
-            if path is not None:
-                set_setting(raw, self.method, key, str(path.resolve()))
+        super().record(raw, out_dir)
+        if self.init_dir is not None:
+            set_setting(raw, self.method, "init", str(self.init_dir.resolve()))
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -104,11 +80,7 @@ class FWPrePass:
         self.quiet = options.quiet
         torch.manual_seed(s.seed)
         tasks = TaskBatches.of(self.samples, self.tokenizer, s.max_length, s.batch_size)
-        model = load_skeleton(Path(self.pool.base.root), s.trust_remote_code, role="base model")
-        params = merge_parameters(model, self.pool.base)
-        optimised = {id(p) for p in params.values()}
-        for p in model.parameters():
-            p.requires_grad_(id(p) in optimised)
+        model, params = self.base_model()
         start = InitialPoint(s, self.pool, self.init_dir, self.quiet)
         initial_index, initial_ref = start.apply(params, work_dir)
         vertices = Vertices(self.pool, initial_index if s.initial_vertex else None, initial_ref)
@@ -128,32 +100,20 @@ class FWPrePass:
             trace.iterations.append(record)
             plan.steps.append(moves)
             LOG.info("%s iter %d: objective %.5f", self.method, t, record.objective)
-        trace.final_objective = self._finite(tasks.objective(model, s.objective), "after the last iteration")
+        trace.final_objective = self.finite(tasks.objective(model, s.objective), "after the last iteration")
 
         plan.write(work_dir / PLAN_FILE)  # it names θ₀'s temporary folder
         numels = {n: math.prod(shape) for n, shape in self.pool.base.shapes.items()}
         trace.coefficients = effective_coefficients(plan, self.pool.base_ref, start.coefficients, numels)
         trace.write(out_dir)
         plot_trace(trace, out_dir / PLOT_FILE)
-        return self._merge_config(plan, work_dir / PLAN_FILE)
-
-    def _finite(self, value: float, where: str, grads: dict[str, torch.Tensor] | None = None) -> float:
-        """Stop when the objective (or its gradient) turns NaN/Inf: every later step would spread it.
-
-        The weights read so far were checked, so the activations overflow on the calibration data.
-        """
-        if not math.isfinite(value) or not all(is_finite(g) for g in (grads or {}).values()):
-            raise TensorValueError(
-                f"{self.method}: the objective or its gradient turned NaN/Inf {where}: the model's "
-                "activations overflow on the calibration data (check the weights of the pool and the base)"
-            )
-        return value
+        return self.merge_config(plan, work_dir / PLAN_FILE)
 
     def _gradient(self, model, params, batches, counts, where: str) -> tuple[float, dict[str, torch.Tensor]]:
         model.zero_grad(set_to_none=True)
         value = task_objective(model, batches, counts, self.settings.objective, backward=True)
         grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in params.items()}
-        return self._finite(value, where, grads), grads
+        return self.finite(value, where, grads), grads
 
     def _scores(self, vertices: Vertices, params, grads: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         return lmo_scores(vertices, params, grads, self.settings.score == "cosine", self.quiet)
@@ -201,12 +161,11 @@ class FWPrePass:
         with torch.no_grad():
             taus = [{n: vertices.tensor(pick[n], n) - params[n].detach() for n in names} for pick in chosen]
         start = s.ada_first_coeff if t == 0 else s.ada_coeff
-        coeffs = torch.full((len(chosen), len(names)), float(start), requires_grad=True)
-        losses = self._adamerging(model, params, taus, coeffs, tasks, t)
-        with torch.no_grad():
-            for j, n in enumerate(names):
-                params[n].add_(sum(coeffs[k, j] * taus[k][n] for k in range(len(chosen))))
-        moves = [Move(dict(zip(names, coeffs[k].detach().tolist())), vertices.vertex(pick, s.lmo))
+        coeffs = torch.full((len(chosen), len(names)), float(start))
+        losses = fit_coefficients(model, params, taus, coeffs, tasks.encoded, s, self.tokenizer.pad_token_id,
+                                  self.finite, f"at iteration {t}", self.quiet)
+        del taus
+        moves = [Move(dict(zip(names, coeffs[k].tolist())), vertices.vertex(pick, s.lmo))
                  for k, pick in enumerate(chosen)]
         picked = [vertices.record(pick, s.lmo) for pick in chosen]
         record = Iteration(
@@ -214,42 +173,9 @@ class FWPrePass:
             picks_per_target=dict(zip(list(self.samples)[: len(picked)], picked)),
             pick_share=_summed_share(picked),
             inner_loss=losses,
-            mean_coefficient=[float(coeffs[k].detach().mean()) for k in range(len(chosen))],
+            mean_coefficient=[float(coeffs[k].mean()) for k in range(len(chosen))],
         )
         return record, moves
-
-    def _adamerging(self, model, params, taus, coeffs, tasks: TaskBatches, t: int) -> dict[str, Any]:
-        """Adam on the per-(pick, tensor) coefficients; returns the inner loss curve."""
-        s = self.settings
-        names = list(params)
-        rng = random.Random(s.seed)
-        optimizer = torch.optim.Adam([coeffs], lr=s.ada_lr)
-        curve = []
-        for step in progress(range(s.ada_iters), "AdaMerging", quiet=self.quiet):
-            merged = {
-                n: params[n].detach() + sum(coeffs[k, j] * taus[k][n] for k in range(len(taus)))
-                for j, n in enumerate(names)
-            }
-            loss = torch.zeros(())
-            for items in tasks.encoded.values():
-                picked = rng.sample(items, min(s.ada_batch_size, len(items)))
-                batch = calibration.collate(picked, self.tokenizer.pad_token_id)
-                loss = loss + batch_loss(model, batch, s.ada_loss, params=merged) / len(picked)
-            optimizer.zero_grad()
-            loss.backward()
-            self._finite(loss.item(), f"at iteration {t}, AdaMerging step {step}", {"coefficients": coeffs.grad})
-            optimizer.step()
-            curve.append(loss.item())
-        return {"first": curve[0], "last": curve[-1], "min": min(curve), "every_10": curve[::10]}
-
-    def _merge_config(self, plan: FWPlan, plan_path: Path) -> MergeConfiguration:
-        """The recipe for mergekit: base, θ₀'s holder and the picked models only, plus the plan."""
-        needed = plan.references() - {self.pool.base_ref}
-        models = [m for m in self.config.models or () if str(m.model) in needed]
-        present = {str(m.model) for m in models}
-        models += [InputModelDefinition(model=r) for r in sorted(needed - present)]
-        parameters = {**(self.config.parameters or {}), "plan": str(plan_path)}
-        return self.config.model_copy(update={"models": models, "parameters": parameters})
 
 
 def _summed_share(picks: list[PickRecord]) -> dict[str, float]:

@@ -1,5 +1,5 @@
 """FW-Merging's starting point θ₀: the base, a given model folder, or a combination of the pool
-(task arithmetic with ``init_lambda``, or FroM with ``from_k``) written to a work folder."""
+(task arithmetic or TIES with ``init_lambda``, or FroM with ``from_k``) written to a work folder."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from mergekit.merge_methods.generalized_task_arithmetic import get_mask
+from mergekit.sparsify import SparsificationMethod, sparsify
 from safetensors.torch import save_file
 
 from mergekit_from.errors import ModelInputError
@@ -64,9 +66,18 @@ class InitialPoint:
 
     def _source_weights(self, name: str) -> list[float]:
         s = self.settings
-        if s.init == "task_arithmetic":
+        if s.init in ("task_arithmetic", "ties"):  # ties: nominal, the trimmed entries are not all there
             return [s.init_lambda] * len(self.pool)
         return tensor_coefficients(self.pool, name, k=s.from_k).tolist()
+
+    def _ties(self, name: str, b: torch.Tensor) -> torch.Tensor:
+        """base + λ·Σ of the trimmed task vectors that agree with the elected sign (mergekit's trim
+        and sign election per tensor; the official code trims over the flattened model)."""
+        s = self.settings
+        deltas = torch.stack([sparsify(self.pool.tensor(i, name) - b, s.ties_density, SparsificationMethod.magnitude)
+                              for i in range(len(self.pool))])
+        merged = (deltas * get_mask(deltas, "sum")).sum(0)
+        return b + s.init_lambda * merged
 
     def _combine(self, params: dict[str, torch.nn.Parameter], work_dir: Path) -> tuple[TensorIndex, str]:
         """θ₀ = base + Σ w_i τ_i per tensor, copied into ``params`` and written to ``work_dir``."""
@@ -78,10 +89,13 @@ class InitialPoint:
                 continue
             b = pool.base_tensor(name)
             self.weights[name] = weights = self._source_weights(name)
-            acc = b.clone()
-            for i, w in enumerate(weights):
-                if w:
-                    acc.add_(pool.tensor(i, name) - b, alpha=w)
+            if self.settings.init == "ties":
+                acc = self._ties(name, b)
+            else:
+                acc = b.clone()
+                for i, w in enumerate(weights):
+                    if w:
+                        acc.add_(pool.tensor(i, name) - b, alpha=w)
             acc = acc.to(base.tensor(name).dtype)
             if name in params:
                 with torch.no_grad():

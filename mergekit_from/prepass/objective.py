@@ -56,16 +56,16 @@ def merge_parameters(model: torch.nn.Module, index: TensorIndex) -> dict[str, to
 
 
 def sample_losses(logits: torch.Tensor, batch: Batch, objective: str) -> torch.Tensor:
-    """Per-sample loss [B]: mean CE over response tokens, or mean entropy over prompt tokens."""
-    logits = logits[:, :-1].float()
+    """Per-sample loss [B]: mean CE over response tokens, or mean entropy of the predictions made
+    at prompt tokens (the last one's included: for a prompt alone, that is the answer's first token)."""
     if objective == "cross_entropy":
         labels = batch.labels[:, 1:]
-        tok = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+        tok = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
         mask = (labels != IGNORE).float()
     elif objective == "entropy":
-        logp = torch.log_softmax(logits, dim=-1)
+        logp = torch.log_softmax(logits.float(), dim=-1)
         tok = -(logp.exp() * logp).sum(-1)
-        mask = batch.prompt_mask[:, :-1].float()
+        mask = batch.prompt_mask.float()
     else:  # guarded by the settings' Literal types
         raise ValueError(objective)
     return (tok * mask).sum(1) / mask.sum(1).clamp_min(1.0)

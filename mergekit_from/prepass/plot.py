@@ -44,7 +44,7 @@ def trace_figure(trace: FWTrace, labels: dict[str, str] | None = None):
                 share[trace.pool.index(ref), j] += frac
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 3 + 0.25 * len(names)), sharex=True)
     ax1.plot(xs, ys, marker="o")
-    ax1.set_ylabel(f"objective ({trace.settings['objective']})")
+    ax1.set_ylabel(f"objective ({trace.settings.get('objective') or trace.settings['ada_loss']})")
     title = f"{trace.method}: targets {', '.join(trace.targets)} (last point: after the last step)"
     ax1.set_title(textwrap.fill(title, 70), fontsize=9)  # wrapped: tight_layout keeps every line in the figure
     extent = (-0.5, len(its) - 0.5, len(names) - 0.5, -0.5)

@@ -15,10 +15,17 @@ from typing import Any, Callable, Protocol
 from mergekit.config import MergeConfiguration
 from mergekit.options import MergeOptions
 
-from mergekit_from.methods import fw_hard, fw_soft, regmean
+from mergekit_from.methods import adamerging, fw_hard, fw_soft, regmean
+from mergekit_from.prepass.adamerging import AdaMergingPrePass
 from mergekit_from.prepass.fw import FWPrePass
 from mergekit_from.prepass.regmean import RegMeanPrePass
-from mergekit_from.prepass.settings import HardSettings, PrePassSettings, RegMeanSettings, SoftSettings
+from mergekit_from.prepass.settings import (
+    AdaMergingSettings,
+    HardSettings,
+    PrePassSettings,
+    RegMeanSettings,
+    SoftSettings,
+)
 
 
 class PrePass(Protocol):
@@ -47,6 +54,7 @@ class PrePassEntry:
 PREPASSES: dict[str, PrePassEntry] = {
     fw_hard.spec.name: PrePassEntry(HardSettings, partial(FWPrePass, fw_hard.spec.name)),
     fw_soft.spec.name: PrePassEntry(SoftSettings, partial(FWPrePass, fw_soft.spec.name)),
+    adamerging.spec.name: PrePassEntry(AdaMergingSettings, partial(AdaMergingPrePass, adamerging.spec.name)),
     regmean.spec.name: PrePassEntry(RegMeanSettings, RegMeanPrePass),
 }
 

@@ -18,8 +18,9 @@ PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0, le=1)]
 
-INIT_KEYWORDS = ("task_arithmetic", "base", "from")
-_INIT_HELP = "θ₀: task_arithmetic (λ = init_lambda) | base | from (FroM, k = from_k) | a model folder"
+INIT_KEYWORDS = ("task_arithmetic", "ties", "base", "from")
+_INIT_HELP = ("θ₀: task_arithmetic (λ = init_lambda) | ties (TIES, ties_density kept, sign election, sum, "
+              "λ = init_lambda: the official TIES mode) | base | from (FroM, k = from_k) | a model folder")
 
 
 class PrePassSettings(BaseModel):
@@ -61,7 +62,32 @@ def read_settings(model: type[S], raw: dict[str, Any], config: MergeConfiguratio
         raise ConfigError(f"{section} settings: {one_line(exc)}") from None
 
 
-class FWSettings(PrePassSettings):
+class TargetedSettings(PrePassSettings):
+    """What every pre-pass fitted to target tasks' calibration data reads the same way."""
+
+    targets: Union[dict[str, str], list[str]] = Field(
+        description="the tasks the merge is for: {task: JSONL file} or a list of files (task = file stem)"
+    )
+    seed: int = Field(0, description="seed of the random draws (torch, AdaMerging's batches)")
+
+
+class AdaSettings(TargetedSettings):
+    """AdaMerging's inner loop: Adam on the coefficients of task vectors (defaults: the AdaMerging paper)."""
+
+    ada_iters: PositiveInt = Field(100, description="Adam steps of the AdaMerging loop")
+    ada_lr: PositiveFloat = Field(1e-3, description="Adam's learning rate (AdaMerging paper: 1e-3)")
+    ada_batch_size: PositiveInt = Field(16, description="samples drawn per target for each Adam step")
+    ada_loss: Literal["entropy", "cross_entropy"] = Field(
+        "entropy", description="loss: entropy of next-token predictions on prompts (AdaMerging, label-free) | "
+        "cross_entropy on responses"
+    )
+    ada_clamp: bool = Field(
+        False, description="project the coefficients onto [0, 1] after each step (AdaMerging's code clamps them in "
+        "the forward pass; FusionBench's configs do not clamp)"
+    )
+
+
+class FWSettings(TargetedSettings):
     """Settings shared by fw_hard and fw_soft (recipe section or top-level ``parameters:``);
     each field's description says what it does (``mergekit-from methods`` lists them).
 
@@ -76,12 +102,9 @@ class FWSettings(PrePassSettings):
           lmo: tensor
     """
 
-    targets: Union[dict[str, str], list[str]] = Field(
-        description="the tasks the merge is for: {task: JSONL file} or a list of files (task = file stem)"
-    )
     max_iters: PositiveInt = Field(10, description="Frank-Wolfe iterations")
     init: str = Field("task_arithmetic", description=_INIT_HELP)
-    init_lambda: PositiveFloat = Field(0.3, description="task arithmetic's λ for init: task_arithmetic")
+    init_lambda: PositiveFloat = Field(0.3, description="λ for init: task_arithmetic | ties")
     from_k: Annotated[float, Field(ge=0)] = Field(DEFAULT_K, description="FroM's k for init: from")
     lmo: Literal["model", "tensor"] = Field(
         "model", description="model: one pick per iteration | tensor: one pick per stored tensor"
@@ -93,10 +116,12 @@ class FWSettings(PrePassSettings):
         "cross_entropy", description="cross_entropy on responses | entropy of next-token predictions on prompts"
     )
     initial_vertex: bool = Field(False, description="θ₀ is a candidate too (the official ViT code does this)")
+    ties_density: Fraction = Field(
+        0.2, description="share of each task vector's entries TIES keeps, per tensor (init: ties, update: ties)"
+    )
     preload_candidates: bool = Field(
         False, description="hold every candidate in RAM like the official code (benchmarks only)"
     )
-    seed: int = Field(0, description="seed of the random draws (torch, AdaMerging's batches)")
 
 
 class HardSettings(FWSettings):
@@ -107,24 +132,39 @@ class HardSettings(FWSettings):
     update: Literal["task_arithmetic", "ties"] = Field(
         "task_arithmetic", description="direction D: task_arithmetic (s − θ) | ties (s − θ, ties_density kept)"
     )
-    ties_density: Fraction = Field(0.2, description="share of entries a ties update keeps")
 
 
-class SoftSettings(FWSettings):
+class SoftSettings(FWSettings, AdaSettings):
     """fw_soft: per iteration, one pick per target, then AdaMerging learns their coefficients."""
 
     # Measured on the task zoo (README "Which FW variant"; benchmarks/quality.py DataDefaults): the paper's
     # entropy loss, lr 1e-3 and 500 steps left the merge near, or worse than, the base.
     init: str = Field("base", description=_INIT_HELP)
     max_iters: PositiveInt = Field(3, description="Frank-Wolfe iterations")
-    ada_iters: PositiveInt = Field(100, description="Adam steps of the AdaMerging inner loop per iteration")
-    ada_lr: PositiveFloat = Field(1e-2, description="Adam's learning rate")
+    ada_lr: PositiveFloat = Field(1e-2, description=AdaSettings.model_fields["ada_lr"].description)
     ada_coeff: float = Field(1e-2, description="starting coefficient of each pick after the first iteration")
     ada_first_coeff: float = Field(0.3, description="starting coefficient of each pick at the first iteration")
-    ada_batch_size: PositiveInt = Field(16, description="samples drawn per target for each Adam step")
     ada_loss: Literal["entropy", "cross_entropy"] = Field(
-        "cross_entropy", description="inner loop's loss: cross_entropy on responses | entropy (AdaMerging, label-free)"
+        "cross_entropy", description=AdaSettings.model_fields["ada_loss"].description
     )
+
+
+class AdaMergingSettings(AdaSettings):
+    """AdaMerging (Yang et al., ICLR 2024): θ = base + Σ_k λ_k τ_k with the λ learned by Adam on the
+    entropy of the merged model's predictions on the targets' prompts (no labels)::
+
+        merge_method: adamerging
+        base_model: ./base
+        models: [{model: ./expert_rev}, {model: ./expert_sort}]
+        adamerging:
+          targets: {rev: data/rev.jsonl, sort: data/sort.jsonl}   # prompts only are read
+          granularity: layer
+    """
+
+    granularity: Literal["task", "layer"] = Field(
+        "layer", description="task: one coefficient per model | layer: one per model and stored tensor (FusionBench)"
+    )
+    ada_init: float = Field(0.3, description="starting coefficient of every task vector (AdaMerging's prior)")
 
 
 class RegMeanSettings(PrePassSettings):
