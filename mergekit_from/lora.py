@@ -29,7 +29,6 @@ from safetensors.torch import save_file
 from mergekit_from.card import write_card
 from mergekit_from.errors import AdapterError, ConfigError, ModelInputError
 from mergekit_from.methods.from_merge import DEFAULT_K, from_merge_tensors
-from mergekit_from.output import Output
 from mergekit_from.weights import TensorIndex
 from zoo.adapter import CONFIG, WEIGHTS, LoraScaling, Part, base_weight_name, factor_key, split_key
 

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 from sqlalchemy import select
 
-from db import AdapterConfig, Edge, Model, Score, Store, Target, TensorFingerprint
+from db import AdapterConfig, Model, Score, Store, Target, TensorFingerprint
 from db.kinds import Relation, Status
 from zoo import adapter
 from zoo.arrays import ArrayFolder, is_model_dir, read_file

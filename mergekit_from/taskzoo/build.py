@@ -33,7 +33,6 @@ import torch
 
 from db.paths import cache_root
 from mergekit_from.card import write_card
-from mergekit_from.errors import ModelInputError
 from mergekit_from.output import Output, replace_atomically
 from mergekit_from.taskzoo.evaluate import accuracy, evaluate_loaded
 from mergekit_from.taskzoo.manifest import FORMAT_VERSION, MANIFEST, Zoo, load_manifest
