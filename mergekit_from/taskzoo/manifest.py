@@ -48,14 +48,15 @@ class Zoo:
         return self.manifest["models"][name]["accuracy"]
 
 
-def load_manifest(root: str | Path) -> Zoo:
+def load_manifest(root: str | Path, format_version: int = FORMAT_VERSION, command: str = "taskzoo build") -> Zoo:
+    """The zoo at ``root`` (one ``command`` built, in format ``format_version``)."""
     root = Path(root).expanduser()
     path = root / MANIFEST
     if not path.is_file():
-        raise ModelInputError(f"{root}: not a built task zoo (no {MANIFEST}); run `mergekit-from taskzoo build`")
+        raise ModelInputError(f"{root}: not a built zoo (no {MANIFEST}); run `mergekit-from {command}`")
     manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT_VERSION:
-        raise ModelInputError(f"{path}: zoo format {manifest.get('format')!r}, expected {FORMAT_VERSION}; rebuild it")
+    if manifest.get("format") != format_version:
+        raise ModelInputError(f"{path}: zoo format {manifest.get('format')!r}, expected {format_version}; rebuild it")
     return Zoo(root.resolve(), manifest)
 
 
