@@ -39,7 +39,7 @@ from mergekit_from.realzoo.convert import CARD, ORIGINAL, convert_gguf, fetch_gg
 from mergekit_from.realzoo.tasks import TARGET_TASKS, TASKS, chat_examples, examples, get_task
 from mergekit_from.taskzoo.build import LORA_TARGETS, ZooModels
 from mergekit_from.taskzoo.evaluate import accuracy
-from mergekit_from.taskzoo.manifest import MANIFEST, Zoo, load_manifest
+from mergekit_from.taskzoo.manifest import MANIFEST, Zoo, load_manifest, write_manifest
 from mergekit_from.taskzoo.tasks import write_jsonl
 from mergekit_from.taskzoo.training import TrainSchedule, train
 
@@ -172,11 +172,14 @@ class _Builder(ZooModels):
                 "task": task, "params": params, "accuracy": self._acc(model, [task]), "tau_ratio": round(ratio, 6),
                 "train": log, "seconds": round(time.perf_counter() - t0, 1)}
 
+    def _plan(self, task: str, schedule: TrainSchedule, **extra: Any) -> dict[str, Any]:
+        """An expert's training plan: a cached expert is reused only while this is unchanged."""
+        return {"base": self.trainings["base"], "task": task, "schedule": schedule, "probe_n": self.spec.probe_n,
+                "target": self.spec.target_acc, "n_train": self.spec.n_train, **extra}
+
     def fft(self, task: str) -> None:
         name, spec = f"fft-{task}", self.spec
-        if self._cached(name, {"base": self.trainings["base"], "task": task, "schedule": spec.fft,
-                               "frozen": spec.frozen, "probe_n": spec.probe_n, "target": spec.target_acc,
-                               "n_train": spec.n_train}):
+        if self._cached(name, self._plan(task, spec.fft, frozen=spec.frozen)):
             return
         t0 = time.perf_counter()
         model = self._model("base")
@@ -185,7 +188,9 @@ class _Builder(ZooModels):
             p.requires_grad_(not any(f in pname for f in spec.frozen))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log = self._train(model, task, spec.fft, f"fft {task}")
-        entry = self._entry(name, "fft", task, model, log, tau_ratio(base, (model.state_dict()[k] - w for k, w in base.items())), trainable, t0)
+        tuned = model.state_dict()
+        entry = self._entry(name, "fft", task, model, log, tau_ratio(base, (tuned[k] - w for k, w in base.items())),
+                            trainable, t0)
         body = (f"Full fine-tune of the transformer blocks of `{entry['base_model']}` (embeddings frozen) on the task "
                 f"`{task}` ({TASKS[task].description}), prompted through the chat template. AdamW lr {spec.fft.lr}, "
                 f"batch {spec.fft.batch_size}, {log['steps']} steps. ‖τ‖/‖W‖ = {entry['tau_ratio']:.4f}.\n\n"
@@ -200,9 +205,7 @@ class _Builder(ZooModels):
         from peft.tuners.lora import LoraLayer
 
         name, spec = f"lora-{task}", self.spec
-        if self._cached(name, {"base": self.trainings["base"], "task": task, "schedule": spec.lora,
-                               "rank": spec.lora_rank, "probe_n": spec.probe_n, "target": spec.target_acc,
-                               "n_train": spec.n_train}):
+        if self._cached(name, self._plan(task, spec.lora, rank=spec.lora_rank)):
             return
         t0 = time.perf_counter()
         base_model = self._model("base")
@@ -286,7 +289,5 @@ def build_realzoo(out: str | Path | None = None, *, spec: RealZooSpec = FULL, gg
         "build_cpu_seconds": round(time.process_time() - cpu0, 1),  # wall time depends on who else runs
         "threads": torch.get_num_threads(),
     }
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, allow_nan=False))
-    tmp.rename(root / MANIFEST)
+    write_manifest(root, manifest)
     return load_manifest(root, FORMAT_VERSION, COMMAND)

@@ -36,7 +36,7 @@ from mergekit_from.card import write_card
 from mergekit_from.errors import ModelInputError
 from mergekit_from.output import Output, replace_atomically
 from mergekit_from.taskzoo.evaluate import accuracy, evaluate_loaded
-from mergekit_from.taskzoo.manifest import FORMAT_VERSION, MANIFEST, Zoo, load_manifest
+from mergekit_from.taskzoo.manifest import FORMAT_VERSION, MANIFEST, Zoo, load_manifest, write_manifest
 from mergekit_from.taskzoo.tasks import TARGET_TASKS, TASKS, examples, stream, write_jsonl
 from mergekit_from.taskzoo.tokenizer import WIDE_CHARS, CharVocab
 from mergekit_from.taskzoo.training import ModelShape, TrainSchedule, new_model, train
@@ -393,7 +393,5 @@ def build_zoo(out: str | Path | None = None, quick: bool = False, *, force: bool
         "build_cpu_seconds": round(time.process_time() - cpu0, 1),  # wall time depends on who else runs
         "threads": torch.get_num_threads(),
     }
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, allow_nan=False))
-    tmp.rename(root / MANIFEST)
+    write_manifest(root, manifest)
     return load_manifest(root)

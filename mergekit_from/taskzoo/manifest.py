@@ -48,6 +48,13 @@ class Zoo:
         return self.manifest["models"][name]["accuracy"]
 
 
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Write ``root/manifest.json`` whole (via a temporary file): its presence means the zoo is complete."""
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, allow_nan=False))
+    tmp.rename(root / MANIFEST)
+
+
 def load_manifest(root: str | Path, format_version: int = FORMAT_VERSION, command: str = "taskzoo build") -> Zoo:
     """The zoo at ``root`` (one ``command`` built, in format ``format_version``)."""
     root = Path(root).expanduser()
