@@ -129,6 +129,10 @@ def test_build_writes_zoo_and_its_cache_skips_finished_experts(tiny_gguf, tmp_pa
     build_realzoo(tmp_path / "zoo", spec=TINY, gguf=tiny_gguf, threads=1, device="cpu")
     assert trained == ["lora add"]
     trained.clear()
+    wider = dataclasses.replace(TINY, tasks=("add", "subtract", "upper"))  # a slice first, then more tasks
+    zoo = build_realzoo(tmp_path / "zoo", spec=wider, gguf=tiny_gguf, threads=1, device="cpu")
+    assert trained == ["fft upper"] and zoo.accuracy("base").keys() == {"add", "subtract", "upper"}
+    trained.clear()
     changed = dataclasses.replace(TINY, fft=TrainSchedule(3, 1e-3, 2))
     build_realzoo(tmp_path / "zoo", spec=changed, gguf=tiny_gguf, threads=1, device="cpu")
     assert trained == ["fft add", "fft subtract"]

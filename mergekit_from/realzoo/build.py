@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -134,26 +133,31 @@ class _Builder(ZooModels):
         return {t: accuracy(model, self.tokenizer, self._pairs(t, "test", self.spec.eval_n)) for t in tasks}
 
     def base(self, gguf: Path) -> None:
+        """Convert the GGUF once; score the base on every task of this build it has no score for yet (a slice
+        built first, then the full zoo, reuses the base and its experts)."""
         from transformers import AutoTokenizer
 
         folder = self.root / MODELS / "base"
         training = {"gguf": gguf.name, "gguf_bytes": gguf.stat().st_size, "eval_n": self.spec.eval_n,
-                    "tasks": self.spec.tasks, "seed": self.spec.seed}
+                    "seed": self.spec.seed}
+        t0 = time.perf_counter()
         if not self._cached("base", training):
-            t0 = time.perf_counter()
             with torch.device("cpu"):
                 convert_gguf(gguf, folder)
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), padding_side="left")
+            self.models["base"] = {**_where("base"), "kind": "base", "base_model": ORIGINAL, "task": None,
+                                   "params": None, "accuracy": {}, "seconds": 0.0, "training": training}
+            self.progress.update(1)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), padding_side="left")
+        entry = self.models["base"]
+        missing = [t for t in self.spec.tasks if t not in entry["accuracy"]]
+        if missing:
             model = self._model("base")
-            entry = {**_where("base"), "kind": "base", "base_model": ORIGINAL, "task": None,
-                     "params": sum(p.numel() for p in model.parameters()), "accuracy": self._acc(model, self.spec.tasks),
-                     "seconds": round(time.perf_counter() - t0, 1), "training": training}
+            entry["params"] = sum(p.numel() for p in model.parameters())
+            entry["accuracy"] = {**entry["accuracy"], **self._acc(model, missing)}
+            entry["seconds"] = round(entry["seconds"] + time.perf_counter() - t0, 1)
             body = f"{CARD}\n\nExact-match on the real zoo's test splits: {json.dumps(entry['accuracy'])}"
             write_card(folder, **_card(entry["repo_id"], ORIGINAL, ["gguf-dequantized"], "transformers", body))
             (folder / "zoo_entry.json").write_text(json.dumps(entry, indent=1, allow_nan=False))
-            self.models["base"] = entry
-            self.progress.update(1)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), padding_side="left")
 
     def _probe(self, model, task: str):
         pairs = chat_examples(self.tokenizer, examples(task, "calibration", self.spec.probe_n, seed=self.spec.seed + 1))
@@ -278,10 +282,7 @@ def build_realzoo(out: str | Path | None = None, *, spec: RealZooSpec = FULL, gg
             b.fft(task)
         for task in spec.targets:
             b.lora(task)
-    b.remove_stale()
-    for stale in (root / DATA).iterdir():
-        if stale.is_dir() and stale.name not in spec.tasks:
-            shutil.rmtree(stale)
+    # Experts of tasks outside this build stay: a slice built into a full zoo's folder must not cost its experts.
     manifest = {
         "format": FORMAT_VERSION, "spec": spec_json, "tasks": tasks, "target_tasks": list(spec.targets),
         "tokenizer": (MODELS / "base").as_posix(), "models": b.models, "device": str(where),
