@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -117,8 +118,6 @@ def test_build_writes_zoo_and_its_cache_skips_finished_experts(tiny_gguf, tmp_pa
     # interrupted after the FFT experts: the rebuild trains only what is missing
     (zoo.root / "manifest.json").unlink()
     stamp = (zoo.expert("add") / "model.safetensors").stat().st_mtime_ns
-    import shutil
-
     shutil.rmtree(zoo.expert("add", "lora"))
     trained.clear()
     build_realzoo(tmp_path / "zoo", spec=TINY, gguf=tiny_gguf, threads=1, device="cpu")

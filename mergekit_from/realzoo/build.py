@@ -103,7 +103,7 @@ def _card(repo_id: str, base_model: str, tags: list[str], library: str, body: st
 
 
 def tau_ratio(base: dict[str, torch.Tensor], deltas: Iterable[torch.Tensor]) -> float:
-    """‖τ‖/‖W‖: the norm of a fine-tune's weight changes over the norm of every base tensor."""
+    """‖τ‖/‖W‖: the norm of a fine-tune's weight changes over the norm of every base parameter."""
     num = sum(float(d.detach().float().pow(2).sum()) for d in deltas)
     den = sum(float(w.float().pow(2).sum()) for w in base.values())
     return (num / den) ** 0.5
@@ -187,12 +187,12 @@ class _Builder(ZooModels):
             return
         t0 = time.perf_counter()
         model = self._model("base")
-        base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        base = {k: v.detach().clone() for k, v in model.named_parameters()}  # tied weights once
         for pname, p in model.named_parameters():
             p.requires_grad_(not any(f in pname for f in spec.frozen))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log = self._train(model, task, spec.fft, f"fft {task}")
-        tuned = model.state_dict()
+        tuned = dict(model.named_parameters())
         entry = self._entry(name, "fft", task, model, log, tau_ratio(base, (tuned[k] - w for k, w in base.items())),
                             trainable, t0)
         body = (f"Full fine-tune of the transformer blocks of `{entry['base_model']}` (embeddings frozen) on the task "
@@ -213,7 +213,7 @@ class _Builder(ZooModels):
             return
         t0 = time.perf_counter()
         base_model = self._model("base")
-        base = dict(base_model.state_dict())  # LoRA leaves these tensors as they are
+        base = dict(base_model.named_parameters())  # LoRA leaves these tensors as they are
         torch.manual_seed(spec.seed + 11)
         cfg = LoraConfig(r=spec.lora_rank, lora_alpha=2 * spec.lora_rank, lora_dropout=0.0,
                          target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
