@@ -114,6 +114,10 @@ def test_build_writes_zoo_and_its_cache_skips_finished_experts(tiny_gguf, tmp_pa
     for name in ("fft-add", "lora-add"):
         assert 0 < zoo.manifest["models"][name]["tau_ratio"] < 1
     assert zoo.accuracy("base").keys() == {"add", "subtract"}
+    from mergekit_from.taskzoo.evaluate import load_model
+
+    merged, tok = load_model(zoo.expert("add", "lora"))  # the adapter's base found by its repo id in the zoo
+    assert tok.chat_template and merged.config.num_key_value_heads == 2
 
     # interrupted after the FFT experts: the rebuild trains only what is missing
     (zoo.root / "manifest.json").unlink()

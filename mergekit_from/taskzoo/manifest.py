@@ -68,11 +68,12 @@ def load_manifest(root: str | Path, format_version: int = FORMAT_VERSION, comman
 
 
 def find_in_zoo(root: Path, repo_id: str) -> Path | None:
-    """The folder of ``repo_id`` in the zoo at ``root`` or up to two levels above it (``models/taskzoo``), if any."""
+    """The folder of ``repo_id`` in the zoo at ``root`` or up to two levels above it (``models/taskzoo``), if any;
+    any zoo's manifest (task zoo or real zoo) names its models' repo ids and paths alike."""
     for candidate in (root, *list(root.parents)[:2]):
         if (candidate / MANIFEST).is_file():
-            zoo = load_manifest(candidate)
-            for name, entry in zoo.manifest["models"].items():
+            manifest = json.loads((candidate / MANIFEST).read_text())
+            for entry in manifest.get("models", {}).values():
                 if entry["repo_id"] == repo_id:
-                    return zoo.model_dir(name)
+                    return candidate.resolve() / entry["path"]
     return None
