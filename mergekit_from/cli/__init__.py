@@ -45,10 +45,10 @@ def main() -> None:
 
 
 def _register_commands() -> None:
-    from mergekit_from.cli import auto, demo, lora, methods, taskzoo, yaml, zoo
+    from mergekit_from.cli import auto, demo, lora, methods, realzoo, taskzoo, yaml, zoo
 
     for command in (yaml.yaml_cmd, methods.methods_cmd, auto.auto_cmd, demo.demo_cmd, lora.lora_cmd, zoo.zoo,
-                    taskzoo.taskzoo_cmd, taskzoo.eval_cmd):
+                    taskzoo.taskzoo_cmd, taskzoo.eval_cmd, realzoo.realzoo_cmd):
         main.add_command(command)
 
 

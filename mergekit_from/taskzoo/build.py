@@ -35,7 +35,7 @@ from db.paths import cache_root
 from mergekit_from.card import write_card
 from mergekit_from.output import Output, replace_atomically
 from mergekit_from.taskzoo.evaluate import accuracy, evaluate_loaded
-from mergekit_from.taskzoo.manifest import FORMAT_VERSION, MANIFEST, Zoo, load_manifest
+from mergekit_from.taskzoo.manifest import FORMAT_VERSION, MANIFEST, Zoo, load_manifest, write_manifest
 from mergekit_from.taskzoo.tasks import TARGET_TASKS, TASKS, examples, stream, write_jsonl
 from mergekit_from.taskzoo.tokenizer import WIDE_CHARS, CharVocab
 from mergekit_from.taskzoo.training import ModelShape, TrainSchedule, new_model, train
@@ -142,20 +142,17 @@ test and training splits never share an input string, for any task. Test example
 """
 
 
-class _Builder:
-    def __init__(self, root: Path, spec: ZooSpec, progress):
-        self.root, self.spec, self.progress = root, spec, progress
-        self.vocab = CharVocab()
-        self.tokenizer = self.vocab.hf_tokenizer()
+class ZooModels:
+    """A zoo's model folders under ``root/models``, each reused while its training plan is unchanged."""
+
+    def __init__(self, root: Path, models: Path, progress):
+        self.root, self.models_dir, self.progress = root, models, progress
         self.models: dict[str, dict[str, Any]] = {}
         self.trainings: dict[str, dict[str, Any]] = {}
 
-    def _acc(self, model, tokenizer, tasks) -> dict[str, float]:
-        return evaluate_loaded(model, tokenizer, tasks, self.spec.eval_n, seed=self.spec.seed)
-
     def _save(self, name: str, model, tokenizer, card: dict[str, Any], entry: dict[str, Any]) -> None:
         entry["training"] = self.trainings[name]
-        with replace_atomically(self.root / MODELS / name) as tmp:
+        with replace_atomically(self.root / self.models_dir / name) as tmp:
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
             write_card(tmp, **card)
@@ -166,7 +163,7 @@ class _Builder:
         """Reuse a finished model folder if it was trained from exactly this training plan (and base)."""
         training = json.loads(json.dumps(training, default=lambda o: asdict(o)))
         self.trainings[name] = training
-        entry_file = self.root / MODELS / name / "zoo_entry.json"
+        entry_file = self.root / self.models_dir / name / "zoo_entry.json"
         if entry_file.is_file():
             # entries written before probe-less runs logged null held a bare NaN, which is not JSON
             entry = json.loads(entry_file.read_text(), parse_constant=lambda _: None)
@@ -176,13 +173,31 @@ class _Builder:
                 return True
         return False
 
-    def _training(self, **parts: Any) -> dict[str, Any]:
-        return {"seed": self.spec.seed, "eval_n": self.spec.eval_n, **parts}
-
     def _load(self, name: str):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(str(self.root / MODELS / name), dtype=torch.float32).eval()
+        return AutoModelForCausalLM.from_pretrained(str(self.root / self.models_dir / name),
+                                                    dtype=torch.float32).eval()
+
+    def remove_stale(self) -> None:
+        """Delete model folders this build did not produce (left over from one with other settings)."""
+        for stale in sorted((self.root / self.models_dir).iterdir()):
+            if stale.name not in self.models:
+                shutil.rmtree(stale)
+
+
+class _Builder(ZooModels):
+    def __init__(self, root: Path, spec: ZooSpec, progress):
+        super().__init__(root, MODELS, progress)
+        self.spec = spec
+        self.vocab = CharVocab()
+        self.tokenizer = self.vocab.hf_tokenizer()
+
+    def _acc(self, model, tokenizer, tasks) -> dict[str, float]:
+        return evaluate_loaded(model, tokenizer, tasks, self.spec.eval_n, seed=self.spec.seed)
+
+    def _training(self, **parts: Any) -> dict[str, Any]:
+        return {"seed": self.spec.seed, "eval_n": self.spec.eval_n, **parts}
 
     def _probe(self, model, task: str):
         pairs = examples(task, "calibration", self.spec.probe_n, seed=self.spec.seed + 1)
@@ -362,9 +377,7 @@ def build_zoo(out: str | Path | None = None, quick: bool = False, *, force: bool
                  f"hidden size {hidden}, not {spec.shape.hidden_size}")
         b.misfit("vocab-wide", spec.shape, CharVocab(WIDE_CHARS), spec.targets[0],
                  f"a {CharVocab(WIDE_CHARS).size}-token vocabulary, not {b.vocab.size}")
-    for stale in sorted((root / MODELS).iterdir()):
-        if stale.name not in b.models:  # left over from a build with other settings
-            shutil.rmtree(stale)
+    b.remove_stale()
     for stale in sorted((root / "models").iterdir()):
         if stale.name != REPO_PREFIX and (stale / "zoo_entry.json").is_file():  # the flat layout of format 1
             shutil.rmtree(stale)
@@ -379,7 +392,5 @@ def build_zoo(out: str | Path | None = None, quick: bool = False, *, force: bool
         "build_cpu_seconds": round(time.process_time() - cpu0, 1),  # wall time depends on who else runs
         "threads": torch.get_num_threads(),
     }
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, allow_nan=False))
-    tmp.rename(root / MANIFEST)
+    write_manifest(root, manifest)
     return load_manifest(root)

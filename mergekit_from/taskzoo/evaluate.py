@@ -83,7 +83,7 @@ def predict(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch
     eos = tokenizer.eos_token_id
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(model.device)
         gen = model.generate(
             **enc,
             max_new_tokens=max_new_tokens,

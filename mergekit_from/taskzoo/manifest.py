@@ -48,23 +48,32 @@ class Zoo:
         return self.manifest["models"][name]["accuracy"]
 
 
-def load_manifest(root: str | Path) -> Zoo:
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Write ``root/manifest.json`` whole (via a temporary file): its presence means the zoo is complete."""
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, allow_nan=False))
+    tmp.rename(root / MANIFEST)
+
+
+def load_manifest(root: str | Path, format_version: int = FORMAT_VERSION, command: str = "taskzoo build") -> Zoo:
+    """The zoo at ``root`` (one ``command`` built, in format ``format_version``)."""
     root = Path(root).expanduser()
     path = root / MANIFEST
     if not path.is_file():
-        raise ModelInputError(f"{root}: not a built task zoo (no {MANIFEST}); run `mergekit-from taskzoo build`")
+        raise ModelInputError(f"{root}: not a built zoo (no {MANIFEST}); run `mergekit-from {command}`")
     manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT_VERSION:
-        raise ModelInputError(f"{path}: zoo format {manifest.get('format')!r}, expected {FORMAT_VERSION}; rebuild it")
+    if manifest.get("format") != format_version:
+        raise ModelInputError(f"{path}: zoo format {manifest.get('format')!r}, expected {format_version}; rebuild it")
     return Zoo(root.resolve(), manifest)
 
 
 def find_in_zoo(root: Path, repo_id: str) -> Path | None:
-    """The folder of ``repo_id`` in the zoo at ``root`` or up to two levels above it (``models/taskzoo``), if any."""
+    """The folder of ``repo_id`` in the zoo at ``root`` or up to two levels above it (``models/taskzoo``), if any;
+    any zoo's manifest (task zoo or real zoo) names its models' repo ids and paths alike."""
     for candidate in (root, *list(root.parents)[:2]):
         if (candidate / MANIFEST).is_file():
-            zoo = load_manifest(candidate)
-            for name, entry in zoo.manifest["models"].items():
+            manifest = json.loads((candidate / MANIFEST).read_text())
+            for entry in manifest.get("models", {}).values():
                 if entry["repo_id"] == repo_id:
-                    return zoo.model_dir(name)
+                    return candidate.resolve() / entry["path"]
     return None

@@ -36,6 +36,10 @@ class CharVocab:
     def eos_token_id(self) -> int:
         return self.eos_id
 
+    @property
+    def pad_token_id(self) -> int:
+        return self.pad_id
+
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
         """As the saved HF tokenizer tokenises (``<s>`` prepended), for :func:`mergekit_from.calibration.encode`."""
         return {"input_ids": ([self.bos_id] if add_special_tokens else []) + self.encode(text)}

@@ -59,16 +59,18 @@ def new_model(shape: ModelShape, vocab: CharVocab, seed: int) -> LlamaForCausalL
     return LlamaForCausalLM(shape.config(vocab))
 
 
-def encode_batch(pairs: list[tuple[str, str]], vocab: CharVocab) -> dict[str, torch.Tensor]:
-    """Right-padded ``<s> prompt response </s>`` with labels on ``response </s>`` only."""
-    batch = calibration.collate(calibration.encode([Sample(p, r) for p, r in pairs], vocab, None), vocab.pad_id)
+def encode_batch(pairs: list[tuple[str, str]], tokenizer) -> dict[str, torch.Tensor]:
+    """Right-padded ``<s> prompt response </s>`` with labels on ``response </s>`` only (``tokenizer``: a
+    :class:`CharVocab` or a Hugging Face tokenizer with a pad token)."""
+    batch = calibration.collate(calibration.encode([Sample(p, r) for p, r in pairs], tokenizer, None),
+                                tokenizer.pad_token_id)
     return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "labels": batch.labels}
 
 
 def train(
     model: torch.nn.Module,
     data: Iterator[tuple[str, str]],
-    vocab: CharVocab,
+    tokenizer,
     schedule: TrainSchedule,
     *,
     desc: str,
@@ -76,8 +78,11 @@ def train(
     probe_every: int = 25,
     target: float = 1.0,
 ) -> dict[str, Any]:
-    """AdamW with warmup and cosine decay; stops early once ``probe()`` reaches ``target``."""
+    """AdamW with warmup and cosine decay; stops early once ``probe()`` reaches ``target``.
+
+    ``tokenizer`` encodes the batches (see :func:`encode_batch`); they go to the model's device."""
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
     opt = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay, betas=(0.9, 0.98))
 
     def lr_at(step: int) -> float:
@@ -93,7 +98,8 @@ def train(
     loss_ema, score, step = float("nan"), None, 0
     bar = tqdm(range(schedule.steps), desc=desc, leave=False, mininterval=1.0)
     for step in bar:
-        batch = encode_batch([next(data) for _ in range(schedule.batch_size)], vocab)
+        batch = {k: v.to(device) for k, v in
+                 encode_batch([next(data) for _ in range(schedule.batch_size)], tokenizer).items()}
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
