@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import struct
 import time
 from collections.abc import Iterable, Mapping
@@ -54,29 +53,22 @@ def choose_subset(mass: Mapping[str, Mapping[str, float]], nbytes: Mapping[str, 
 
     Tasks are combined by each task's *share*: a tensor's value is the largest, over tasks, of its
     squared gradient norm divided by that task's total over those tensors, so a task whose gradient
-    is small overall still brings its own heaviest tensors. Every kind of matrix (its name without
-    the layer index: ``q_proj``, ``down_proj``...) first gets its best instance, an equal share of
-    the budget each (at least a row), so an adapter on any kind of module has something to be scored on (measured on
-    the test fixture: the greedy pick alone took one ``o_proj`` and left a q/v adapter unscored);
-    then tensors are taken greedily by value per byte. A tensor that does not fit whole is taken by
-    its leading rows (a contiguous byte range), so large matrices are probed even when none fits.
+    is small overall still brings its own heaviest tensors. Tensors are taken greedily by value per
+    byte; one that does not fit whole is taken by its leading rows (a contiguous byte range), so
+    the budget is spent and large matrices are probed even when none fits.
     """
     nbytes = {n: b for n, b in nbytes.items() if len(shapes[n]) == 2 and not is_vocab_tensor(n)}
     totals = {t: sum(m.get(n, 0.0) for n in nbytes) for t, m in mass.items()}
     value = {n: max((mass[t].get(n, 0.0) / totals[t] for t in mass if totals[t] > 0), default=0.0) for n in nbytes}
     order = sorted((n for n in nbytes if value[n] > 0 and nbytes[n] > 0), key=lambda n: -value[n] / nbytes[n])
-    best_of_kind: dict[str, str] = {}
-    for name in order:
-        best_of_kind.setdefault(re.sub(r"\.\d+\.", ".", name), name)
     subset: Subset = {}
     left = budget_bytes
-    share = budget_bytes // max(len(best_of_kind), 1)
-    for name, cap in [(n, share) for n in best_of_kind.values()] + [(n, budget_bytes) for n in order]:
-        rows = shapes[name][0]
+    for name in order:
+        rows = shapes[name][0] if shapes[name] else 1
         row_bytes = nbytes[name] // rows
-        take = min(rows - subset.get(name, 0), min(max(cap, row_bytes), left) // row_bytes) if row_bytes else 0
+        take = min(rows, left // row_bytes) if row_bytes else 0
         if take > 0:
-            subset[name] = subset.get(name, 0) + take
+            subset[name] = take
             left -= take * row_bytes
         if left <= 0:
             break
