@@ -12,9 +12,10 @@ the SVD of the task vector at the zoo's LoRA rank). On each Hub it runs ``mergek
 test split, normalized by each target's expert as ``benchmarks/quality.py`` does).
 
 Measured: target coverage (a target's full or LoRA expert in the pool), normalized accuracy blind
-vs labelled, what the local Hub served per candidate before download (ranged bytes against the
-weights' size; resolver calls of candidates never downloaded), the window in which those reads
-came (the probe wall time for the whole pool), and FW seconds per iteration against pool size
+vs labelled, what ``auto``'s probes read per candidate before download (their own count, in
+``auto_run.json``: bytes against the weights' size, resolver calls, the probe wall time for the
+whole pool), checked against what the local Hub served (ranged bytes, resolver calls and
+``HfFileSystem``'s API calls of candidates never downloaded), and FW seconds per iteration against pool size
 (``fw_trace.json``; extra labelled runs at ``--pool-sizes``). Writes ``blind_pool.json`` and
 ``blind_pool.png`` into ``--out`` and prints the table with the issue's targets.
 """
@@ -42,7 +43,7 @@ from mergekit_from.taskzoo.hub import ServedZoo, link_files, perturbed_copy, res
 
 MODES = ("blind", "labelled")
 TARGETS = {"coverage": 1.0, "blind_over_labelled": 0.95, "bytes_share_max": 0.05, "calls_max": 5,
-           "probe_window_s": 60.0}
+           "probe_s": 60.0}
 
 
 def make_distractors(zoo: Zoo, folder: Path, n: int, noise: float) -> list[tuple[str, str, str]]:
@@ -115,7 +116,7 @@ def run_mode(zoo: Zoo, mode: str, out: Path, made: list[tuple[str, str, str]], a
         seconds = run_auto(zoo, served, hub.endpoint, merged, db, args.pool_size, max_probe)
         run = json.loads((merged / "auto_run.json").read_text())
         pool = [s["repo_id"] for s in run["sources"]]
-        reads = served.reads(hub.served, set(pool))
+        reads = served.reads(hub.served, set(pool), list(hub.requests))
         fw = [fw_timing(merged)]
         if mode == "labelled":  # FW cost against pool size: the same Hub and store, other pool sizes
             for k in (k for k in args.pool_sizes if k != args.pool_size):
@@ -128,7 +129,8 @@ def run_mode(zoo: Zoo, mode: str, out: Path, made: list[tuple[str, str, str]], a
         "coverage": {t: any(truth.get(r, {}).get("model") in (f"fft-{t}", f"lora-{t}") for r in pool)
                      for t in targets},
         "accuracy": acc, "normalized_mean": normalized_mean(acc, experts),
-        "reads": {k: v for k, v in reads.items() if k != "per_candidate"}, "auto_seconds": seconds, "fw": fw,
+        "probes": run["probes"], "reads": {k: v for k, v in reads.items() if k != "per_candidate"},
+        "auto_seconds": seconds, "fw": fw,
         "candidates": len(truth) - 1, "truth": truth, "per_candidate": reads["per_candidate"],
     }
 
@@ -138,8 +140,8 @@ def verdict(res: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     measured = {
         "coverage": sum(blind["coverage"].values()) / len(blind["coverage"]),
         "blind_over_labelled": blind["normalized_mean"] / max(labelled["normalized_mean"], 1e-9),
-        "bytes_share_max": blind["reads"]["share_max"], "calls_max": blind["reads"]["calls_max"],
-        "probe_window_s": blind["reads"]["read_window_s"],
+        "bytes_share_max": blind["probes"]["share_max"], "calls_max": blind["probes"]["calls_max"],
+        "probe_s": blind["probes"]["seconds"],
     }
     higher = {"coverage", "blind_over_labelled"}
     return {k: {"measured": v, "target": TARGETS[k], "met": v >= TARGETS[k] if k in higher else v <= TARGETS[k]}
@@ -153,17 +155,23 @@ def print_table(data: dict[str, Any]) -> None:
         ("candidates served", lambda r: f"{r['candidates']}"),
         ("targets covered", lambda r: f"{sum(r['coverage'].values())}/{len(r['coverage'])}"),
         ("normalized accuracy", lambda r: f"{r['normalized_mean']:.3f}"),
-        ("candidates read before download", lambda r: f"{r['reads']['probed']}"),
-        ("bytes read/candidate median", lambda r: f"{r['reads']['share_median']:.3%}"),
-        ("bytes read/candidate max", lambda r: f"{r['reads']['share_max']:.3%}"),
-        ("resolver calls/candidate median", lambda r: f"{r['reads']['calls_median']}"),
-        ("resolver calls/candidate max", lambda r: f"{r['reads']['calls_max']}"),
-        ("read window (s)", lambda r: f"{r['reads']['read_window_s']:.1f}"),
+        ("candidates probed (adapters)", lambda r: f"{r['probes']['probed']} ({r['probes']['adapters']})"),
+        ("bytes read/model median", lambda r: f"{r['probes']['share_median']:.3%}"),
+        ("bytes read/model max", lambda r: f"{r['probes']['share_max']:.3%}"),
+        ("resolver calls/candidate median", lambda r: f"{r['probes']['calls_median']:g}"),
+        ("resolver calls/candidate max", lambda r: f"{r['probes']['calls_max']}"),
+        ("probe wall (s)", lambda r: f"{r['probes']['seconds']:.1f}"),
+        ("server: ranged bytes max (+adapters)", lambda r: f"{r['reads']['share_max']:.3%}"),
+        ("server: resolver calls max", lambda r: f"{r['reads']['calls_max']}"),
+        ("server: API calls/cand. median", lambda r: f"{r['reads']['api_calls_median']:g}"),
+        ("server: API calls/cand. max", lambda r: f"{r['reads']['api_calls_max']}"),
         ("auto wall (s)", lambda r: f"{r['auto_seconds']:.1f}"),
         ("FW s/iteration (pool 8)", lambda r: f"{r['fw'][0]['s_per_iter'] or float('nan'):.2f}"),
     ]
     for label, cell in rows:
         print(f"{label:<34}" + "".join(f"{cell(res[m]):>14}" for m in MODES))
+    print("\nFW s/iteration against pool size: " + ", ".join(
+        f"{f['pool']}: {f['s_per_iter']:.2f}" for m in MODES for f in res[m]["fw"] if f["s_per_iter"] is not None))
     print("\ntargets (blind run):")
     for k, v in data["verdict"].items():
         print(f"  {k:<22} {v['measured']:>10.3f}  target {v['target']:<6} {'met' if v['met'] else 'NOT met'}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,7 @@ class AutoResult:
     evaluation: dict[str, dict[str, float]] | None
     pushed: str | None
     seconds: float
+    probes: dict[str, Any] | None = None  # what the probes read before download (zoo.probe.ProbeReport.summary)
 
 
 @dataclass(frozen=True)
@@ -352,13 +353,15 @@ def _run_auto(req: AutoRequest, reporter: Reporter) -> AutoResult:
     store = open_store(req.db_url)
     ensure_crawled(req, store, Crawler(store, req.endpoint, progress=reporter.progress), reporter)
     base_path = download(req.base, base_sha, req)  # first: the target's gradient is taken at the base
-    gradient_key = gather_evidence(req, store, calib, base_path, base_sha, reporter)
+    gradient_key, probes = gather_evidence(req, store, calib, base_path, base_sha, reporter)
     target_id, pool, excluded = choose_pool(req, store, calib, gradient_key)
     reporter.say("pool: " + ", ".join(f"{m.repo_id} ({m.score:.3f})" for m in pool))
     run_id = _record_start(req, store, target_id, pool, excluded)
     try:
-        result = _merge(req, reporter, output, calib, Source(req.base, base_sha), base_path, pool, excluded,
-                        api.endpoint.rstrip("/"), run_id)
+        release = Release(base=Source(req.base, base_sha), sources=[], method=req.method, settings={},
+                          target=req.target, recipe="", endpoint=api.endpoint.rstrip("/"), excluded=excluded,
+                          run_id=run_id, probes=probes)
+        result = _merge(req, reporter, output, calib, release, base_path, pool)
     except BaseException as exc:
         _record_failure(store, run_id, exc)
         raise
@@ -369,12 +372,12 @@ def _run_auto(req: AutoRequest, reporter: Reporter) -> AutoResult:
 
 
 def gather_evidence(req: AutoRequest, store, calib: Calibration, base_path: Path, base_sha: str | None,
-                    reporter: Reporter) -> str | None:
+                    reporter: Reporter) -> tuple[str | None, dict[str, Any] | None]:
     """The target's gradient at the base (cached) and a probe of every compatible candidate not probed
-    at its commit yet (``--max-probe``: the first N by the cards' scores); returns the gradient's key.
-    Without --calib there is no gradient: the scores come from the cards and the tree alone."""
+    at its commit yet (``--max-probe``: the first N by the cards' scores); returns the gradient's key and
+    what the probes read. Without --calib there is no gradient: the scores come from the cards and the tree alone."""
     if not calib.files:
-        return None
+        return None, None
     from mergekit_from.target_gradient import target_gradient
     from zoo.probe import candidates, probe
     from zoo.scoring import score_target
@@ -385,12 +388,20 @@ def gather_evidence(req: AutoRequest, store, calib: Calibration, base_path: Path
     ranked = [c.repo_id for c in score_target(store, req.base, req.target, calib=texts)
               if c.compatible is True and "access" not in c.components]
     todo = candidates(store, ranked[: req.max_probe])
-    report = probe(store, grad, req.endpoint, todo, progress=reporter.progress)
-    read = sum(r["bytes_read"] for r in report.rows)
-    full = sum(r["full_bytes"] or 0 for r in report.rows)
-    reporter.say(f"probed {report.probed} candidates in {report.seconds:.1f}s ({report.reused} probed before"
-                 f"{', not again' if report.reused else ''}): read {read} of their {full} bytes")
-    return grad.key
+    summary = probe(store, grad, req.endpoint, todo, progress=reporter.progress).summary()
+    reporter.say(probe_line(summary))
+    return grad.key, summary
+
+
+def probe_line(probes: dict[str, Any]) -> str:
+    """One line on what the probes read before download (auto's log, the demo)."""
+    line = (f"probed {probes['probed']} candidates in {probes['seconds']:.1f}s ({probes['reused']} probed before"
+            f"{', not again' if probes['reused'] else ''})")
+    if probes["probed"]:
+        line += (f": read {probes['bytes_read'] / 2**20:.2f} of their {probes['full_bytes'] / 2**20:.1f} MiB"
+                 f" (per candidate median {probes['share_median']:.2%}, max {probes['share_max']:.2%};"
+                 f" resolver calls median {probes['calls_median']:g}, max {probes['calls_max']})")
+    return line
 
 
 def choose_pool(req: AutoRequest, store, calib: Calibration,
@@ -449,9 +460,10 @@ def _record_result(store, run_id: int, result: AutoResult) -> None:
         row.finished_at = datetime.now(timezone.utc)
 
 
-def _merge(req: AutoRequest, reporter: Reporter, output: Output, calib: Calibration, base: Source, base_path: Path,
-           pool: list[PoolModel], excluded: list[dict[str, str]], endpoint: str, run_id: int) -> AutoResult:
-    """Download the pool, merge through `mergekit-from yaml`'s path, evaluate, write the card, push."""
+def _merge(req: AutoRequest, reporter: Reporter, output: Output, calib: Calibration, release: Release,
+           base_path: Path, pool: list[PoolModel]) -> AutoResult:
+    """Download the pool, merge through `mergekit-from yaml`'s path, evaluate, write the card, push;
+    ``release`` comes with what is known before the merge (base, endpoint, left-out, run, probes)."""
     for m in pool:
         reporter.say(f"downloading {m.repo_id}@{(m.sha or '')[:12]}")
         m.path = download(m.repo_id, m.sha, req)
@@ -461,12 +473,10 @@ def _merge(req: AutoRequest, reporter: Reporter, output: Output, calib: Calibrat
         evaluation = _evaluate(reporter, stage, base_path, calib.samples)
         recipe = yaml.safe_load(recipe_text)
         settings = recipe.get(req.method) or recipe.get("parameters")
-        release = Release(
-            base=base,
-            sources=[Source(m.repo_id, m.sha, m.score, coefficients.get(m.repo_id), share.get(m.repo_id),
-                            m.components) for m in pool],
-            method=req.method, settings=settings, target=req.target, recipe=recipe_text, endpoint=endpoint,
-            evaluation=evaluation, excluded=excluded, run_id=run_id,
+        release = replace(
+            release, sources=[Source(m.repo_id, m.sha, m.score, coefficients.get(m.repo_id), share.get(m.repo_id),
+                                     m.components) for m in pool],
+            settings=settings, recipe=recipe_text, evaluation=evaluation,
         )
         write_release_card(stage, release)
         _write_run_record(stage, release)
@@ -474,7 +484,7 @@ def _merge(req: AutoRequest, reporter: Reporter, output: Output, calib: Calibrat
     if req.push_to_hub:
         reporter.say(f"pushing to {req.push_to_hub}")
         pushed = push_folder(req.out, req.push_to_hub, req.endpoint)
-    return AutoResult(req.out, run_id, pool, coefficients, share, evaluation, pushed, 0.0)
+    return AutoResult(req.out, release.run_id, pool, coefficients, share, evaluation, pushed, 0.0, release.probes)
 
 
 def _run_recipe(req: AutoRequest, reporter: Reporter, stage: Path, base_path: Path, pool: list[PoolModel],
@@ -512,7 +522,8 @@ def _write_run_record(stage: Path, release: Release) -> None:
     (stage / "auto_run.json").write_text(json.dumps(
         {"run_id": release.run_id, "base": asdict(release.base), "sources": [asdict(s) for s in release.sources],
          "excluded": release.excluded, "method": release.method, "settings": release.settings,
-         "evaluation": release.evaluation, "worse_than_base": worse_than_base(release.evaluation)},
+         "evaluation": release.evaluation, "worse_than_base": worse_than_base(release.evaluation),
+         "probes": release.probes},
         indent=1, default=str))
 
 

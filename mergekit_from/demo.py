@@ -8,9 +8,9 @@
 3. crawls that Hub into a fresh SQLite store;
 4. runs `auto` for a 4-task target from its description and calibration data, once with FroM
    and once with FW-Merging;
-5. evaluates base, each target's expert and both merges, and prints the table, what ``auto`` read of
-   the candidates before downloading (counted by the local Hub), and the pool with FW's picks next
-   to each candidate's hidden task.
+5. evaluates base, each target's expert and both merges, and prints the table, what ``auto``'s probes
+   read of the candidates before downloading (as ``auto`` counted it), and the pool with FW's picks
+   next to each candidate's hidden task.
 
 Everything it writes (Hub folder, store, Hugging Face cache, merges with cards, ``demo.json``)
 lands in ``--out``; the task zoo itself stays in its cache.
@@ -103,7 +103,6 @@ def run_demo(out: Path, quick: bool, method: str, settings: dict[str, Any], pool
                               settings=settings if m != from_merge.spec.name else {},
                               cache_dir=out / "hf-cache")
             results[label] = run_auto(req)
-        reads = served.reads(hub.served, {p.repo_id for r in results.values() for p in r.pool})
     summary = {
         "target": target, "targets": targets, "base": served.base_id, "blind": blind,
         "accuracy": evaluate_table(zoo, targets, results, reporter),
@@ -112,7 +111,7 @@ def run_demo(out: Path, quick: bool, method: str, settings: dict[str, Any], pool
         "fw_pick_share": results["FW"].pick_share,
         "coefficients": {label: r.coefficients for label, r in results.items()},
         "experts": {t: served.ids[f"fft-{t}"] for t in targets}, "truth": served.truth,
-        "reads": {k: v for k, v in reads.items() if k != "per_candidate"},
+        "probes": {label: r.probes for label, r in results.items()}, "candidates": len(served.truth) - 1,
         "distractors": added, "wall_s": time.perf_counter() - start,
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=1))

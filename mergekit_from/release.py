@@ -42,6 +42,7 @@ class Release:
     evaluation: dict[str, dict[str, float]] | None = None  # row label -> {task: loss}
     excluded: list[dict[str, str]] = field(default_factory=list)
     run_id: int | None = None
+    probes: dict[str, Any] | None = None  # what auto's probes read before download (ProbeReport.summary)
 
 
 def worse_than_base(evaluation: dict[str, dict[str, float]] | None) -> list[str]:

@@ -38,6 +38,40 @@ def quick_taskzoo(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def blind_auto(quick_taskzoo, tmp_path_factory):
+    """Two `auto --method fw_soft --pool-size 8` runs for the tasks ends and maxchar against the quick zoo
+    served blind (neutral ids, ``base_model:`` cards: ``mergekit_from.taskzoo.hub.ServedZoo``), the
+    second reusing the store. ``truth``: repo id -> zoo model name; ``db``: the store's URL."""
+    import json
+    from types import SimpleNamespace
+
+    from mergekit_from.taskzoo.hub import ServedZoo
+    from tests.fixtures.models import run_cli
+    from zoo.hub_server import HubServer
+
+    tmp = tmp_path_factory.mktemp("blind-auto")
+    served = ServedZoo(quick_taskzoo, tmp / "hub", blind=True)
+    served.add_zoo_models()
+    tasks = ("ends", "maxchar")
+    calib = [a for t in tasks for a in ("--calib", f"{t}={quick_taskzoo.calibration(t)}")]
+    db = f"sqlite:///{tmp / 'zoo.sqlite'}"
+    with HubServer(tmp / "hub") as hub, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp / "cache"))  # the gradient cache
+
+        def auto(out):
+            hub.requests.clear()
+            r = run_cli("auto", "--base", served.base_id, "--target", "a model for two tasks", "--out", tmp / out,
+                        "--endpoint", hub.endpoint, "--db", db, "--cache-dir", tmp / "hf-cache", *calib,
+                        "--pool-size", "8", "--set", "max_iters=1", "--set", "ada_iters=2")
+            assert r.exit_code == 0, r.stderr
+            return SimpleNamespace(result=r, requests=list(hub.requests), out=tmp / out,
+                                   run=json.loads((tmp / out / "auto_run.json").read_text()))
+
+        yield SimpleNamespace(truth={rid: t["model"] for rid, t in served.truth.items()}, base=served.base_id,
+                              tasks=tasks, db=db, first=auto("first"), second=auto("second"))
+
+
+@pytest.fixture(scope="session")
 def _built_hub_repos(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("hub")
     return root, build_hub_repos(root)

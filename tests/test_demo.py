@@ -24,7 +24,12 @@ def test_demo_end_to_end_on_the_quick_taskzoo(quick_taskzoo, tmp_path):
     assert list(rows) == ["base", *(f"expert {t}" for t in targets), "FroM merge (from)", "FW merge (fw_soft)"]
     assert all(set(acc) == set(targets) for acc in rows.values())
     assert "FW merge (fw_soft)" in result.stdout and "FW pool (labelled)" in result.stdout
-    assert "read before download" in result.stdout and summary["reads"]["candidates"] == len(summary["truth"]) - 1
+    assert "read before download" in result.stdout and summary["candidates"] == len(summary["truth"]) - 1
+    # auto's own count of its probes: the first run probes every compatible candidate, the second reuses them all
+    first, second = summary["probes"]["FroM"], summary["probes"]["FW"]
+    assert first["probed"] > len(targets) and (second["probed"], second["reused"]) == (0, first["probed"])
+    assert 0 < first["bytes_read"] < 0.2 * first["full_bytes"] and first["share_max"] <= 0.05
+    assert first["calls_max"] <= 5 and f"probed {first['probed']} candidates" in result.stdout
 
     # distractors are served but never enter a pool; every target's expert does
     d = summary["distractors"]

@@ -16,7 +16,6 @@ from mergekit_from import lora
 from mergekit_from.prepass.pool import ref_string
 
 from tests.fixtures.fw_experts import adapters, experts, fw_recipe
-from tests.test_auto import TARGET, calib_file, hub_with_tokenizer  # noqa: F401 (a fixture)
 from tests.test_fw import run_fw
 
 SETTINGS = {
@@ -97,35 +96,39 @@ def test_adapters_are_folded_one_tensor_at_a_time(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_auto_fw_pool_takes_the_adapter_as_base_plus_adapter(hub_with_tokenizer, crawled, tmp_path):
-    """``auto`` shortlists the LoRA adapter for FW (not for FroM), downloads only the adapter repo and
-    names it ``BASE+ADAPTER`` in the recipe; the card and trace label it by its repo id."""
+def test_auto_fw_pool_takes_the_adapter_as_base_plus_adapter(blind_auto):
+    """On the blind quick zoo, a LoRA adapter enters `auto`'s FW pool by its probe evidence (not for FroM),
+    only the adapter repo is downloaded, the recipe names it ``BASE+ADAPTER``; card and trace label it by repo id."""
+    from sqlalchemy import select
+
+    from db import Probe, open_store
     from mergekit_from.auto import shortlist
     from zoo.scoring import score_target
 
-    from tests.fixtures.hub_repos import ADAPTER, BASE
-    from tests.fixtures.models import run_cli
+    truth, out, run = blind_auto.truth, blind_auto.first.out, blind_auto.first.run
+    adapters = [s["repo_id"] for s in run["sources"] if truth[s["repo_id"]].startswith("lora-")]
+    assert adapters, [truth[s["repo_id"]] for s in run["sources"]]
+    for rid in adapters:  # in by evidence: aligned with its own task's gradient
+        task = truth[rid].removeprefix("lora-")
+        assert next(s for s in run["sources"] if s["repo_id"] == rid)["components"]["alignment"]["per_task"][task] > 0
 
-    candidates = score_target(crawled, BASE, TARGET)
-    fw_pool, _ = shortlist(crawled, candidates, k=100, adapters=True)
-    from_pool, from_excluded = shortlist(crawled, candidates, k=100)
-    assert [m.adapter for m in fw_pool if m.repo_id == ADAPTER] == [True]
-    assert ADAPTER not in {m.repo_id for m in from_pool} and ADAPTER in {e["repo_id"] for e in from_excluded}
-
-    k = next(i for i, m in enumerate(fw_pool) if m.repo_id == ADAPTER) + 1
-    r = run_cli("auto", "--base", BASE, "--target", TARGET, "--out", tmp_path / "fw", "--endpoint",
-                hub_with_tokenizer.endpoint, "--db", f"sqlite:///{tmp_path / 'zoo.sqlite'}", "--cache-dir",
-                tmp_path / "hf-cache", "--calib", calib_file(tmp_path / "math.jsonl"), "--pool-size", k,
-                "--method", "fw_hard", "--set", "max_iters=2", "--set", "lmo=tensor", "--quiet")
-    assert r.exit_code == 0, r.stderr
-    run = json.loads((tmp_path / "fw" / "auto_run.json").read_text())
-    assert ADAPTER in [s["repo_id"] for s in run["sources"]]
-    recipe = yaml.safe_load((tmp_path / "fw" / "mergekit_config.yml").read_text())
+    recipe = yaml.safe_load((out / "mergekit_config.yml").read_text())
     adapter_refs = [m["model"] for m in recipe["models"] if "+" in m["model"]]
-    assert len(adapter_refs) == 1
-    base_path, adapter_path = adapter_refs[0].split("+")
-    assert Path(base_path) == Path(recipe["base_model"]) and (Path(adapter_path) / "adapter_config.json").is_file()
-    assert not any(Path(adapter_path).glob("model*.safetensors"))  # the adapter repo only, never a full copy
-    trace = json.loads((tmp_path / "fw" / "fw_trace.json").read_text())
-    assert adapter_refs[0] in trace["pool"]
-    assert ADAPTER in (tmp_path / "fw" / "README.md").read_text()
+    assert len(adapter_refs) == len(adapters)
+    trace = json.loads((out / "fw_trace.json").read_text())
+    for ref in adapter_refs:
+        base_path, adapter_path = ref.split("+")
+        assert Path(base_path) == Path(recipe["base_model"]) and (Path(adapter_path) / "adapter_config.json").is_file()
+        assert not any(Path(adapter_path).glob("model*.safetensors"))  # the adapter repo only, never a full copy
+        assert ref in trace["pool"]
+    card = (out / "README.md").read_text()
+    assert all(rid in card for rid in adapters)
+
+    store = open_store(blind_auto.db)
+    with store.session() as s:
+        (key,) = set(s.scalars(select(Probe.gradient_key)))
+    candidates = score_target(store, blind_auto.base, "a model for two tasks", gradient_key=key)
+    from_pool, from_excluded = shortlist(store, candidates, k=100, tasks=list(blind_auto.tasks))
+    store.close()
+    assert not set(adapters) & {m.repo_id for m in from_pool}
+    assert set(adapters) <= {e["repo_id"] for e in from_excluded if e["why"].startswith("LoRA adapter")}

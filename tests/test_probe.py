@@ -65,32 +65,36 @@ def test_subset_spends_the_budget_on_matrices_and_every_task_counts():
 
 @pytest.fixture(scope="module")
 def blank(quick_taskzoo, tmp_path_factory):
-    """The quick zoo's base family served as anon/m<i> with cards that say only `base_model:`, crawled,
-    with the two target tasks' gradient computed and every compatible candidate probed once."""
+    """The quick zoo served blind (``ServedZoo``: neutral ids, cards that say only `base_model:`), crawled,
+    with the two target tasks' gradient computed and every compatible candidate probed once.
+    ``truth``: repo id -> zoo model name."""
     import torch
 
     from db import open_store
     from mergekit_from.target_gradient import target_gradient
-    from tests.fixtures.blank_zoo import blank_hub
+    from mergekit_from.taskzoo.hub import ServedZoo
     from zoo.crawler import Crawler
     from zoo.hub_server import HubServer
     from zoo.probe import candidates, probe
 
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("blank")
-    base, truth = blank_hub(quick_taskzoo, tmp / "hub")
+    served = ServedZoo(quick_taskzoo, tmp / "hub", blind=True)
+    served.add_zoo_models()
+    base = served.base_id
+    truth = {rid: t["model"] for rid, t in served.truth.items() if rid != base}
     with HubServer(tmp / "hub") as hub:
         store = open_store(f"sqlite:///{tmp / 'zoo.sqlite'}")
         Crawler(store, hub.endpoint, token=False, cache_dir=tmp / "hf", progress=False).crawl_tree(base, recursive=True)
         files = {t: quick_taskzoo.calibration(t) for t in TASKS}
         grad = target_gradient(quick_taskzoo.base, base, None, files, cache=tmp / "gradients")
-        cands = candidates(store, [r for r in truth if quick_taskzoo.manifest["models"][truth[r]]["kind"] != "misfit"])
+        cands = candidates(store, [r for r in truth if served.truth[r]["kind"] != "misfit"])
         hub.requests.clear()
         hub.served.clear()
         report = probe(store, grad, hub.endpoint, cands, token=False)
-        served = (list(hub.requests), {rid: s.bytes + s.ranged_bytes for rid, s in hub.served.items()})
+        served_bytes = (list(hub.requests), {rid: s.bytes + s.ranged_bytes for rid, s in hub.served.items()})
         yield SimpleNamespace(hub=hub, store=store, base=base, truth=truth, grad=grad, cands=cands, report=report,
-                              served=served, tmp=tmp, files=files)
+                              served=served_bytes, tmp=tmp, files=files)
         store.close()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import struct
 import time
 from collections.abc import Iterable, Mapping
@@ -285,7 +286,24 @@ class ProbeReport:
     probed: int
     reused: int
     seconds: float
-    rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]]  # this run's probes (the reused ones are in the store)
+
+    def summary(self) -> dict[str, Any]:
+        """What this run read before downloading: the one account the CLI, the demo and the benchmark print.
+
+        Per candidate, as the probe counted it: bytes read against its weights' size and resolver
+        requests (the safetensors header and ranged reads, or an adapter file read whole). The byte shares
+        are the full models' (an adapter is read whole, by design). ``HfFileSystem``'s API calls (the
+        revision and file listing) are API calls, not resolver calls: not counted here."""
+        share = [r["bytes_read"] / r["full_bytes"] for r in self.rows if r["full_bytes"] and r["kind"] == "model"]
+        calls = [r["calls"] for r in self.rows]
+        kinds = [r["kind"] for r in self.rows]
+        return {"probed": self.probed, "reused": self.reused, "seconds": round(self.seconds, 3),
+                "adapters": kinds.count("adapter"), "errors": sum(r["error"] is not None for r in self.rows),
+                "bytes_read": sum(r["bytes_read"] for r in self.rows),
+                "full_bytes": sum(r["full_bytes"] or 0 for r in self.rows),
+                "share_median": statistics.median(share) if share else 0.0, "share_max": max(share, default=0.0),
+                "calls_median": statistics.median(calls) if calls else 0, "calls_max": max(calls, default=0)}
 
 
 def probe(store: Store, grad: TargetGradient, endpoint: str | None, cands: list[ProbeInput], *,

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from mergekit_from.auto import DATA_METHODS, METHODS
+from mergekit_from.auto import DATA_METHODS, METHODS, probe_line
 from mergekit_from.cli.options import overwrite_option, parse_settings
 from mergekit_from.demo import run_demo
 
@@ -19,17 +19,16 @@ def print_table(summary: dict[str, Any]) -> None:
     for label, acc in summary["accuracy"].items():
         vals = [acc[t] for t in targets]
         click.echo(f"{label:<28}" + "".join(f"{v:>10.3f}" for v in vals) + f"{sum(vals) / len(vals):>10.3f}")
-    print_reads(summary["reads"])
+    print_probes(summary)
     print_pool(summary)
     click.echo(f"\ndone in {summary['wall_s']:.0f}s")
 
 
-def print_reads(reads: dict[str, Any]) -> None:
-    click.echo(f"\nread before download (ranged reads, counted by the local Hub): {reads['probed']} of "
-               f"{reads['candidates']} candidates, {reads['bytes_read'] / 1024:.0f} KiB of their "
-               f"{reads['bytes_full'] / 2**20:.1f} MiB (per candidate median {reads['share_median']:.2%}, "
-               f"max {reads['share_max']:.2%}); resolver calls per candidate not downloaded: "
-               f"median {reads['calls_median']}, max {reads['calls_max']}")
+def print_probes(summary: dict[str, Any]) -> None:
+    """What each `auto` run read of the candidates before downloading, as its probes counted it."""
+    click.echo(f"\nread before download ({summary['candidates']} candidates served besides the base):")
+    for label, probes in summary["probes"].items():
+        click.echo(f"  auto ({label}): {probe_line(probes) if probes else 'no probes (no --calib)'}")
 
 
 def print_pool(summary: dict[str, Any]) -> None:
@@ -43,8 +42,10 @@ def print_pool(summary: dict[str, Any]) -> None:
         mark = " target" if t.get("task") in summary["targets"] and t.get("kind") in ("fft", "lora") else ""
         click.echo(f"  {repo:<28}{t.get('model', '?'):<22}{t.get('task') or '-':<10}"
                    f"{summary['scores']['FW'].get(repo, 0.0):>7.3f}{share:>7.2f}{fw.get(repo, 0.0):>+8.3f}{mark}")
-    found = [t for t, rid in summary["experts"].items() if rid in fw]
-    click.echo(f"  target experts in the pool: {len(found)} of {len(summary['targets'])} ({', '.join(found) or 'none'})")
+    found = [t for t in summary["targets"]
+             if any(truth.get(r, {}).get("task") == t and truth[r].get("kind") in ("fft", "lora") for r in fw)]
+    click.echo(f"  targets with their expert (full or LoRA) in the pool: {len(found)} of {len(summary['targets'])}"
+               f" ({', '.join(found) or 'none'})")
 
 
 @click.command("demo")

@@ -96,13 +96,19 @@ class ServedZoo:
     def weight_bytes(self, repo_id: str) -> int:
         return sum(f.stat().st_size for f in (self.hub / repo_id).glob("*.safetensors"))
 
-    def reads(self, served: dict[str, Served], downloaded: set[str]) -> dict[str, Any]:
+    def reads(self, served: dict[str, Served], downloaded: set[str],
+              requests: list[tuple[str, str, int]] = ()) -> dict[str, Any]:
         """What clients read of each candidate (every served repo but the base), as the local Hub counted
-        it: ranged reads are reads before a download, so they are what a selector probed. Resolver
-        calls count only for candidates never downloaded, where every call was a probe."""
+        it, an account independent of the probes' own: ranged reads are reads before a download, so
+        they are what a selector probed. Resolver calls count only for candidates never downloaded,
+        where every call was a probe; so do API calls (``requests``, the server's log: those from the
+        first ranged read on, after the crawl)."""
         import statistics
 
         per = {rid: served.get(rid, Served()) for rid in self.truth if rid != self.base_id}
+        first = next((i for i, (_, _, status) in enumerate(requests) if status == 206), len(requests))
+        api = {rid: sum(p.startswith(f"/api/models/{rid}/") or p == f"/api/models/{rid}"
+                        for _, p, _ in list(requests)[first:]) for rid in per if rid not in downloaded}
         size = {rid: self.weight_bytes(rid) for rid in per}
         probed = [rid for rid, s in per.items() if s.ranged_bytes]
         share = [per[rid].ranged_bytes / size[rid] for rid in probed if size[rid]]
@@ -114,6 +120,8 @@ class ServedZoo:
             "bytes_read": sum(per[rid].ranged_bytes for rid in probed), "bytes_full": sum(size[rid] for rid in probed),
             "share_median": statistics.median(share) if share else 0.0, "share_max": max(share, default=0.0),
             "calls_median": statistics.median(calls) if calls else 0, "calls_max": max(calls, default=0),
+            "api_calls_median": statistics.median(api.values()) if api else 0,
+            "api_calls_max": max(api.values(), default=0),
             "read_window_s": max(ends) - min(starts) if starts else 0.0,
             "per_candidate": {rid: {"ranged_bytes": s.ranged_bytes, "bytes": s.bytes, "calls": s.calls,
                                     "size": size[rid]} for rid, s in per.items()},
