@@ -66,8 +66,11 @@ def test_sigint_mid_merge_exits_130_with_one_line(tmp_path):
                                             "models": [{"model": str(m)} for m in models]})
     out = tmp_path / "out"
     script = Path(sys.executable).parent / "mergekit-from"
+    # A shell's background job (`pytest ... &`) ignores SIGINT, and children inherit that: a terminal's
+    # Ctrl-C reaches the command with the default disposition, so the child starts with it.
     proc = subprocess.Popen([str(script), "yaml", str(cfg), str(out), "--no-copy-tokenizer", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob(".*partial*")):  # the staged output exists: the merge is running
         assert proc.poll() is None, proc.communicate()
