@@ -21,8 +21,10 @@ intermediate 1536, 9 heads, 3 KV heads, vocab 49152, tied embeddings; random ini
 downloaded) with experts = base + 1e-3 Gaussian task vectors. For K = 2 and 4 (fw_soft: K targets,
 so K picks; adamerging: a pool of K) it writes DIR/soft_memory.json: peak RSS over the model's bytes
 (target: <= K + 2), for the pre-pass and for the whole merge (mergekit's writing stage included),
-also net of the same on a 2-layer toy model (the interpreter, torch, transformers). ``--code DIR``
-runs another checkout's code (a "before"; it has no adamerging, so only fw_soft runs there).
+also net of the same on a 2-layer toy model (the interpreter, torch, transformers), and the same for
+RssAnon alone (RSS less the pages of memory-mapped weights, which are clean page cache).
+``--code DIR [DIR ...]`` runs each recipe with each checkout's code in turn (e.g. a "before" and this
+one), so the figures are side by side.
 """
 
 from __future__ import annotations
@@ -37,21 +39,34 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# A merge in one process that prints its peak RSS (MB) when the pre-pass ends and at the end.
+# A merge in one process that prints its peak RSS (MB) when the pre-pass ends and at the end, and
+# the peaks of its two parts (sampled every 5 ms from /proc/self/status): RssAnon, the process's own
+# memory, and RssFile, pages of memory-mapped files (clean page cache, shared and reclaimable).
 PHASES = """
-import resource, sys
+import resource, sys, threading, time
 from pathlib import Path
 import mergekit.merge as mm
 from mergekit.options import MergeOptions
 from mergekit_from.recipe import check_recipe_file, merge_into
 peak, seen, run_merge = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, {}, mm.run_merge
+parts = {"RssAnon": 0.0, "RssFile": 0.0}
+def sample():
+    while True:
+        for line in open("/proc/self/status"):
+            key = line.split(":")[0]
+            if key in parts:
+                parts[key] = max(parts[key], int(line.split()[1]) / 1024)
+        time.sleep(0.005)
+threading.Thread(target=sample, daemon=True).start()
 def after_prepass(*args, **kwargs):
     seen["prepass"] = peak()
+    seen["parts"] = dict(parts)
     return run_merge(*args, **kwargs)
 mm.run_merge = after_prepass
 Path(sys.argv[2]).mkdir(parents=True)
 merge_into(check_recipe_file(Path(sys.argv[1]), MergeOptions(quiet=True)), Path(sys.argv[2]))
-print("PEAKS", seen["prepass"], peak())
+print("PEAKS", seen["prepass"], peak(), seen["parts"]["RssAnon"], seen["parts"]["RssFile"], parts["RssAnon"],
+      parts["RssFile"])
 """
 
 
@@ -127,7 +142,8 @@ def build_all(out: Path, models: Path, samples: int) -> tuple[dict[str, Path], t
 
 
 def soft_memory(args) -> dict:
-    """Peak RSS of fw_soft (K picks) and adamerging (K experts) over the model's bytes, K = 2, 4.
+    """Peak RSS of fw_soft (K picks) and adamerging (K experts) over the model's bytes, K = 2, 4,
+    for each checkout in ``args.code`` side by side (the same recipes, one after the other).
 
     A forked child's peak RSS counts the parent's pages at the fork, so this parent stays free of
     torch: the models are built in a spawned process.
@@ -141,9 +157,8 @@ def soft_memory(args) -> dict:
         data, toy, real = builder.apply(build_all, (args.out, models, args.samples))
     tasks = list(data)
     small = {"samples_per_task": args.samples, "ada_iters": args.iters, "ada_batch_size": 4, "batch_size": 4}
-    report: dict = {"model_bytes": real[2], "code": str(args.code), "settings": small, "runs": {}}
-    methods = ("fw_soft", "adamerging") if args.code == REPO else ("fw_soft",)
-    runs = [("toy", toy, 2, "fw_soft")] + [("smollm2", real, k, m) for k in (2, 4) for m in methods]
+    report: dict = {"model_bytes": real[2], "settings": small, "codes": {}}
+    runs = [("toy", toy, 2, "fw_soft")] + [("smollm2", real, k, m) for k in args.ks for m in ("fw_soft", "adamerging")]
     for label, (base, experts, _), k, method in runs:
         fw = {"max_iters": 1, "init": "base"} if method == "fw_soft" else {}
         recipe = {"merge_method": method, "base_model": str(base), "dtype": "float32",
@@ -151,27 +166,41 @@ def soft_memory(args) -> dict:
                   method: {"targets": {t: str(data[t]) for t in tasks[:k]}, **small, **fw}}
         path = args.out / f"{label}_{method}_{k}.yml"
         path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-        env = {**os.environ, "PYTHONPATH": str(args.code), "OMP_NUM_THREADS": str(args.threads)}
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", PHASES, str(path), str(args.out / f"merged_{label}_{method}_{k}")],
-                              env=env, capture_output=True, text=True)
-        peaks = [line for line in proc.stdout.splitlines() if line.startswith("PEAKS")]
-        if proc.returncode != 0 or not peaks:
-            raise RuntimeError(f"{method} on {label} failed:\n{proc.stderr[-2000:]}")
-        prepass, whole = map(float, peaks[0].split()[1:])
-        row = {"prepass_peak_rss_mb": round(prepass, 1), "peak_rss_mb": round(whole, 1),
-               "wall_s": round(time.perf_counter() - start, 1)}
-        report["runs"][f"{label}/{method}/K={k}"] = row
-        print(f"{label:8s} {method:10s} K={k}: {json.dumps(row)}", flush=True)
-    mb = real[2] / 2**20
-    toy_row = report["runs"]["toy/fw_soft/K=2"]
-    for key, row in report["runs"].items():
+        for i, code in enumerate(args.code):
+            if method == "adamerging" and not (code / "mergekit_from" / "prepass" / "adamerging.py").exists():
+                continue  # a checkout from before adamerging
+            row = _measure(path, args.out / f"merged{i}_{label}_{method}_{k}", code, args.threads)
+            report["codes"].setdefault(str(code), {})[f"{label}/{method}/K={k}"] = row
+            print(f"{label:8s} {method:10s} K={k} {code}: {json.dumps(row)}", flush=True)
+    for runs_of_code in report["codes"].values():
+        _ratios(runs_of_code, real[2] / 2**20)
+    return report
+
+
+def _measure(recipe: Path, out: Path, code: Path, threads: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    # run in the checkout: ``python -c`` puts the working folder ahead of PYTHONPATH
+    proc = subprocess.run([sys.executable, "-c", PHASES, str(recipe), str(out)], env=env, cwd=code,
+                          capture_output=True, text=True)
+    peaks = [line for line in proc.stdout.splitlines() if line.startswith("PEAKS")]
+    if proc.returncode != 0 or not peaks:
+        raise RuntimeError(f"{recipe} with {code} failed:\n{proc.stderr[-2000:]}")
+    values = [round(float(v), 1) for v in peaks[0].split()[1:]]
+    keys = ("prepass_peak_rss_mb", "peak_rss_mb", "prepass_peak_anon_mb", "prepass_peak_file_mb", "peak_anon_mb",
+            "peak_file_mb")
+    return {**dict(zip(keys, values)), "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def _ratios(runs: dict[str, dict], mb: float) -> None:
+    """Each SmolLM2 row's peaks over the model's MB, raw and net of the toy run's."""
+    toy_row = runs["toy/fw_soft/K=2"]
+    for key, row in runs.items():
         if key.startswith("smollm2"):
-            for phase in ("prepass_peak_rss_mb", "peak_rss_mb"):
-                name = phase.removesuffix("_peak_rss_mb").removesuffix("_mb")
+            for phase in ("prepass_peak_rss_mb", "peak_rss_mb", "prepass_peak_anon_mb", "peak_anon_mb"):
+                name = phase.removesuffix("_mb")
                 row[f"{name}_ratio"] = round(row[phase] / mb, 2)
                 row[f"{name}_ratio_net_of_toy"] = round((row[phase] - toy_row[phase]) / mb, 2)
-    return report
 
 
 def run_once(recipe: Path, out: Path, threads: int) -> tuple[float, float]:
@@ -199,9 +228,12 @@ def main() -> None:
                     help="torch threads in the child (1 keeps timings steady when other jobs share the cores)")
     ap.add_argument("--models-dir", type=Path, help="where the pool is built/reused (default OUT/models)")
     ap.add_argument("--soft", action="store_true", help="fw_soft and adamerging on a SmolLM2-135M-shaped model")
-    ap.add_argument("--code", type=Path, default=REPO, help="the checkout whose code runs the merges (--soft)")
+    ap.add_argument("--ks", type=int, nargs="+", default=[2, 4], help="numbers of picks / experts (--soft)")
+    ap.add_argument("--code", type=Path, nargs="+", default=[REPO],
+                    help="the checkouts whose code runs the merges, side by side (--soft)")
     args = ap.parse_args()
     args.out = args.out.resolve()  # recipes resolve data paths against their own folder
+    args.code = [c.resolve() for c in args.code]
     args.out.mkdir(parents=True, exist_ok=True)
     if args.soft:
         report = soft_memory(args)

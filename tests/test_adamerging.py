@@ -121,7 +121,7 @@ def test_coefficient_gradients_per_tensor_equal_autograd_through_the_merge(granu
 
     seen = {}
     settings = AdaMergingSettings(targets=TARGETS, ada_iters=1, ada_batch_size=100, batch_size=8)
-    fit_coefficients(model, params, taus, start.clone(), encoded, settings, tok.pad_token_id,
+    fit_coefficients(model, params, lambda k, n: taus[k][n], start.clone(), encoded, settings, tok.pad_token_id,
                      lambda value, where, grads: seen.update(value=value, grad=grads["coefficients"].clone()),
                      "test")
     assert seen["value"] == pytest.approx(loss.item(), rel=1e-5)

@@ -6,11 +6,12 @@ vector and stored tensor (``layer``, FusionBench's layer-wise), learned by Adam 
 the merged model's next-token predictions at the targets' prompt positions (no labels).
 
 Memory: the model's parameters are the only copy of θ (θ₀ is never held: every Adam step adds
-Σ_k Δc_k τ_k in place) and the coefficients' gradient is taken tensor by tensor as it arrives,
-∂L/∂c_k,p = ⟨∂L/∂θ_p, τ_k,p⟩, after which the weight gradient is dropped. The loop holds θ, the K
-task vectors and one tensor's gradient, where an autograd graph over θ₀ + Σ c τ also held a merged
-copy and its full gradient (peak RSS: ``benchmarks/fw_memory.py --soft``). The in-place
-updates round differently from the plan's replay, by about fp32's epsilon per step.
+Σ_k Δc_k τ_k in place), the task vectors are read tensor by tensor when needed (never held whole),
+and the coefficients' gradient is taken tensor by tensor as it arrives,
+∂L/∂c_k,p = ⟨∂L/∂θ_p, τ_k,p⟩, after which the weight gradient is dropped. The loop holds θ, one
+tensor's gradient and K of its task-vector tensors: its peak does not grow with K (peak RSS:
+``benchmarks/fw_memory.py --soft``). The in-place updates round differently from the plan's
+replay, by about fp32's epsilon per step.
 """
 
 from __future__ import annotations
@@ -38,21 +39,22 @@ from mergekit_from.prepass.trace import FWTrace, Iteration, effective_coefficien
 
 PLAN_FILE = "adamerging_plan.json"
 Check = Callable[[float, str, dict[str, torch.Tensor]], float]
+# τ_k's tensor ``name`` for (k, name), computed from memory-mapped weights each time it is needed.
+TaskVector = Callable[[int, str], torch.Tensor]
 
 
-def _add_scaled(params: dict[str, torch.nn.Parameter], taus: list[dict[str, torch.Tensor]],
-                coeffs: torch.Tensor) -> None:
+def _add_scaled(params: dict[str, torch.nn.Parameter], tau: TaskVector, coeffs: torch.Tensor) -> None:
     """θ_p += Σ_k c[k, p] τ_k,p in place (``coeffs`` [K, tensors])."""
     with torch.no_grad():
         for j, (name, p) in enumerate(params.items()):
-            for k, tau in enumerate(taus):
+            for k in range(coeffs.shape[0]):
                 c = float(coeffs[k, j])
                 if c:
-                    p.add_(tau[name], alpha=c)
+                    p.add_(tau(k, name), alpha=c)
 
 
 def fit_coefficients(model: torch.nn.Module, params: dict[str, torch.nn.Parameter],
-                     taus: list[dict[str, torch.Tensor]], coeffs: torch.Tensor, encoded: dict[str, list[Encoded]],
+                     tau: TaskVector, coeffs: torch.Tensor, encoded: dict[str, list[Encoded]],
                      s: AdaSettings, pad_id: int, check: Check, where: str, quiet: bool = False) -> dict[str, Any]:
     """Adam on ``coeffs`` ([K] task-wise or [K, tensors] layer-wise, holding their start) with
     ``params`` = θ₀ on entry and θ₀ + Σ c τ on return; returns the loss curve.
@@ -61,15 +63,15 @@ def fit_coefficients(model: torch.nn.Module, params: dict[str, torch.nn.Paramete
     ``batch_size``; the coefficients' gradient accumulates over them, tensor by tensor.
     """
     names = list(params)
-    shape = (len(taus), len(names))
-    per_tensor = lambda c: c.detach().reshape(len(taus), -1).expand(shape)  # noqa: E731
-    _add_scaled(params, taus, per_tensor(coeffs))
+    shape = (coeffs.shape[0], len(names))
+    per_tensor = lambda c: c.detach().reshape(shape[0], -1).expand(shape)  # noqa: E731
+    _add_scaled(params, tau, per_tensor(coeffs))
     grad = torch.zeros(shape, dtype=torch.float64)
 
     def consume(j: int, p: torch.nn.Parameter) -> None:
         g = p.grad.flatten()
-        for k, tau in enumerate(taus):
-            grad[k, j] += float(torch.dot(g, tau[names[j]].flatten()))
+        for k in range(shape[0]):
+            grad[k, j] += float(torch.dot(g, tau(k, names[j]).flatten()))
         p.grad = None
 
     hooks = [p.register_post_accumulate_grad_hook(partial(consume, j)) for j, p in enumerate(params.values())]
@@ -94,7 +96,7 @@ def fit_coefficients(model: torch.nn.Module, params: dict[str, torch.nn.Paramete
             if s.ada_clamp:
                 with torch.no_grad():
                     coeffs.clamp_(0.0, 1.0)
-            _add_scaled(params, taus, per_tensor(coeffs) - before)
+            _add_scaled(params, tau, per_tensor(coeffs) - before)
             curve.append(total)
     finally:
         for h in hooks:
@@ -118,6 +120,11 @@ class AdaMergingPrePass(TargetedPrePass):
             samples = {t: [Sample(x.prompt) for x in items] for t, items in samples.items()}
         return TaskBatches.of(samples, self.tokenizer, s.max_length, s.batch_size).encoded
 
+    def _task_vector(self, k: int, name: str) -> torch.Tensor:
+        """τ_k = θ_k − θ₀ for one tensor, both read from their memory maps (θ₀ was checked finite on loading)."""
+        with torch.no_grad():
+            return self.pool.tensor(k, name) - self.pool.base.tensor(name).float()
+
     def run(self, out_dir: Path, work_dir: Path, options: MergeOptions) -> MergeConfiguration:
         s = self.settings
         self.quiet = options.quiet
@@ -128,13 +135,10 @@ class AdaMergingPrePass(TargetedPrePass):
         batches = TaskBatches(encoded, [list(calibration.batches(e, s.batch_size, self.tokenizer.pad_token_id))
                                         for e in encoded.values()])
         before = self.finite(batches.objective(model, s.ada_loss), "at the base")
-        with torch.no_grad():  # the K task vectors, each read tensor by tensor from its memory map
-            taus = [{n: self.pool.tensor(i, n) - p.detach() for n, p in params.items()} for i in range(len(self.pool))]
-        shape = (len(taus),) if s.granularity == "task" else (len(taus), len(params))
+        shape = (len(self.pool),) if s.granularity == "task" else (len(self.pool), len(params))
         coeffs = torch.full(shape, float(s.ada_init))
-        curve = fit_coefficients(model, params, taus, coeffs, encoded, s, self.tokenizer.pad_token_id, self.finite,
-                                 "from the base", self.quiet)
-        del taus
+        curve = fit_coefficients(model, params, self._task_vector, coeffs, encoded, s, self.tokenizer.pad_token_id,
+                                 self.finite, "from the base", self.quiet)
         names = list(params)
         moves = [Move(float(c[0]) if s.granularity == "task" else dict(zip(names, c.tolist())), ref)
                  for c, ref in zip(coeffs.reshape(len(self.pool), -1), self.pool.refs)]

@@ -16,11 +16,12 @@ or the textbook ⟨g_p, θ_m,p − θ_p⟩; ``lmo: model`` sums them over tensor
 
 Unlike the official code, candidates are never all in memory: scoring streams them one tensor
 at a time from their memory-mapped safetensors, and an update re-reads the picked vertex tensor
-by tensor; one pass over the pool serves every gradient of an iteration (soft: one per target).
-Held at any time: the iterate, its gradient(s) and one candidate tensor (soft's inner loop: the
-iterate, the K picked task vectors and one tensor's gradient); pool members ``model+adapter`` are
-folded per tensor when read. The result is a *plan* (initial point + moves) that the per-tensor
-kernel in :mod:`mergekit_from.methods.fw_merge` replays inside mergekit's executor
+by tensor; soft scores each target's gradient as soon as it is taken (one pass over the pool per
+target). Held at any time: the iterate, one gradient and one candidate tensor (soft's inner loop:
+the iterate, a copy of it, one tensor's gradient and its K picked tensors), so the peak does not
+grow with the pool or with K; pool members ``model+adapter`` are folded per tensor when read. The
+result is a *plan* (initial point + moves) that the per-tensor kernel in
+:mod:`mergekit_from.methods.fw_merge` replays inside mergekit's executor
 (:class:`~mergekit_from.methods.fw_plan.FWPlan`).
 
 Deliberate differences, documented in the README: the same first ``samples_per_task`` samples
@@ -115,14 +116,14 @@ class FWPrePass(TargetedPrePass):
         grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in params.items()}
         return self.finite(value, where, grads), grads
 
-    def _scores(self, vertices: Vertices, params, grads: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    def _scores(self, vertices: Vertices, params, grads: dict[str, torch.Tensor]) -> torch.Tensor:
         return lmo_scores(vertices, params, grads, self.settings.score == "cosine", self.quiet)
 
     def _hard_iteration(self, t, model, params, vertices: Vertices, tasks: TaskBatches) -> tuple[Iteration, list[Move]]:
         s = self.settings
         where = f"at iteration {t} (targets {', '.join(self.samples)})"
         objective, grads = self._gradient(model, params, tasks.batches, tasks.counts, where)
-        picks = lmo_picks(self._scores(vertices, params, [grads])[0], list(params), s.lmo)
+        picks = lmo_picks(self._scores(vertices, params, grads), list(params), s.lmo)
         model.zero_grad(set_to_none=True)
         del grads
         coef = step_coefficient(t, s.step_size, s.scaling_factor)
@@ -137,34 +138,35 @@ class FWPrePass(TargetedPrePass):
 
     def _soft_picks(self, t, model, params, vertices: Vertices,
                     tasks: TaskBatches) -> tuple[float, list[dict[str, int]]]:
-        """One distinct pick per target (at most one per candidate), and the mean objective. One
-        pass over the pool scores every target's gradient."""
-        objective, grads = 0.0, []
+        """One distinct pick per target (at most one per candidate), and the mean objective. Each
+        target's gradient is scored as soon as it is taken, so one gradient is held at a time."""
+        objective, chosen = 0.0, []
         for k, task in enumerate(list(self.samples)[: len(vertices.refs)]):
             where = f"at iteration {t} (target {task})"
-            value, g = self._gradient(model, params, [tasks.batches[k]], [tasks.counts[k]], where)
+            value, grads = self._gradient(model, params, [tasks.batches[k]], [tasks.counts[k]], where)
+            model.zero_grad(set_to_none=True)
             objective += value / len(tasks.batches)
-            grads.append(g)
-        model.zero_grad(set_to_none=True)
-        scores = self._scores(vertices, params, grads)
-        del grads
-        chosen: list[dict[str, int]] = []
-        for per_target in scores:
-            chosen.append(lmo_picks(per_target, list(params), self.settings.lmo, chosen))
+            scores = self._scores(vertices, params, grads)
+            del grads
+            chosen.append(lmo_picks(scores, list(params), self.settings.lmo, chosen))
         return objective, chosen
 
     def _soft_iteration(self, t, model, params, vertices: Vertices, tasks: TaskBatches) -> tuple[Iteration, list[Move]]:
         s = self.settings
         names = list(params)
         objective, chosen = self._soft_picks(t, model, params, vertices, tasks)
-        # K task vectors s_k − θ_t: the only candidate data held in memory at once.
-        with torch.no_grad():
-            taus = [{n: vertices.tensor(pick[n], n) - params[n].detach() for n in names} for pick in chosen]
+        # θ_t is the one copy held beside the model: the task vectors s_k − θ_t are read per tensor.
+        theta = {n: p.detach().clone() for n, p in params.items()}
+
+        def tau(k: int, name: str) -> torch.Tensor:
+            with torch.no_grad():
+                return vertices.tensor(chosen[k][name], name) - theta[name]
+
         start = s.ada_first_coeff if t == 0 else s.ada_coeff
         coeffs = torch.full((len(chosen), len(names)), float(start))
-        losses = fit_coefficients(model, params, taus, coeffs, tasks.encoded, s, self.tokenizer.pad_token_id,
+        losses = fit_coefficients(model, params, tau, coeffs, tasks.encoded, s, self.tokenizer.pad_token_id,
                                   self.finite, f"at iteration {t}", self.quiet)
-        del taus
+        del theta
         moves = [Move(dict(zip(names, coeffs[k].tolist())), vertices.vertex(pick, s.lmo))
                  for k, pick in enumerate(chosen)]
         picked = [vertices.record(pick, s.lmo) for pick in chosen]

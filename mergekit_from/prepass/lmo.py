@@ -62,31 +62,27 @@ class Vertices:
         return PickRecord(share, picked_by_tensor={n: refs[i] for n, i in picks.items()})
 
 
-def lmo_scores(vertices: Vertices, params: dict[str, torch.nn.Parameter], grads: Sequence[dict[str, torch.Tensor]],
+def lmo_scores(vertices: Vertices, params: dict[str, torch.nn.Parameter], grads: dict[str, torch.Tensor],
                cosine: bool, quiet: bool = False) -> torch.Tensor:
-    """Score matrices [gradients, candidates, tensors] in one pass over the pool: candidates
-    outermost so one is read at a time, and each read serves every gradient (fw_soft has one per
-    target). A candidate tensor's norm is computed once per run.
+    """Score matrix [candidates, tensors] of one gradient in one pass over the pool, candidates
+    outermost so one is read at a time. A candidate tensor's norm is computed once per run.
 
     Dot products rather than elementwise products: no model-sized temporaries, ~3x faster.
     """
     names = list(params)
-    flat = [{n: g[n].flatten() for n in names} for g in grads]
-    scores = torch.zeros(len(grads), len(vertices.refs), len(names), dtype=torch.float64)
-    gnorms = [{n: float(torch.linalg.vector_norm(f[n])) for n in names} for f in flat]
-    g_theta = [{} if cosine else {n: float(torch.dot(f[n], params[n].detach().flatten())) for n in names}
-               for f in flat]
+    flat = {n: grads[n].flatten() for n in names}
+    scores = torch.zeros(len(vertices.refs), len(names), dtype=torch.float64)
+    gnorms = {n: float(torch.linalg.vector_norm(flat[n])) for n in names}
+    g_theta = {} if cosine else {n: float(torch.dot(flat[n], params[n].detach().flatten())) for n in names}
     for i in progress(range(len(vertices.refs)), "LMO", quiet=quiet):
         for j, name in enumerate(names):
             w = vertices.tensor(i, name).flatten()
-            norm = vertices.norm(i, name, w) if cosine else 0.0
-            for k, f in enumerate(flat):
-                dot = float(torch.dot(f[name], w))
-                if cosine:
-                    denom = gnorms[k][name] * norm
-                    scores[k, i, j] = dot / denom if denom > 0 else 0.0
-                else:
-                    scores[k, i, j] = dot - g_theta[k][name]  # ⟨g, s − θ⟩
+            dot = float(torch.dot(flat[name], w))
+            if cosine:
+                denom = gnorms[name] * vertices.norm(i, name, w)
+                scores[i, j] = dot / denom if denom > 0 else 0.0
+            else:
+                scores[i, j] = dot - g_theta[name]  # ⟨g, s − θ⟩
             del w
     return scores
 
