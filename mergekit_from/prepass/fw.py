@@ -166,7 +166,6 @@ class FWPrePass(TargetedPrePass):
         coeffs = torch.full((len(chosen), len(names)), float(start))
         losses = fit_coefficients(model, params, tau, coeffs, tasks.encoded, s, self.tokenizer.pad_token_id,
                                   self.finite, f"at iteration {t}", self.quiet)
-        del theta
         moves = [Move(dict(zip(names, coeffs[k].tolist())), vertices.vertex(pick, s.lmo))
                  for k, pick in enumerate(chosen)]
         picked = [vertices.record(pick, s.lmo) for pick in chosen]
