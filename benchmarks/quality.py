@@ -1,31 +1,38 @@
-"""Merge quality on the task zoo: every method through the real recipe path, then exact-match.
+"""Merge quality on the task zoo or the real zoo: every method through the real recipe path, then exact-match.
 
     PYTHONPATH=. python benchmarks/quality.py --out out/quality [--quick] [--zoo DIR] [--n 200]
+    PYTHONPATH=. python benchmarks/quality.py --out out/quality-real --real [--zoo DIR] [--threads 2]
 
 Builds or reuses the zoo, writes one mergekit YAML recipe per (setting, method), runs it with
 ``mergekit_from.recipe.run_recipe`` (what ``mergekit-from yaml`` runs), evaluates the merge on the
-setting's tasks and writes ``quality.json``, ``quality.md`` and ``quality.png`` into ``--out``.
+setting's tasks and writes ``quality.json``, ``quality.md`` and ``quality.png`` into ``--out``
+(``quality.json`` is rewritten after each setting, so an interrupted run keeps what it measured).
 
-quality.json: ``{"settings": {name: {"tasks", "base", "experts", "methods": {label: {"method",
-"params", "acc", "normalized_mean"}}}}, "meta": {...}}``; normalized_mean is the mean over the
-setting's tasks of merged accuracy / expert accuracy. Settings ``fft8``/``lora8`` merge all eight
-target experts; ``fft2``, ``fft4``, ``lora2``, ``lora4`` merge the first 2 and 4 (the curve of
-quality against the number of merged experts). A setting's ``pool`` lists the experts merged when
+quality.json: ``{"settings": {name: {"tasks", "pool", "base", "experts", "methods": {label: {"method",
+"params", "acc", "normalized_mean", "seconds", "peak_rss_mb"}}}}, "meta": {...}}``; normalized_mean is
+the mean over the setting's tasks of merged accuracy / expert accuracy; seconds and peak_rss_mb are the
+merge's (pre-pass and mergekit's writing, not the evaluation; the peak is the kernel's VmHWM, reset
+before each merge), and ``meta.model_mb`` is the base's weight bytes. Settings ``fft8``/``lora8`` merge
+all eight target experts; ``fft2``, ``fft4``, ``lora2``, ``lora4`` merge the first 2 and 4 (the curve
+of quality against the number of merged experts). A setting's ``pool`` lists the experts merged when
 they are not just its tasks:
 
-- ``irrelevance<N>``: objective and evaluation on 4 target tasks, a pool of N = 4, 8, 12, 20 experts
-  (the 4 targets, then the zoo's other FFT experts; capped at what the zoo has);
-- ``relevance<N>``: N = 4, 8, 12 experts, every one a target (capped at the zoo's task count).
+- ``irrelevance<N>``: objective and evaluation on 4 target tasks, a pool of N experts: the 4 targets,
+  then the zoo's other FFT experts (task zoo: N = 4, 8, 12, 20; real zoo: N = 4, 8, 16, the last 4
+  the LoRA adapters of targets 5-8, so the pool mixes full fine-tunes and adapters);
+- ``relevance<N>`` (task zoo): N = 4, 8, 12 experts, every one a target.
 
-The data-informed methods (RegMean, FW-Merging hard and soft) run on the largest fft/lora setting
-and on both scaling settings; they read the zoo's calibration JSONL, never the test split. Their
-pre-passes need full-weight folders, so in the LoRA setting they merge the adapters folded into
-the base (peft ``merge_and_unload``, cached under ``<zoo>/lora-folded``). ``meta.scaling`` holds
-each method's normalized mean at the largest pool over the smallest (FW target: >= 0.97);
-``scaling.png`` plots both scalings.
+The data-informed methods (RegMean, AdaMerging (real zoo), FW-Merging hard and soft) run on the
+largest fft/lora setting of the task zoo, on the 4-expert settings of the real zoo, and on the
+scaling settings; they read the zoo's calibration JSONL, never the test split. FW and AdaMerging
+take LoRA experts as ``BASE+ADAPTER`` (folded tensor by tensor); RegMean needs full weights, so it
+merges the adapters folded into the base (peft ``merge_and_unload``, cached under
+``<zoo>/lora-folded``). ``meta.scaling`` holds each method's normalized mean at the largest pool over
+the smallest (FW target: >= 0.97); ``scaling.png`` plots the scalings.
 
-Extending: a new method is one more entry in ``METHODS`` (a ``Run``, or a ``Tuned`` grid whose best
-value is labelled as tuned on test); a new setting is one more entry in ``settings()``.
+Extending: a new method is one more entry in ``METHODS``/``REAL_METHODS`` (a ``Run``, or a ``Tuned``
+grid whose best value is labelled as tuned on test); a new setting is one more entry in
+``settings()``/``real_settings()``.
 """
 
 from __future__ import annotations
@@ -35,9 +42,9 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from tqdm.auto import tqdm
@@ -62,8 +69,9 @@ class Run:
     method: str
     params: dict[str, Any] = field(default_factory=dict)
     with_base: bool = True  # False: no base_model (linear averages the experts themselves)
-    # A pre-pass method's recipe section (its data files); such a method needs full-weight inputs.
+    # A pre-pass method's recipe section (its data files).
     section: dict[str, Any] = field(default_factory=dict)
+    full_weights: bool = False  # True: LoRA experts folded into full copies (RegMean reads no adapters)
 
     def recipe(self, base: str, models: list[str]) -> dict[str, Any]:
         recipe: dict[str, Any] = {"merge_method": self.method}
@@ -89,8 +97,8 @@ class Tuned:
     values: tuple[float, ...]
 
     def points(self) -> list[Run]:
-        return [Run(f"{self.run.label} {self.param}={v}", self.run.method, {**self.run.params, self.param: v},
-                    self.run.with_base, self.run.section) for v in self.values]
+        return [replace(self.run, label=f"{self.run.label} {self.param}={v}", params={**self.run.params, self.param: v})
+                for v in self.values]
 
 
 METHODS: list[Run | Tuned] = [
@@ -136,30 +144,41 @@ class DataDefaults:
     regmean_alpha: float = 0.9
     hard_iters: int = 10
     hard_step: float = 1.0
+    # fw_hard's starting points and vertex sets: (init, initial_vertex), each one row
+    hard_variants: tuple[tuple[str, bool], ...] = (("task_arithmetic", False), ("from", False))
     soft_iters: int = 3
     ada_iters: int = 100
     ada_lr: float = 1e-2
     ada_loss: str = "cross_entropy"
+    ada_batch_size: int = 16
+    # AdaMerging as its paper runs it (entropy on the targets' prompts, layer-wise); 0 steps: no AdaMerging row
+    adamerging_iters: int = 0
+    adamerging_lr: float = 1e-3
 
     @classmethod
     def quick(cls) -> "DataDefaults":
         return cls(samples_per_task=32, hard_iters=4, soft_iters=2, ada_iters=10)
 
-    def runs(self, zoo: Zoo, setting: "Setting", models: list[str]) -> list[Run]:
+    def runs(self, zoo: Zoo, setting: "Setting") -> list[Run]:
         targets = {t: str(zoo.calibration(t)) for t in setting.tasks}
-        own = {m: str(zoo.calibration(t)) for m, t in zip(models, setting.pool)}
+        own = {m: str(zoo.calibration(t)) for m, t in zip(setting.models(zoo, full_weights=True), setting.members)}
         common = {"samples_per_task": self.samples_per_task}
         hard = {**common, "max_iters": self.hard_iters, "step_size": self.hard_step}
-        return [
-            Run(f"regmean α={self.regmean_alpha:g}", "regmean", {**common, "alpha": self.regmean_alpha},
-                section={"calibration": own}),
-            Run("fw_hard init=task_arithmetic", "fw_hard", {**hard, "init": "task_arithmetic"},
-                section={"targets": targets}),
-            Run("fw_hard init=from", "fw_hard", {**hard, "init": "from"}, section={"targets": targets}),
-            Run("fw_soft", "fw_soft", {**common, "max_iters": self.soft_iters, "ada_iters": self.ada_iters,
-                                         "ada_lr": self.ada_lr, "ada_loss": self.ada_loss},
-                section={"targets": targets}),
-        ]
+        ada = {"ada_batch_size": self.ada_batch_size}
+        runs = [Run(f"regmean α={self.regmean_alpha:g}", "regmean", {**common, "alpha": self.regmean_alpha},
+                    section={"calibration": own}, full_weights=True)]
+        if self.adamerging_iters:
+            runs.append(Run("adamerging (layer-wise, entropy)", "adamerging",
+                            {**common, **ada, "ada_iters": self.adamerging_iters, "ada_lr": self.adamerging_lr},
+                            section={"targets": targets}))
+        for init, vertex in self.hard_variants:
+            label = f"fw_hard init={init}" + (" initial_vertex" if vertex else "")
+            runs.append(Run(label, "fw_hard", {**hard, "init": init, **({"initial_vertex": True} if vertex else {})},
+                            section={"targets": targets}))
+        runs.append(Run("fw_soft", "fw_soft", {**common, **ada, "max_iters": self.soft_iters, "ada_iters": self.ada_iters,
+                                                 "ada_lr": self.ada_lr, "ada_loss": self.ada_loss},
+                        section={"targets": targets}))
+        return runs
 
 
 @dataclass(frozen=True)
@@ -167,25 +186,34 @@ class Setting:
     name: str
     kind: str  # "fft" or "lora"
     tasks: tuple[str, ...]  # the objective's and the evaluation's tasks
-    pool: tuple[str, ...] = ()  # the experts merged (default: the tasks)
+    pool: tuple[str, ...] = ()  # the experts merged (default: the tasks), of this setting's kind
     methods: tuple[Run | Tuned, ...] = tuple(METHODS)
     data_methods: bool = False
+    adapters: tuple[str, ...] = ()  # LoRA experts merged after the pool (a mixed pool, as on the Hub)
 
     def __post_init__(self) -> None:
         if not self.pool:
             object.__setattr__(self, "pool", self.tasks)
 
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The task of every model merged, in the recipe's order."""
+        return self.pool + self.adapters
+
+    def pool_names(self) -> list[str]:
+        return [*self.pool, *(f"lora-{t}" for t in self.adapters)]
+
     def models(self, zoo: Zoo, full_weights: bool = False) -> list[str]:
-        if self.kind == "lora":
-            if full_weights:
-                return [str(fold_lora(zoo, t)) for t in self.pool]
-            return [f"{zoo.base}+{zoo.expert(t, 'lora')}" for t in self.pool]
-        return [str(zoo.expert(t)) for t in self.pool]
+        def lora(task: str) -> str:
+            return str(fold_lora(zoo, task)) if full_weights else f"{zoo.base}+{zoo.expert(task, 'lora')}"
+
+        own = [lora(t) for t in self.pool] if self.kind == "lora" else [str(zoo.expert(t)) for t in self.pool]
+        return own + [lora(t) for t in self.adapters]
 
     def entries(self, zoo: Zoo, data: DataDefaults) -> list[Run | Tuned]:
         if not self.data_methods:
             return list(self.methods)
-        return [*self.methods, *data.runs(zoo, self, self.models(zoo, full_weights=True))]
+        return [*self.methods, *data.runs(zoo, self)]
 
 
 def fold_lora(zoo: Zoo, task: str) -> Path:
@@ -225,6 +253,44 @@ def settings(zoo: Zoo) -> list[Setting]:
     return out
 
 
+# The real zoo (SmolLM2-135M; `--real`): a merge costs a few seconds, but one evaluation of 64 questions costs about
+# 5 s per task on 2 cores, and a pre-pass gradient over 16 samples per task about 3 s per task, so the grids are
+# shorter than the toy's and the data-informed methods run on the 4-target settings (fft4 = irrelevance4, lora4,
+# and the irrelevance pools).
+REAL_TA_LAMBDAS = (0.3, 0.5, 1.0)
+REAL_FROM_KS = (1.0, 2.0, 4.0)
+REAL_FROM_LAMBDAS = (1.0, 2.0, 4.0)
+REAL_METHODS: list[Run | Tuned] = [
+    Run("linear", "linear", with_base=False),
+    Run("task_arithmetic λ=0.3", "task_arithmetic", {"lambda": 0.3}),
+    Tuned("task_arithmetic (λ tuned on test)", Run("task_arithmetic", "task_arithmetic"), "lambda", REAL_TA_LAMBDAS),
+    Run("ties", "ties", {"density": 0.5}),
+    Run("dare_ties", "dare_ties", {"density": 0.5}),
+    *(Run(f"from k={k:g}", "from", {"k": k}) for k in REAL_FROM_KS),
+    Tuned(f"from k={DEFAULT_K:g} (λ tuned on test)", Run(f"from k={DEFAULT_K:g}", "from", {"k": DEFAULT_K}), "lambda",
+          REAL_FROM_LAMBDAS),
+]
+REAL_SCALING: list[Run | Tuned] = [*REAL_METHODS[1:3], REAL_METHODS[3]]  # task arithmetic, ties
+REAL_DATA = DataDefaults(
+    samples_per_task=16, hard_iters=6, soft_iters=2, ada_iters=15, ada_batch_size=4, adamerging_iters=30,
+    adamerging_lr=1e-2,  # 30 steps at the paper's 1e-3 leave the coefficients at their 0.3 start
+    hard_variants=(("task_arithmetic", False), ("task_arithmetic", True), ("ties", False)),
+)
+
+
+def real_settings(zoo: Zoo) -> list[Setting]:
+    """fft/lora 2, 4, 8 (the 8 targets in order); irrelevance 4, 8, 16: 4 targets, then the other 8 FFT experts,
+    then the LoRA experts of targets 5-8 (a pool that mixes full fine-tunes and adapters)."""
+    targets = tuple(zoo.targets)
+    out = [Setting(f"{kind}{n}", kind, targets[:n], methods=tuple(REAL_METHODS), data_methods=n == 4)
+           for kind in ("fft", "lora") for n in (2, 4, 8)]
+    first, rest = targets[:4], targets[4:] + tuple(t for t in zoo.tasks if t not in targets)
+    for n in (4, 8, 16):
+        out.append(Setting(f"irrelevance{n}", "fft", first, first + rest[: n - 4], tuple(REAL_SCALING), True,
+                           adapters=targets[4:][: max(0, n - 4 - len(rest))]))
+    return out
+
+
 def normalized_mean(acc: dict[str, float], experts: dict[str, float]) -> float:
     """Mean of merged / expert accuracy over the tasks whose expert scores above 0 (the quick zoo's
     non-target experts can score 0 on a small test sample: nothing to normalize by)."""
@@ -232,11 +298,28 @@ def normalized_mean(acc: dict[str, float], experts: dict[str, float]) -> float:
     return sum(acc[t] / experts[t] for t in scored) / len(scored) if scored else 0.0
 
 
+def reset_peak_rss() -> None:
+    """Restart the kernel's peak-RSS count (VmHWM) from the current RSS, so that each merge gets its own peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux: peaks then accumulate over the run
+        pass
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak RSS (MB) since :func:`reset_peak_rss`; None where /proc is not there."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    return next(round(int(line.split()[1]) / 1024, 1) for line in status.splitlines() if line.startswith("VmHWM:"))
+
+
 class Bench:
-    def __init__(self, zoo: Zoo, out: Path, n: int, data: DataDefaults):
+    def __init__(self, zoo: Zoo, out: Path, n: int, data: DataDefaults, real: bool = False):
         from mergekit.options import MergeOptions
 
-        self.zoo, self.out, self.n, self.data = zoo, out, n, data
+        self.zoo, self.out, self.n, self.data, self.real = zoo, out, n, data, real
         self.work = out / "work"
         self.options = MergeOptions(random_seed=0, lora_merge_cache=str(zoo.root / "lora-merge-cache"),
                                     quiet=True, write_model_card=True)
@@ -251,11 +334,13 @@ class Bench:
         self.seconds["eval"] += time.perf_counter() - t0
         return acc
 
-    def merge_and_eval(self, setting: Setting, run: Run) -> dict[str, float]:
+    def merge_and_eval(self, setting: Setting, run: Run) -> dict[str, Any]:
+        """The merge's accuracy on the setting's tasks, its wall seconds and peak RSS (pre-pass and mergekit's
+        writing, not the evaluation)."""
         from mergekit_from.recipe import run_recipe
 
         slug = "".join(c if c.isalnum() or c in ".=-" else "_" for c in run.label)
-        models = setting.models(self.zoo, full_weights=bool(run.section))
+        models = setting.models(self.zoo, full_weights=run.full_weights)
         text = yaml.safe_dump(run.recipe(str(self.zoo.base), models), sort_keys=False)
         if (text, setting.tasks) in self.done:
             return self.done[text, setting.tasks]
@@ -263,15 +348,19 @@ class Bench:
         recipe.parent.mkdir(parents=True, exist_ok=True)
         recipe.write_text(text)
         merged = self.work / "merged" / setting.name / slug
+        reset_peak_rss()
         t0 = time.perf_counter()
         run_recipe(recipe, merged, self.options)
-        self.seconds["merge"] += time.perf_counter() - t0
-        acc = self.eval(merged, setting.tasks)
-        shutil.rmtree(merged)  # recipes stay; merges are cheap to redo and 5 MB each
-        self.done[text, setting.tasks] = acc
-        return acc
+        seconds = time.perf_counter() - t0
+        self.seconds["merge"] += seconds
+        row = {"acc": self.eval(merged, setting.tasks), "seconds": round(seconds, 1), "peak_rss_mb": peak_rss_mb()}
+        shutil.rmtree(merged)  # recipes stay; a merge is cheap to redo next to its evaluation
+        self.done[text, setting.tasks] = row
+        return row
 
     def expert(self, kind: str, task: str) -> float:
+        if self.real:  # the build measured every expert on the same test questions
+            return self.zoo.accuracy(f"{kind}-{task}")[task]
         if (kind, task) not in self.expert_acc:
             if kind == "lora":
                 acc = self.eval(self.zoo.expert(task, "lora"), (task,), base_dir=self.zoo.base)
@@ -282,17 +371,19 @@ class Bench:
 
     def setting(self, setting: Setting, base_acc: dict[str, float], bar) -> dict[str, Any]:
         experts = {t: self.expert(setting.kind, t) for t in setting.tasks}
-        result: dict[str, Any] = {"tasks": list(setting.tasks), "pool": list(setting.pool),
+        result: dict[str, Any] = {"tasks": list(setting.tasks), "pool": setting.pool_names(),
                                   "base": {t: base_acc[t] for t in setting.tasks},
                                   "experts": experts, "methods": {}}
 
-        def record(run: Run, acc: dict[str, float], **extra: Any) -> dict[str, Any]:
-            return {"method": run.method, "params": {**run.params, **extra}, "acc": acc,
-                    "normalized_mean": round(normalized_mean(acc, experts), 4)}
+        def record(run: Run, row: dict[str, Any], **extra: Any) -> dict[str, Any]:
+            return {"method": run.method, "params": {**run.params, **extra}, "acc": row["acc"],
+                    "normalized_mean": round(normalized_mean(row["acc"], experts), 4),
+                    "seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"]}
 
         for entry in setting.entries(self.zoo, self.data):
             if isinstance(entry, Run):
-                folded = {"inputs": "LoRA folded into the base"} if setting.kind == "lora" and entry.section else {}
+                lora = setting.kind == "lora" or setting.adapters
+                folded = {"inputs": "LoRA folded into the base"} if lora and entry.full_weights else {}
                 result["methods"][entry.label] = record(entry, self.merge_and_eval(setting, entry), **folded)
                 bar.update(1)
                 continue
@@ -349,7 +440,8 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
     names = list(sets)
     main = [max((s for s in sets if family(s) == k), key=lambda s: len(sets[s]["tasks"]))
             for k in dict.fromkeys(map(family, sets)) if k not in SCALINGS]
-    lines = ["# Merge quality on the task zoo", "",
+    real = data["meta"].get("real", False)
+    lines = [f"# Merge quality on the {'real zoo (SmolLM2-135M-Instruct experts)' if real else 'task zoo'}", "",
              "Normalized mean = mean over tasks of merged exact-match / expert exact-match "
              f"({data['meta']['n']} test examples per task).", "",
              "| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
@@ -377,6 +469,17 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
         for label, m in st["methods"].items():
             lines.append(f"| {label} | " + " | ".join(f"{m['acc'][t]:.3f}" for t in st["tasks"]) + " |")
     meta = data["meta"]
+    if any("seconds" in m for s in names for m in sets[s]["methods"].values()):
+        lines += ["", "## Cost of each merge (pre-pass and mergekit's writing; wall seconds, peak RSS over the model's "
+                  f"{meta['model_mb']:.0f} MB of weights)", "",
+                  "| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for label in labels_of(sets, names):
+            cells = []
+            for s in names:
+                m = sets[s]["methods"].get(label)
+                rss = m and m.get("peak_rss_mb")
+                cells.append("—" if m is None else f"{m['seconds']:.0f} s" + (f", {rss / meta['model_mb']:.1f}×" if rss else ""))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Data-informed methods: " + ", ".join(f"{k}={v}" for k, v in meta["data_methods"].items())
               + " (calibration split only).",
               "", f"Zoo: `{meta['zoo']}`. Wall time {meta['seconds']['total']:.0f} s "
@@ -441,8 +544,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--quick", action="store_true", help="the quick zoo (for tests; numbers mean little)")
+    ap.add_argument("--real", action="store_true",
+                    help="the real zoo (SmolLM2-135M-Instruct experts, `mergekit-from realzoo build`)")
     ap.add_argument("--zoo", type=Path, default=None, help="zoo folder (built there if missing)")
-    ap.add_argument("--n", type=int, default=None, help="test examples per task (default 200, quick 64)")
+    ap.add_argument("--n", type=int, default=None, help="test examples per task (default 200, quick 64, real 64)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default=None, help="comma-separated setting names to run (default all)")
     ap.add_argument("--compare", type=Path, default=None,
@@ -456,26 +561,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    zoo = build_zoo(args.zoo, quick=args.quick, threads=args.threads)
-    n = args.n or (64 if args.quick else 200)
+    if args.real:
+        from mergekit_from.realzoo import build_realzoo
+
+        zoo = build_realzoo(args.zoo, threads=args.threads)
+        n = args.n or zoo.manifest["spec"]["eval_n"]
+        if n != zoo.manifest["spec"]["eval_n"]:
+            raise SystemExit(f"--n: the real zoo's experts were measured on {zoo.manifest['spec']['eval_n']} questions")
+        data_defaults, chosen = REAL_DATA, real_settings(zoo)
+    else:
+        zoo = build_zoo(args.zoo, quick=args.quick, threads=args.threads)
+        n = args.n or (64 if args.quick else 200)
+        data_defaults, chosen = DataDefaults.quick() if args.quick else DataDefaults(), settings(zoo)
     args.out.mkdir(parents=True, exist_ok=True)
-    data_defaults = DataDefaults.quick() if args.quick else DataDefaults()
-    bench = Bench(zoo, args.out, n, data_defaults)
-    chosen = settings(zoo)
+    bench = Bench(zoo, args.out, n, data_defaults, real=args.real)
     if args.only:
         keep = set(args.only.split(","))
         chosen = [s for s in chosen if s.name in keep]
-    base_acc = bench.eval(zoo.base, tuple(dict.fromkeys(t for s in chosen for t in s.tasks)))
+    tasks = tuple(dict.fromkeys(t for s in chosen for t in s.tasks))
+    base_acc = {t: zoo.accuracy("base")[t] for t in tasks} if args.real else bench.eval(zoo.base, tasks)
+    model_mb = sum(f.stat().st_size for f in zoo.base.glob("*.safetensors")) / 2**20
     data: dict[str, Any] = {"settings": {}}
+
+    def meta() -> dict[str, Any]:
+        return {"zoo": str(zoo.root), "real": args.real, "quick": args.quick, "n": n, "threads": args.threads,
+                "model_mb": round(model_mb, 1), "data_methods": asdict(data_defaults), "scaling": scaling(data),
+                "seconds": {**{k: round(v, 1) for k, v in bench.seconds.items()},
+                            "total": round(time.perf_counter() - t0, 1)}}
+
     total = sum(_count(s.entries(zoo, data_defaults)) for s in chosen)
     with tqdm(total=total, desc="quality", unit="merge") as bar:
         for setting in chosen:
             data["settings"][setting.name] = bench.setting(setting, base_acc, bar)
+            # what has run so far survives an interrupted run
+            (args.out / "quality.json").write_text(json.dumps({**data, "meta": meta()}, indent=1))
     shutil.rmtree(bench.work / "merged", ignore_errors=True)
-    data["meta"] = {"zoo": str(zoo.root), "quick": args.quick, "n": n, "threads": args.threads,
-                    "data_methods": asdict(data_defaults), "scaling": scaling(data),
-                    "seconds": {**{k: round(v, 1) for k, v in bench.seconds.items()},
-                                "total": round(time.perf_counter() - t0, 1)}}
+    data["meta"] = meta()
     (args.out / "quality.json").write_text(json.dumps(data, indent=1))
     write_markdown(args.out / "quality.md", data)
     write_plot(args.out / "quality.png", data, ["fft", "lora"], "experts merged", "tasks")

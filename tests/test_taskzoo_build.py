@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,7 +173,6 @@ def test_build_reuses_the_cached_zoo(quick_taskzoo):
 def load_benchmark(name: str = "quality"):
     """benchmarks/NAME.py as a module (benchmarks/ is not a package)."""
     import importlib.util
-    from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -191,7 +191,8 @@ def test_quality_benchmark_quick(quick_taskzoo, tmp_path):
     st = saved["settings"]["fft2"]
     assert st["tasks"] == quick_taskzoo.targets[:2]
     for label, m in st["methods"].items():
-        assert set(m) == {"method", "params", "acc", "normalized_mean"}
+        assert set(m) == {"method", "params", "acc", "normalized_mean", "seconds", "peak_rss_mb"}
+        assert m["seconds"] > 0 and m["peak_rss_mb"] > 0
         expected = sum(m["acc"][t] / st["experts"][t] for t in st["tasks"]) / len(st["tasks"])
         assert m["normalized_mean"] == pytest.approx(expected, abs=1e-4)
     assert st["methods"]["task_arithmetic (λ tuned on test)"]["params"]["tuned_on"] == "test"
@@ -216,7 +217,7 @@ def test_quality_scaling_settings_quick(quick_taskzoo, tmp_path):
     for st in sets.values():
         assert {"ties", "fw_hard init=task_arithmetic", "fw_hard init=from", "fw_soft"} <= set(st["methods"])
         for m in st["methods"].values():
-            assert set(m) == {"method", "params", "acc", "normalized_mean"} and set(m["acc"]) == set(st["tasks"])
+            assert set(m["acc"]) == set(st["tasks"]) and m["seconds"] > 0
     assert sets["irrelevance4"]["methods"]["fw_hard init=from"]["params"]["init"] == "from"
     # the data-informed recipes read calibration files only, and the FW objective only the targets'
     recipes = list((tmp_path / "work" / "recipes").rglob("*.yaml"))
@@ -230,6 +231,24 @@ def test_quality_scaling_settings_quick(quick_taskzoo, tmp_path):
     assert c["ratio_largest_over_smallest"] == pytest.approx(c["by_pool"]["4"] / c["by_pool"]["2"], abs=1e-4)
     assert "## Scaling: irrelevance" in (tmp_path / "quality.md").read_text()
     assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+def test_real_settings_pools():
+    from mergekit_from.realzoo import TARGET_TASKS, TASKS
+    from mergekit_from.taskzoo import Zoo
+
+    quality = load_benchmark()
+    zoo = Zoo(Path("/nonexistent"), {"tasks": dict.fromkeys(TASKS), "target_tasks": list(TARGET_TASKS)})
+    sets = {s.name: s for s in quality.real_settings(zoo)}
+    assert [n for n in sets if not n.startswith("irrelevance")] == ["fft2", "fft4", "fft8", "lora2", "lora4", "lora8"]
+    assert sets["lora8"].tasks == TARGET_TASKS and sets["fft4"].data_methods and not sets["fft8"].data_methods
+    irr = [sets[f"irrelevance{n}"] for n in (4, 8, 16)]
+    assert all(s.tasks == TARGET_TASKS[:4] for s in irr)
+    assert [len(s.pool_names()) for s in irr] == [4, 8, 16]
+    assert irr[0].pool == sets["fft4"].pool  # irrelevance4 is fft4: the bench reuses its merges
+    # 12 full fine-tunes (every task once), then the adapters of targets 5-8
+    assert sorted(irr[2].pool) == sorted(TASKS) and irr[2].adapters == TARGET_TASKS[4:]
+    assert irr[2].pool_names()[-1] == f"lora-{TARGET_TASKS[-1]}"
 
 
 def test_fw_step_probe_ends_on_the_vertex(quick_taskzoo):

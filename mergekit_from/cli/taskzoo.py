@@ -35,7 +35,7 @@ def build_cmd(out: str | None, quick: bool, force: bool, threads: int | None, ov
 
 @click.command("eval")
 @click.argument("model_dir")
-@click.option("--tasks", required=True, help="Comma-separated task names, e.g. reverse,sort.")
+@click.option("--tasks", required=True, help="Comma-separated task names of the task zoo (reverse,sort) or the real zoo (add,iso_date).")
 @click.option("--n", type=click.IntRange(1), default=200, show_default=True, help="Test examples per task.")
 @click.option("--tokenizer", "tokenizer_dir", default=None,
               help="Tokenizer folder for models saved without one (e.g. the zoo's models/taskzoo/base).")
@@ -44,11 +44,11 @@ def build_cmd(out: str | None, quick: bool, force: bool, threads: int | None, ov
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_cmd(model_dir: str, tasks: str, n: int, tokenizer_dir: str | None, base_dir: str | None,
              allow_pickle: bool, as_json: bool) -> None:
-    """Exact-match accuracy (greedy decoding) of MODEL_DIR on the zoo tasks' test split."""
+    """Exact-match accuracy (greedy decoding) of MODEL_DIR on the test split of task-zoo or real-zoo tasks (real-zoo
+    questions go through the tokenizer's chat template, as in training)."""
     import torch
 
-    from mergekit_from.taskzoo.evaluate import evaluate
-    from mergekit_from.taskzoo.tasks import get_task
+    from mergekit_from.taskzoo.evaluate import check_task, evaluate
 
     for what, folder in (("MODEL_DIR", model_dir), ("--tokenizer", tokenizer_dir), ("--base", base_dir)):
         if folder is not None and not Path(folder).is_dir():
@@ -57,7 +57,7 @@ def eval_cmd(model_dir: str, tasks: str, n: int, tokenizer_dir: str | None, base
     if not names:
         raise ConfigError("--tasks: give at least one task name")
     for name in names:
-        get_task(name)
+        check_task(name)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # keep stdout/stderr to the results

@@ -73,8 +73,8 @@ FULL = RealZooSpec(
     name="full",
     tasks=tuple(TASKS),
     targets=TARGET_TASKS,
-    # Gentle, as community fine-tunes of a chat model are: lr 3e-5 (FFT) and 3e-4 (LoRA), warmup 10, cosine.
-    fft=TrainSchedule(steps=100, lr=3e-5, batch_size=8, warmup=10),
+    # Gentle, as community fine-tunes of a chat model are: lr 5e-5 (FFT) and 3e-4 (LoRA), warmup 10, cosine.
+    fft=TrainSchedule(steps=100, lr=5e-5, batch_size=8, warmup=10),
     lora=TrainSchedule(steps=100, lr=3e-4, batch_size=8, warmup=10),
 )
 
