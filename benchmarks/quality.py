@@ -9,10 +9,10 @@ setting's tasks and writes ``quality.json``, ``quality.md`` and ``quality.png`` 
 (``quality.json`` is rewritten after each setting, so an interrupted run keeps what it measured).
 
 quality.json: ``{"settings": {name: {"tasks", "pool", "base", "experts", "methods": {label: {"method",
-"params", "acc", "normalized_mean", "seconds", "peak_rss_mb"}}}}, "meta": {...}}``; normalized_mean is
+"params", "acc", "normalized_mean", "seconds", "peak_rss_mb", "start_rss_mb"}}}}, "meta": {...}}``; normalized_mean is
 the mean over the setting's tasks of merged accuracy / expert accuracy; seconds and peak_rss_mb are the
 merge's (pre-pass and mergekit's writing, not the evaluation; the peak is the kernel's VmHWM, reset
-before each merge), and ``meta.model_mb`` is the base's weight bytes. Settings ``fft8``/``lora8`` merge
+before each merge; start_rss_mb is what the process held then), and ``meta.model_mb`` is the base's weight bytes. Settings ``fft8``/``lora8`` merge
 all eight target experts; ``fft2``, ``fft4``, ``lora2``, ``lora4`` merge the first 2 and 4 (the curve
 of quality against the number of merged experts). A setting's ``pool`` lists the experts merged when
 they are not just its tasks:
@@ -38,6 +38,7 @@ grid whose best value is labelled as tuned on test); a new setting is one more e
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import sys
@@ -210,10 +211,10 @@ class Setting:
         own = [lora(t) for t in self.pool] if self.kind == "lora" else [str(zoo.expert(t)) for t in self.pool]
         return own + [lora(t) for t in self.adapters]
 
-    def entries(self, zoo: Zoo, data: DataDefaults) -> list[Run | Tuned]:
-        if not self.data_methods:
-            return list(self.methods)
-        return [*self.methods, *data.runs(zoo, self)]
+    def entries(self, zoo: Zoo, data: DataDefaults, only: tuple[str, ...] = ()) -> list[Run | Tuned]:
+        """The methods run on this setting (``only``: those whose label starts with one of these)."""
+        entries = [*self.methods, *(data.runs(zoo, self) if self.data_methods else ())]
+        return [e for e in entries if not only or e.label.startswith(only)]
 
 
 def fold_lora(zoo: Zoo, task: str) -> Path:
@@ -298,28 +299,35 @@ def normalized_mean(acc: dict[str, float], experts: dict[str, float]) -> float:
     return sum(acc[t] / experts[t] for t in scored) / len(scored) if scored else 0.0
 
 
-def reset_peak_rss() -> None:
-    """Restart the kernel's peak-RSS count (VmHWM) from the current RSS, so that each merge gets its own peak."""
+def _status_mb(key: str) -> float | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:  # not Linux
+        return None
+    return next(round(int(line.split()[1]) / 1024, 1) for line in status.splitlines() if line.startswith(key + ":"))
+
+
+def reset_peak_rss() -> float | None:
+    """Restart the kernel's peak-RSS count (VmHWM) from the current RSS (returned, MB), so that each merge gets its
+    own peak; what the process already held (interpreter, torch, allocator caches) is in both."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:  # not Linux: peaks then accumulate over the run
         pass
+    return _status_mb("VmRSS")
 
 
 def peak_rss_mb() -> float | None:
     """This process's peak RSS (MB) since :func:`reset_peak_rss`; None where /proc is not there."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    return next(round(int(line.split()[1]) / 1024, 1) for line in status.splitlines() if line.startswith("VmHWM:"))
+    return _status_mb("VmHWM")
 
 
 class Bench:
-    def __init__(self, zoo: Zoo, out: Path, n: int, data: DataDefaults, real: bool = False):
+    def __init__(self, zoo: Zoo, out: Path, n: int, data: DataDefaults, real: bool = False,
+                 only: tuple[str, ...] = ()):
         from mergekit.options import MergeOptions
 
-        self.zoo, self.out, self.n, self.data, self.real = zoo, out, n, data, real
+        self.zoo, self.out, self.n, self.data, self.real, self.only = zoo, out, n, data, real, only
         self.work = out / "work"
         self.options = MergeOptions(random_seed=0, lora_merge_cache=str(zoo.root / "lora-merge-cache"),
                                     quiet=True, write_model_card=True)
@@ -348,12 +356,14 @@ class Bench:
         recipe.parent.mkdir(parents=True, exist_ok=True)
         recipe.write_text(text)
         merged = self.work / "merged" / setting.name / slug
-        reset_peak_rss()
+        gc.collect()  # the last evaluation's model
+        start = reset_peak_rss()
         t0 = time.perf_counter()
         run_recipe(recipe, merged, self.options)
         seconds = time.perf_counter() - t0
         self.seconds["merge"] += seconds
-        row = {"acc": self.eval(merged, setting.tasks), "seconds": round(seconds, 1), "peak_rss_mb": peak_rss_mb()}
+        row = {"acc": self.eval(merged, setting.tasks), "seconds": round(seconds, 1), "peak_rss_mb": peak_rss_mb(),
+               "start_rss_mb": start}
         shutil.rmtree(merged)  # recipes stay; a merge is cheap to redo next to its evaluation
         self.done[text, setting.tasks] = row
         return row
@@ -378,9 +388,9 @@ class Bench:
         def record(run: Run, row: dict[str, Any], **extra: Any) -> dict[str, Any]:
             return {"method": run.method, "params": {**run.params, **extra}, "acc": row["acc"],
                     "normalized_mean": round(normalized_mean(row["acc"], experts), 4),
-                    "seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"]}
+                    "seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"], "start_rss_mb": row["start_rss_mb"]}
 
-        for entry in setting.entries(self.zoo, self.data):
+        for entry in setting.entries(self.zoo, self.data, self.only):
             if isinstance(entry, Run):
                 lora = setting.kind == "lora" or setting.adapters
                 folded = {"inputs": "LoRA folded into the base"} if lora and entry.full_weights else {}
@@ -471,14 +481,17 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
     meta = data["meta"]
     if any("seconds" in m for s in names for m in sets[s]["methods"].values()):
         lines += ["", "## Cost of each merge (pre-pass and mergekit's writing; wall seconds, peak RSS over the model's "
-                  f"{meta['model_mb']:.0f} MB of weights)", "",
+                  f"{meta['model_mb']:.0f} MB of weights, in brackets the part above what the process held before)", "",
                   "| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for label in labels_of(sets, names):
             cells = []
             for s in names:
                 m = sets[s]["methods"].get(label)
-                rss = m and m.get("peak_rss_mb")
-                cells.append("—" if m is None else f"{m['seconds']:.0f} s" + (f", {rss / meta['model_mb']:.1f}×" if rss else ""))
+                rss, start = (m.get("peak_rss_mb"), m.get("start_rss_mb")) if m else (None, None)
+                cost = f"{m['seconds']:.0f} s" if m else "—"
+                if rss and start:  # the peak, and what the merge added to what the process held
+                    cost += f", {rss / meta['model_mb']:.1f}× (+{(rss - start) / meta['model_mb']:.1f}×)"
+                cells.append(cost)
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Data-informed methods: " + ", ".join(f"{k}={v}" for k, v in meta["data_methods"].items())
               + " (calibration split only).",
@@ -550,6 +563,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n", type=int, default=None, help="test examples per task (default 200, quick 64, real 64)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default=None, help="comma-separated setting names to run (default all)")
+    ap.add_argument("--methods", default="", help="comma-separated method label prefixes to run (default all)")
     ap.add_argument("--compare", type=Path, default=None,
                     help="an earlier quality.json: print the largest difference (determinism check)")
     args = ap.parse_args(argv)
@@ -562,9 +576,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     if args.real:
-        from mergekit_from.realzoo import build_realzoo
+        from mergekit_from.realzoo import build_realzoo, load_realzoo
+        from mergekit_from.realzoo.build import default_realzoo_dir
 
-        zoo = build_realzoo(args.zoo, threads=args.threads)
+        root = args.zoo or default_realzoo_dir()  # a complete zoo is measured as it is; a missing one is built
+        zoo = load_realzoo(root) if (root / "manifest.json").is_file() else build_realzoo(root, threads=args.threads)
         n = args.n or zoo.manifest["spec"]["eval_n"]
         if n != zoo.manifest["spec"]["eval_n"]:
             raise SystemExit(f"--n: the real zoo's experts were measured on {zoo.manifest['spec']['eval_n']} questions")
@@ -574,7 +590,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         n = args.n or (64 if args.quick else 200)
         data_defaults, chosen = DataDefaults.quick() if args.quick else DataDefaults(), settings(zoo)
     args.out.mkdir(parents=True, exist_ok=True)
-    bench = Bench(zoo, args.out, n, data_defaults, real=args.real)
+    only = tuple(m for m in args.methods.split(",") if m)
+    bench = Bench(zoo, args.out, n, data_defaults, real=args.real, only=only)
     if args.only:
         keep = set(args.only.split(","))
         chosen = [s for s in chosen if s.name in keep]
@@ -589,7 +606,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "seconds": {**{k: round(v, 1) for k, v in bench.seconds.items()},
                             "total": round(time.perf_counter() - t0, 1)}}
 
-    total = sum(_count(s.entries(zoo, data_defaults)) for s in chosen)
+    total = sum(_count(s.entries(zoo, data_defaults, only)) for s in chosen)
     with tqdm(total=total, desc="quality", unit="merge") as bar:
         for setting in chosen:
             data["settings"][setting.name] = bench.setting(setting, base_acc, bar)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mergekit_from.realzoo import tasks as rt
-from mergekit_from.realzoo.build import FULL, build_realzoo, sliced, tau_ratio
+from mergekit_from.realzoo.build import FULL, build_realzoo, sliced, summary, tau_ratio
 from mergekit_from.realzoo.convert import convert_gguf, load_gguf
 from mergekit_from.taskzoo.training import TrainSchedule
 from tests.fixtures.tiny_gguf import write_tiny_llama_gguf
@@ -114,6 +114,9 @@ def test_build_writes_zoo_and_its_cache_skips_finished_experts(tiny_gguf, tmp_pa
     for name in ("fft-add", "lora-add"):
         assert 0 < zoo.manifest["models"][name]["tau_ratio"] < 1
     assert zoo.accuracy("base").keys() == {"add", "subtract"}
+    table = summary(zoo)
+    assert [line.split()[0] for line in table] == ["model", "fft-add", "fft-subtract", "lora-add"]
+    assert table[3].split()[-1] == f"{zoo.manifest['models']['lora-add']['tau_ratio']:.5f}"
     from mergekit_from.taskzoo.evaluate import load_model
 
     merged, tok = load_model(zoo.expert("add", "lora"))  # the adapter's base found by its repo id in the zoo

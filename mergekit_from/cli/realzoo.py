@@ -29,7 +29,7 @@ def build_cmd(out: str | None, tasks: str | None, gguf: str | None, threads: int
     """Build the real zoo (or reuse the complete one already there) and print its folder."""
     from pathlib import Path
 
-    from mergekit_from.realzoo.build import FULL, build_realzoo, sliced
+    from mergekit_from.realzoo.build import FULL, build_realzoo, sliced, summary
 
     if gguf is not None and not Path(gguf).is_file():
         raise ModelInputError(f"--gguf: file not found: {gguf}")
@@ -40,5 +40,7 @@ def build_cmd(out: str | None, tasks: str | None, gguf: str | None, threads: int
             raise ConfigError("--tasks: give at least one task name")
         spec = sliced(FULL, names)
     zoo = build_realzoo(out, spec=spec, gguf=gguf, threads=threads, device=device, overwrite=overwrite)
+    for line in summary(zoo):
+        click.echo(line)
     click.echo(f"{zoo.root}  ({len(zoo.manifest['models'])} models, {len(zoo.tasks)} tasks, "
                f"built in {zoo.manifest['build_seconds']} s)")
