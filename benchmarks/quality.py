@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mergekit_from.errors import MergekitFromError, one_line  # noqa: E402
 from mergekit_from.methods.from_merge import DEFAULT_K  # noqa: E402
 from mergekit_from.taskzoo import Zoo, build_zoo, evaluate  # noqa: E402
 
@@ -143,6 +144,7 @@ class DataDefaults:
 
     samples_per_task: int = 100
     regmean_alpha: float = 0.9
+    regmean_samples: int | None = None  # default samples_per_task
     hard_iters: int = 10
     hard_step: float = 1.0
     # fw_hard's starting points and vertex sets: (init, initial_vertex), each one row
@@ -166,13 +168,14 @@ class DataDefaults:
         common = {"samples_per_task": self.samples_per_task}
         hard = {**common, "max_iters": self.hard_iters, "step_size": self.hard_step}
         ada = {"ada_batch_size": self.ada_batch_size}
-        runs = [Run(f"regmean α={self.regmean_alpha:g}", "regmean", {**common, "alpha": self.regmean_alpha},
+        regmean = {"samples_per_task": self.regmean_samples or self.samples_per_task, "alpha": self.regmean_alpha}
+        runs = [Run(f"regmean α={self.regmean_alpha:g}", "regmean", regmean,
                     section={"calibration": own}, full_weights=True)]
         if self.adamerging_iters:
             runs.append(Run("adamerging (layer-wise, entropy)", "adamerging",
                             {**common, **ada, "ada_iters": self.adamerging_iters, "ada_lr": self.adamerging_lr},
                             section={"targets": targets}))
-        for init, vertex in self.hard_variants:
+        for init, vertex in self.hard_variants if setting.fw_variants else self.hard_variants[:1]:
             label = f"fw_hard init={init}" + (" initial_vertex" if vertex else "")
             runs.append(Run(label, "fw_hard", {**hard, "init": init, **({"initial_vertex": True} if vertex else {})},
                             section={"targets": targets}))
@@ -191,6 +194,7 @@ class Setting:
     methods: tuple[Run | Tuned, ...] = tuple(METHODS)
     data_methods: bool = False
     adapters: tuple[str, ...] = ()  # LoRA experts merged after the pool (a mixed pool, as on the Hub)
+    fw_variants: bool = True  # False: fw_hard's first variant only
 
     def __post_init__(self) -> None:
         if not self.pool:
@@ -273,7 +277,9 @@ REAL_METHODS: list[Run | Tuned] = [
 ]
 REAL_SCALING: list[Run | Tuned] = [*REAL_METHODS[1:3], REAL_METHODS[3]]  # task arithmetic, ties
 REAL_DATA = DataDefaults(
-    samples_per_task=16, hard_iters=6, soft_iters=2, ada_iters=15, ada_batch_size=4, adamerging_iters=30,
+    # RegMean's Grams need more tokens than a layer's input width (1536 for down_proj): 16 samples (~900 tokens)
+    # made its solve extrapolate (our guard stopped it, exit 2); its forward passes are cheap, so it reads all 64
+    samples_per_task=16, regmean_samples=64, hard_iters=6, soft_iters=2, ada_iters=15, ada_batch_size=4, adamerging_iters=30,
     adamerging_lr=1e-2,  # 30 steps at the paper's 1e-3 leave the coefficients at their 0.3 start
     hard_variants=(("task_arithmetic", False), ("task_arithmetic", True), ("ties", False)),
 )
@@ -283,12 +289,12 @@ def real_settings(zoo: Zoo) -> list[Setting]:
     """fft/lora 2, 4, 8 (the 8 targets in order); irrelevance 4, 8, 16: 4 targets, then the other 8 FFT experts,
     then the LoRA experts of targets 5-8 (a pool that mixes full fine-tunes and adapters)."""
     targets = tuple(zoo.targets)
-    out = [Setting(f"{kind}{n}", kind, targets[:n], methods=tuple(REAL_METHODS), data_methods=n == 4)
-           for kind in ("fft", "lora") for n in (2, 4, 8)]
+    out = [Setting(f"{kind}{n}", kind, targets[:n], methods=tuple(REAL_METHODS), data_methods=n == 4,
+                   fw_variants=kind == "fft") for kind in ("fft", "lora") for n in (2, 4, 8)]
     first, rest = targets[:4], targets[4:] + tuple(t for t in zoo.tasks if t not in targets)
     for n in (4, 8, 16):
         out.append(Setting(f"irrelevance{n}", "fft", first, first + rest[: n - 4], tuple(REAL_SCALING), True,
-                           adapters=targets[4:][: max(0, n - 4 - len(rest))]))
+                           adapters=targets[4:][: max(0, n - 4 - len(rest))], fw_variants=n == 4))
     return out
 
 
@@ -359,12 +365,16 @@ class Bench:
         gc.collect()  # the last evaluation's model
         start = reset_peak_rss()
         t0 = time.perf_counter()
-        run_recipe(recipe, merged, self.options)
+        try:
+            run_recipe(recipe, merged, self.options)
+            error = None
+        except MergekitFromError as exc:  # a method that refuses to write (exit 2 for a user) is a result too
+            error = one_line(exc)
         seconds = time.perf_counter() - t0
         self.seconds["merge"] += seconds
-        row = {"acc": self.eval(merged, setting.tasks), "seconds": round(seconds, 1), "peak_rss_mb": peak_rss_mb(),
-               "start_rss_mb": start}
-        shutil.rmtree(merged)  # recipes stay; a merge is cheap to redo next to its evaluation
+        row = {"acc": None if error else self.eval(merged, setting.tasks), "seconds": round(seconds, 1),
+               "peak_rss_mb": peak_rss_mb(), "start_rss_mb": start, **({"error": error} if error else {})}
+        shutil.rmtree(merged, ignore_errors=True)  # recipes stay; a merge is cheap to redo next to its evaluation
         self.done[text, setting.tasks] = row
         return row
 
@@ -386,9 +396,8 @@ class Bench:
                                   "experts": experts, "methods": {}}
 
         def record(run: Run, row: dict[str, Any], **extra: Any) -> dict[str, Any]:
-            return {"method": run.method, "params": {**run.params, **extra}, "acc": row["acc"],
-                    "normalized_mean": round(normalized_mean(row["acc"], experts), 4),
-                    "seconds": row["seconds"], "peak_rss_mb": row["peak_rss_mb"], "start_rss_mb": row["start_rss_mb"]}
+            score = None if row["acc"] is None else round(normalized_mean(row["acc"], experts), 4)
+            return {"method": run.method, "params": {**run.params, **extra}, **row, "normalized_mean": score}
 
         for entry in setting.entries(self.zoo, self.data, self.only):
             if isinstance(entry, Run):
@@ -401,7 +410,7 @@ class Bench:
             for point in entry.points():
                 grid[point.params[entry.param]] = record(point, self.merge_and_eval(setting, point))
                 bar.update(1)
-            best = max(grid, key=lambda v: (grid[v]["normalized_mean"], -v))
+            best = max(grid, key=lambda v: (grid[v]["normalized_mean"] is not None, grid[v]["normalized_mean"] or 0, -v))
             result["methods"][entry.label] = {
                 **grid[best],
                 "params": {**grid[best]["params"], "tuned_on": "test",
@@ -439,10 +448,15 @@ def scaling(data: dict[str, Any]) -> dict[str, Any]:
         for label in labels_of(sets, names):
             ys = {str(len(sets[s]["pool"])): sets[s]["methods"][label]["normalized_mean"] for s in names}
             first, last = ys[str(len(sets[names[0]]["pool"]))], ys[str(len(sets[names[-1]]["pool"]))]
-            curves[label] = {"by_pool": ys, "ratio_largest_over_smallest": round(last / first, 4) if first else None}
+            curves[label] = {"by_pool": ys,
+                             "ratio_largest_over_smallest": round(last / first, 4) if first and last is not None else None}
         out[fam] = {"pools": [len(sets[s]["pool"]) for s in names], "targets": sets[names[0]]["tasks"],
                     "methods": curves}
     return out
+
+
+def _cell(value: float | None) -> str:
+    return "failed" if value is None else f"{value:.3f}"
 
 
 def write_markdown(path: Path, data: dict[str, Any]) -> None:
@@ -456,7 +470,7 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
              f"({data['meta']['n']} test examples per task).", "",
              "| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for label in labels_of(sets, names):
-        cells = [f"{sets[s]['methods'][label]['normalized_mean']:.3f}" if label in sets[s]["methods"] else "—"
+        cells = [_cell(sets[s]["methods"][label]["normalized_mean"]) if label in sets[s]["methods"] else "—"
                  for s in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for fam, sc in data["meta"].get("scaling", {}).items():
@@ -468,7 +482,7 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
                   "|---|" + "---:|" * (len(pools) + 1)]
         for label, c in sc["methods"].items():
             ratio = c["ratio_largest_over_smallest"]
-            lines.append(f"| {label} | " + " | ".join(f"{c['by_pool'][n]:.3f}" for n in pools)
+            lines.append(f"| {label} | " + " | ".join(_cell(c['by_pool'][n]) for n in pools)
                          + f" | {'—' if ratio is None else f'{ratio:.3f}'} |")
     for s in main:
         st = sets[s]
@@ -477,7 +491,7 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
                   "| base | " + " | ".join(f"{st['base'][t]:.3f}" for t in st["tasks"]) + " |",
                   "| expert | " + " | ".join(f"{st['experts'][t]:.3f}" for t in st["tasks"]) + " |"]
         for label, m in st["methods"].items():
-            lines.append(f"| {label} | " + " | ".join(f"{m['acc'][t]:.3f}" for t in st["tasks"]) + " |")
+            lines.append(f"| {label} | " + " | ".join(_cell(m["acc"] and m["acc"][t]) for t in st["tasks"]) + " |")
     meta = data["meta"]
     if any("seconds" in m for s in names for m in sets[s]["methods"].values()):
         lines += ["", "## Cost of each merge (pre-pass and mergekit's writing; wall seconds, peak RSS over the model's "
@@ -518,7 +532,9 @@ def write_plot(path: Path, data: dict[str, Any], families: list[str], xlabel: st
         names = sorted((s for s in sets if family(s) == fam), key=lambda s: len(sets[s][x_key]))
         for label in labels_of(sets, names):
             pts = [(len(sets[s][x_key]), sets[s]["methods"][label]["normalized_mean"])
-                   for s in names if label in sets[s]["methods"]]
+                   for s in names if label in sets[s]["methods"] and sets[s]["methods"][label]["normalized_mean"] is not None]
+            if not pts:
+                continue
             ax.plot(*zip(*pts), marker="o", color=cmap(all_labels.index(label) % 20), label=label,
                     linestyle="--" if "tuned" in label else "-", linewidth=2.5 if label.startswith("fw") else 1.5)
         xs = [len(sets[s][x_key]) for s in names]
@@ -545,12 +561,37 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> float:
             continue
         for label, ma in sa["methods"].items():
             mb = sb["methods"].get(label)
-            if mb is None:
+            if mb is None or ma["acc"] is None or mb["acc"] is None:
                 continue
             diffs = [abs(ma["normalized_mean"] - mb["normalized_mean"])]
             diffs += [abs(ma["acc"][t] - mb["acc"][t]) for t in ma["acc"]]
             worst = max(worst, 100 * max(diffs))
     return worst
+
+
+def write_report(out: Path, data: dict[str, Any]) -> None:
+    (out / "quality.json").write_text(json.dumps(data, indent=1))
+    write_markdown(out / "quality.md", data)
+    write_plot(out / "quality.png", data, ["fft", "lora"], "experts merged", "tasks")
+    write_plot(out / "scaling.png", data, list(SCALINGS), "models in the pool", "pool")
+    print((out / "quality.md").read_text())
+
+
+def combine(parts: list[Path], out: Path) -> dict[str, Any]:
+    """One report from runs of disjoint ``--only`` slices (e.g. one process per core): their settings in the given
+    order, the first run's meta, seconds summed and each part's own wall time kept."""
+    runs = [json.loads((part / "quality.json").read_text()) for part in parts]
+    clash = [name for i, a in enumerate(runs) for b in runs[i + 1:] for name in a["settings"] if name in b["settings"]]
+    if clash:
+        raise SystemExit(f"--combine: setting {clash[0]!r} is in more than one run")
+    data: dict[str, Any] = {"settings": {k: v for run in runs for k, v in run["settings"].items()}}
+    seconds = {k: round(sum(r["meta"]["seconds"][k] for r in runs), 1) for k in runs[0]["meta"]["seconds"]}
+    data["meta"] = {**runs[0]["meta"], "scaling": scaling(data), "seconds": seconds,
+                    "parts": [{"out": str(part), "settings": list(r["settings"]), "seconds": r["meta"]["seconds"]}
+                              for part, r in zip(parts, runs)]}
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(out, data)
+    return data
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -566,7 +607,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--methods", default="", help="comma-separated method label prefixes to run (default all)")
     ap.add_argument("--compare", type=Path, default=None,
                     help="an earlier quality.json: print the largest difference (determinism check)")
+    ap.add_argument("--combine", type=Path, nargs="+", default=None, metavar="DIR",
+                    help="join the quality.json of runs over disjoint --only slices into --out, and stop")
     args = ap.parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.out)
 
     import torch
     from transformers.utils import logging as hf_logging
@@ -614,11 +659,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             (args.out / "quality.json").write_text(json.dumps({**data, "meta": meta()}, indent=1))
     shutil.rmtree(bench.work / "merged", ignore_errors=True)
     data["meta"] = meta()
-    (args.out / "quality.json").write_text(json.dumps(data, indent=1))
-    write_markdown(args.out / "quality.md", data)
-    write_plot(args.out / "quality.png", data, ["fft", "lora"], "experts merged", "tasks")
-    write_plot(args.out / "scaling.png", data, list(SCALINGS), "models in the pool", "pool")
-    print((args.out / "quality.md").read_text())
+    write_report(args.out, data)
     if args.compare:
         data["meta"]["max_diff_points_vs_previous"] = compare(data, json.loads(args.compare.read_text()))
         print(f"largest difference to {args.compare}: {data['meta']['max_diff_points_vs_previous']:.2f} points")

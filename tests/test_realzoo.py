@@ -121,6 +121,16 @@ def test_build_writes_zoo_and_its_cache_skips_finished_experts(tiny_gguf, tmp_pa
 
     merged, tok = load_model(zoo.expert("add", "lora"))  # the adapter's base found by its repo id in the zoo
     assert tok.chat_template and merged.config.num_key_value_heads == 2
+    # `eval` asks real-zoo questions through the chat template, as the build measured them
+    from click.testing import CliRunner
+
+    from mergekit_from.cli import main
+
+    result = CliRunner().invoke(main, ["eval", str(zoo.expert("add")), "--tasks", "add", "--n", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["accuracy"] == {"add": zoo.accuracy("fft-add")["add"]}
+    result = CliRunner().invoke(main, ["eval", str(zoo.expert("add")), "--tasks", "add,nope"])
+    assert result.exit_code == 2 and "unknown task 'nope'" in result.output and "real zoo: add" in result.output
 
     # interrupted after the FFT experts: the rebuild trains only what is missing
     (zoo.root / "manifest.json").unlink()

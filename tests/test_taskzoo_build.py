@@ -201,6 +201,18 @@ def test_quality_benchmark_quick(quick_taskzoo, tmp_path):
     assert "task_arithmetic (λ tuned on test)" in lora["methods"]
     assert (tmp_path / "quality.md").read_text().startswith("# Merge quality")
     assert (tmp_path / "quality.png").stat().st_size > 0
+    # two runs of disjoint slices (one process per core) join into one report
+    for name in ("fft2", "lora2"):
+        (tmp_path / name).mkdir()
+        part = {"settings": {name: saved["settings"][name]}, "meta": saved["meta"]}
+        (tmp_path / name / "quality.json").write_text(json.dumps(part))
+    joined = quality.main(["--out", str(tmp_path / "joined"), "--combine", str(tmp_path / "fft2"), str(tmp_path / "lora2")])
+    assert joined["settings"] == saved["settings"]
+    assert joined["meta"]["seconds"]["total"] == pytest.approx(2 * saved["meta"]["seconds"]["total"], abs=0.11)
+    table = (tmp_path / "joined" / "quality.md").read_text().split("\n\n")[2]
+    assert table == (tmp_path / "quality.md").read_text().split("\n\n")[2]  # the main table, both settings
+    with pytest.raises(SystemExit, match="fft2"):
+        quality.main(["--out", str(tmp_path / "j2"), "--combine", str(tmp_path / "fft2"), str(tmp_path)])
 
 
 @pytest.mark.slow
