@@ -12,9 +12,9 @@ quality.json: ``{"settings": {name: {"tasks", "pool", "base", "experts", "method
 "params", "acc", "normalized_mean", "seconds", "peak_rss_mb", "start_rss_mb"}}}}, "meta": {...}}``; normalized_mean is
 the mean over the setting's tasks of merged accuracy / expert accuracy; seconds and peak_rss_mb are the
 merge's (pre-pass and mergekit's writing, not the evaluation; the peak is the kernel's VmHWM, reset
-before each merge; start_rss_mb is what the process held then), and ``meta.model_mb`` is the base's weight bytes. Settings ``fft8``/``lora8`` merge
-all eight target experts; ``fft2``, ``fft4``, ``lora2``, ``lora4`` merge the first 2 and 4 (the curve
-of quality against the number of merged experts). A setting's ``pool`` lists the experts merged when
+before each merge; start_rss_mb is what the process held then), and ``meta.model_mb`` is the base's
+weight bytes. Settings ``fft8``/``lora8`` merge all eight target experts; ``fft2``, ``fft4``, ``lora2``,
+``lora4`` merge the first 2 and 4 (the curve of quality against the number of merged experts). A setting's ``pool`` lists the experts merged when
 they are not just its tasks:
 
 - ``irrelevance<N>``: objective and evaluation on 4 target tasks, a pool of N experts: the 4 targets,
@@ -179,9 +179,9 @@ class DataDefaults:
             label = f"fw_hard init={init}" + (" initial_vertex" if vertex else "")
             runs.append(Run(label, "fw_hard", {**hard, "init": init, **({"initial_vertex": True} if vertex else {})},
                             section={"targets": targets}))
-        runs.append(Run("fw_soft", "fw_soft", {**common, **ada, "max_iters": self.soft_iters, "ada_iters": self.ada_iters,
-                                                 "ada_lr": self.ada_lr, "ada_loss": self.ada_loss},
-                        section={"targets": targets}))
+        soft = {**common, **ada, "max_iters": self.soft_iters, "ada_iters": self.ada_iters, "ada_lr": self.ada_lr,
+                "ada_loss": self.ada_loss}
+        runs.append(Run("fw_soft", "fw_soft", soft, section={"targets": targets}))
         return runs
 
 
@@ -279,7 +279,8 @@ REAL_SCALING: list[Run | Tuned] = [*REAL_METHODS[1:3], REAL_METHODS[3]]  # task 
 REAL_DATA = DataDefaults(
     # RegMean's Grams need more tokens than a layer's input width (1536 for down_proj): 16 samples (~900 tokens)
     # made its solve extrapolate (our guard stopped it, exit 2); its forward passes are cheap, so it reads all 64
-    samples_per_task=16, regmean_samples=64, hard_iters=6, soft_iters=2, ada_iters=15, ada_batch_size=4, adamerging_iters=30,
+    samples_per_task=16, regmean_samples=64, hard_iters=6, soft_iters=2, ada_iters=15, ada_batch_size=4,
+    adamerging_iters=30,
     adamerging_lr=1e-2,  # 30 steps at the paper's 1e-3 leave the coefficients at their 0.3 start
     hard_variants=(("task_arithmetic", False), ("task_arithmetic", True), ("ties", False)),
 )
@@ -410,7 +411,8 @@ class Bench:
             for point in entry.points():
                 grid[point.params[entry.param]] = record(point, self.merge_and_eval(setting, point))
                 bar.update(1)
-            best = max(grid, key=lambda v: (grid[v]["normalized_mean"] is not None, grid[v]["normalized_mean"] or 0, -v))
+            best = max(grid, key=lambda v: (grid[v]["normalized_mean"] is not None, grid[v]["normalized_mean"] or 0,
+                                            -v))
             result["methods"][entry.label] = {
                 **grid[best],
                 "params": {**grid[best]["params"], "tuned_on": "test",
@@ -448,8 +450,8 @@ def scaling(data: dict[str, Any]) -> dict[str, Any]:
         for label in labels_of(sets, names):
             ys = {str(len(sets[s]["pool"])): sets[s]["methods"][label]["normalized_mean"] for s in names}
             first, last = ys[str(len(sets[names[0]]["pool"]))], ys[str(len(sets[names[-1]]["pool"]))]
-            curves[label] = {"by_pool": ys,
-                             "ratio_largest_over_smallest": round(last / first, 4) if first and last is not None else None}
+            ratio = round(last / first, 4) if first and last is not None else None
+            curves[label] = {"by_pool": ys, "ratio_largest_over_smallest": ratio}
         out[fam] = {"pools": [len(sets[s]["pool"]) for s in names], "targets": sets[names[0]]["tasks"],
                     "methods": curves}
     return out
@@ -532,7 +534,7 @@ def write_plot(path: Path, data: dict[str, Any], families: list[str], xlabel: st
         names = sorted((s for s in sets if family(s) == fam), key=lambda s: len(sets[s][x_key]))
         for label in labels_of(sets, names):
             pts = [(len(sets[s][x_key]), sets[s]["methods"][label]["normalized_mean"])
-                   for s in names if label in sets[s]["methods"] and sets[s]["methods"][label]["normalized_mean"] is not None]
+                   for s in names if (sets[s]["methods"].get(label) or {}).get("normalized_mean") is not None]
             if not pts:
                 continue
             ax.plot(*zip(*pts), marker="o", color=cmap(all_labels.index(label) % 20), label=label,

@@ -206,7 +206,8 @@ def test_quality_benchmark_quick(quick_taskzoo, tmp_path):
         (tmp_path / name).mkdir()
         part = {"settings": {name: saved["settings"][name]}, "meta": saved["meta"]}
         (tmp_path / name / "quality.json").write_text(json.dumps(part))
-    joined = quality.main(["--out", str(tmp_path / "joined"), "--combine", str(tmp_path / "fft2"), str(tmp_path / "lora2")])
+    joined = quality.main(["--out", str(tmp_path / "joined"), "--combine", str(tmp_path / "fft2"),
+                           str(tmp_path / "lora2")])
     assert joined["settings"] == saved["settings"]
     assert joined["meta"]["seconds"]["total"] == pytest.approx(2 * saved["meta"]["seconds"]["total"], abs=0.11)
     table = (tmp_path / "joined" / "quality.md").read_text().split("\n\n")[2]

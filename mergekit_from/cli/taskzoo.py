@@ -35,7 +35,8 @@ def build_cmd(out: str | None, quick: bool, force: bool, threads: int | None, ov
 
 @click.command("eval")
 @click.argument("model_dir")
-@click.option("--tasks", required=True, help="Comma-separated task names of the task zoo (reverse,sort) or the real zoo (add,iso_date).")
+@click.option("--tasks", required=True, help="Comma-separated task names of the task zoo (reverse,sort) or the real zoo "
+                   "(add,iso_date).")
 @click.option("--n", type=click.IntRange(1), default=200, show_default=True, help="Test examples per task.")
 @click.option("--tokenizer", "tokenizer_dir", default=None,
               help="Tokenizer folder for models saved without one (e.g. the zoo's models/taskzoo/base).")

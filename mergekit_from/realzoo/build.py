@@ -295,13 +295,13 @@ def build_realzoo(out: str | Path | None = None, *, spec: RealZooSpec = FULL, gg
 
 
 def summary(zoo: Zoo) -> list[str]:
-    """One line per model: its training steps and time, the test accuracy on its task next to the base's, ‖τ‖/‖W‖."""
+    """One line per model: training steps and seconds, test accuracy on its task next to the base's, ‖τ‖/‖W‖."""
     base = zoo.accuracy("base")
     lines = [f"{'model':<16} {'steps':>5} {'seconds':>8} {'accuracy':>8} {'base':>5} {'‖τ‖/‖W‖':>8}"]
     for name, entry in zoo.manifest["models"].items():
         if entry["kind"] == "base":
             continue
         task = entry["task"]
-        lines.append(f"{name:<16} {entry['train']['steps']:>5} {entry['seconds']:>8.0f} {entry['accuracy'][task]:>8.3f} "
-                     f"{base[task]:>5.2f} {entry['tau_ratio']:>8.5f}")
+        lines.append(f"{name:<16} {entry['train']['steps']:>5} {entry['seconds']:>8.0f} "
+                     f"{entry['accuracy'][task]:>8.3f} {base[task]:>5.2f} {entry['tau_ratio']:>8.5f}")
     return lines
