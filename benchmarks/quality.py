@@ -55,7 +55,8 @@ sys.path.insert(0, str(ROOT))
 
 from mergekit_from.errors import MergekitFromError, one_line  # noqa: E402
 from mergekit_from.methods.from_merge import DEFAULT_K  # noqa: E402
-from mergekit_from.taskzoo import Zoo, build_zoo, evaluate  # noqa: E402
+from mergekit_from.realzoo.evaluate import evaluate  # noqa: E402 (either zoo's tasks)
+from mergekit_from.taskzoo import Zoo, build_zoo  # noqa: E402
 
 FROM_KS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 TA_LAMBDAS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)

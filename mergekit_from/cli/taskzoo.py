@@ -49,7 +49,7 @@ def eval_cmd(model_dir: str, tasks: str, n: int, tokenizer_dir: str | None, base
     questions go through the tokenizer's chat template, as in training)."""
     import torch
 
-    from mergekit_from.taskzoo.evaluate import check_task, evaluate
+    from mergekit_from.realzoo.evaluate import check_task, evaluate
 
     for what, folder in (("MODEL_DIR", model_dir), ("--tokenizer", tokenizer_dir), ("--base", base_dir)):
         if folder is not None and not Path(folder).is_dir():

@@ -1,4 +1,4 @@
-"""Exact-match evaluation of any causal-LM folder on the zoos' tasks (greedy, batched).
+"""Exact-match evaluation of any causal-LM folder on the zoo's tasks (greedy, batched).
 
 A prediction is the greedy continuation of ``<s> + prompt`` up to ``</s>``; it counts only if it
 equals the response exactly (right length, then ``</s>``). Decoding runs at most
@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from mergekit_from.errors import ConfigError, ModelInputError
+from mergekit_from.errors import ModelInputError
 from mergekit_from.taskzoo.tasks import examples
 from mergekit_from.weights import refuse_pickles
 
@@ -107,26 +107,8 @@ def accuracy(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int
     return sum(p == r for p, (_, r) in zip(preds, pairs)) / len(pairs)
 
 
-def test_pairs(task: str, n: int, tokenizer, seed: int = 0) -> list[tuple[str, str]]:
-    """The first ``n`` test pairs of a task of either zoo; a real-zoo question is asked through the chat template."""
-    from mergekit_from.realzoo import tasks as real  # imported late: the real zoo builds on this module
-
-    if task in real.TASKS:
-        return real.chat_examples(tokenizer, real.examples(task, "test", n, seed=seed))
-    return examples(task, "test", n, seed=seed)
-
-
-def check_task(name: str) -> None:
-    """A task name of the task zoo or the real zoo, or a ConfigError naming both lists."""
-    from mergekit_from.realzoo.tasks import TASKS as REAL
-    from mergekit_from.taskzoo.tasks import TASKS
-
-    if name not in TASKS and name not in REAL:
-        raise ConfigError(f"unknown task {name!r} (task zoo: {', '.join(TASKS)}; real zoo: {', '.join(REAL)})")
-
-
 def evaluate_loaded(model, tokenizer, tasks: Sequence[str], n: int = 200, seed: int = 0) -> dict[str, float]:
-    return {t: accuracy(model, tokenizer, test_pairs(t, n, tokenizer, seed)) for t in tasks}
+    return {t: accuracy(model, tokenizer, examples(t, "test", n, seed=seed)) for t in tasks}
 
 
 def evaluate(
