@@ -104,18 +104,24 @@ class Tuned:
                 for v in self.values]
 
 
-METHODS: list[Run | Tuned] = [
-    Run("linear", "linear", with_base=False),
-    Run("task_arithmetic λ=0.3", "task_arithmetic", {"lambda": 0.3}),
-    Tuned("task_arithmetic (λ tuned on test)", Run("task_arithmetic", "task_arithmetic"), "lambda", TA_LAMBDAS),
-    Run("ties", "ties", {"density": 0.5}),
-    Run("dare_ties", "dare_ties", {"density": 0.5}),
-    *(Run(f"from k={k:g}", "from", {"k": k}) for k in FROM_KS),
-    # FroM is a convex combination (like linear); its lambda scales the merged task vector the way
-    # task arithmetic's does, so it gets the same tuned-on-test treatment at the default k.
-    Tuned(f"from k={DEFAULT_K:g} (λ tuned on test)", Run(f"from k={DEFAULT_K:g}", "from", {"k": DEFAULT_K}), "lambda",
-          FROM_LAMBDAS),
-]
+def data_free(ta_lambdas: tuple[float, ...], from_ks: tuple[float, ...], from_lambdas: tuple[float, ...]
+              ) -> list[Run | Tuned]:
+    """The data-free rows: averaging, task arithmetic (λ = 0.3 and a grid), TIES, DARE-TIES, FroM over k and λ."""
+    return [
+        Run("linear", "linear", with_base=False),
+        Run("task_arithmetic λ=0.3", "task_arithmetic", {"lambda": 0.3}),
+        Tuned("task_arithmetic (λ tuned on test)", Run("task_arithmetic", "task_arithmetic"), "lambda", ta_lambdas),
+        Run("ties", "ties", {"density": 0.5}),
+        Run("dare_ties", "dare_ties", {"density": 0.5}),
+        *(Run(f"from k={k:g}", "from", {"k": k}) for k in from_ks),
+        # FroM is a convex combination (like linear); its lambda scales the merged task vector the way
+        # task arithmetic's does, so it gets the same tuned-on-test treatment at the default k.
+        Tuned(f"from k={DEFAULT_K:g} (λ tuned on test)", Run(f"from k={DEFAULT_K:g}", "from", {"k": DEFAULT_K}),
+              "lambda", from_lambdas),
+    ]
+
+
+METHODS: list[Run | Tuned] = data_free(TA_LAMBDAS, FROM_KS, FROM_LAMBDAS)
 
 
 SCALING_METHODS: list[Run | Tuned] = [
@@ -266,16 +272,7 @@ def settings(zoo: Zoo) -> list[Setting]:
 REAL_TA_LAMBDAS = (0.3, 0.5, 1.0)
 REAL_FROM_KS = (1.0, 2.0, 4.0)
 REAL_FROM_LAMBDAS = (1.0, 2.0, 4.0)
-REAL_METHODS: list[Run | Tuned] = [
-    Run("linear", "linear", with_base=False),
-    Run("task_arithmetic λ=0.3", "task_arithmetic", {"lambda": 0.3}),
-    Tuned("task_arithmetic (λ tuned on test)", Run("task_arithmetic", "task_arithmetic"), "lambda", REAL_TA_LAMBDAS),
-    Run("ties", "ties", {"density": 0.5}),
-    Run("dare_ties", "dare_ties", {"density": 0.5}),
-    *(Run(f"from k={k:g}", "from", {"k": k}) for k in REAL_FROM_KS),
-    Tuned(f"from k={DEFAULT_K:g} (λ tuned on test)", Run(f"from k={DEFAULT_K:g}", "from", {"k": DEFAULT_K}), "lambda",
-          REAL_FROM_LAMBDAS),
-]
+REAL_METHODS: list[Run | Tuned] = data_free(REAL_TA_LAMBDAS, REAL_FROM_KS, REAL_FROM_LAMBDAS)
 REAL_SCALING: list[Run | Tuned] = [*REAL_METHODS[1:3], REAL_METHODS[3]]  # task arithmetic, ties
 REAL_DATA = DataDefaults(
     # RegMean's Grams need more tokens than a layer's input width (1536 for down_proj): 16 samples (~900 tokens)
