@@ -57,6 +57,7 @@ from mergekit_from.errors import MergekitFromError, one_line  # noqa: E402
 from mergekit_from.methods.from_merge import DEFAULT_K  # noqa: E402
 from mergekit_from.realzoo.evaluate import evaluate  # noqa: E402 (either zoo's tasks)
 from mergekit_from.taskzoo import Zoo, build_zoo  # noqa: E402
+from mergekit_from.taskzoo.manifest import MANIFEST  # noqa: E402
 
 FROM_KS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 TA_LAMBDAS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
@@ -332,7 +333,7 @@ class Bench:
                  only: tuple[str, ...] = ()):
         from mergekit.options import MergeOptions
 
-        self.zoo, self.out, self.n, self.data, self.real, self.only = zoo, out, n, data, real, only
+        self.zoo, self.out, self.n, self.data, self.only = zoo, out, n, data, only
         # the first n test questions are the same for any n, so fewer than the build's are measured here
         self.measured = real and n == zoo.manifest["spec"]["eval_n"]
         self.work = out / "work"
@@ -467,9 +468,12 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
     main = [max((s for s in sets if family(s) == k), key=lambda s: len(sets[s]["tasks"]))
             for k in dict.fromkeys(map(family, sets)) if k not in SCALINGS]
     real = data["meta"].get("real", False)
+    ns = {s: sets[s].get("n", data["meta"]["n"]) for s in names}  # combined slices may differ
+    per_task = (f"{data['meta']['n']}" if len(set(ns.values())) <= 1
+                else ", ".join(f"{s} {n}" for s, n in ns.items()))
     lines = [f"# Merge quality on the {'real zoo (SmolLM2-135M-Instruct experts)' if real else 'task zoo'}", "",
              "Normalized mean = mean over tasks of merged exact-match / expert exact-match "
-             f"({data['meta']['n']} test examples per task).", "",
+             f"(test examples per task: {per_task}).", "",
              "| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for label in labels_of(sets, names):
         cells = [_cell(sets[s]["methods"][label]["normalized_mean"]) if label in sets[s]["methods"] else "—"
@@ -627,7 +631,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from mergekit_from.realzoo.build import default_realzoo_dir
 
         root = args.zoo or default_realzoo_dir()  # a complete zoo is measured as it is; a missing one is built
-        zoo = load_realzoo(root) if (root / "manifest.json").is_file() else build_realzoo(root, threads=args.threads)
+        zoo = load_realzoo(root) if (root / MANIFEST).is_file() else build_realzoo(root, threads=args.threads)
         n = args.n or zoo.manifest["spec"]["eval_n"]
         data_defaults, chosen = REAL_DATA, real_settings(zoo)
     else:
