@@ -84,7 +84,7 @@ def test_tau_ratio():
 
 
 TINY = dataclasses.replace(sliced(FULL, ["add", "subtract"]), fft=TrainSchedule(2, 1e-3, 2), lora=TrainSchedule(2, 1e-3, 2),
-                           eval_n=3, probe_n=2, probe_every=5, n_calibration=3, n_train=6)
+                           eval_n=3, probe_n=2, probe_every=5, n_calibration=3, n_train=6, overrides=())
 
 
 @pytest.mark.slow
@@ -152,3 +152,8 @@ def test_build_writes_zoo_and_its_cache_skips_finished_experts(tiny_gguf, tmp_pa
     changed = dataclasses.replace(TINY, fft=TrainSchedule(3, 1e-3, 2))
     build_realzoo(tmp_path / "zoo", spec=changed, gguf=tiny_gguf, threads=1, device="cpu")
     assert trained == ["fft add", "fft subtract"]
+    trained.clear()  # a per-expert override retrains that expert only
+    longer = dataclasses.replace(changed, overrides=(("fft-subtract", TrainSchedule(4, 1e-3, 2)),))
+    zoo = build_realzoo(tmp_path / "zoo", spec=longer, gguf=tiny_gguf, threads=1, device="cpu")
+    assert trained == ["fft subtract"] and zoo.manifest["models"]["fft-subtract"]["train"]["steps"] == 4
+    assert longer.schedule("lora-add") == longer.lora and longer.schedule("fft-add") == longer.fft
