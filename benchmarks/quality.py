@@ -75,18 +75,22 @@ class Run:
     with_base: bool = True  # False: no base_model (linear averages the experts themselves)
     # A pre-pass method's recipe section (its data files).
     section: dict[str, Any] = field(default_factory=dict)
-    full_weights: bool = False  # True: LoRA experts folded into full copies (RegMean reads no adapters)
+    # True: RegMean, which reads no adapters: LoRA experts folded into full copies, each model with its own task's
+    # calibration data (the section's ``calibration``, filled in when the run's models are known)
+    full_weights: bool = False
 
-    def recipe(self, base: str, models: list[str]) -> dict[str, Any]:
+    def recipe(self, base: str, models: list[str], calibration: list[str] = ()) -> dict[str, Any]:
+        """``calibration``: with ``full_weights``, each model's calibration file, in ``models``' order."""
         recipe: dict[str, Any] = {"merge_method": self.method}
         if self.with_base:
             recipe["base_model"] = base
+        section = {**self.section, **({"calibration": dict(zip(models, calibration))} if self.full_weights else {})}
         # a pre-pass method takes no per-model weight (and refuses one)
-        weight = {} if self.section else {"parameters": {"weight": 1.0}}
+        weight = {} if section else {"parameters": {"weight": 1.0}}
         recipe["models"] = [{"model": m, **weight} for m in models]
         recipe["parameters"] = dict(self.params)
-        if self.section:
-            recipe[self.method] = self.section
+        if section:
+            recipe[self.method] = section
         recipe["dtype"] = "float32"
         return recipe
 
@@ -172,13 +176,11 @@ class DataDefaults:
 
     def runs(self, zoo: Zoo, setting: "Setting") -> list[Run]:
         targets = {t: str(zoo.calibration(t)) for t in setting.tasks}
-        own = {m: str(zoo.calibration(t)) for m, t in zip(setting.models(zoo, full_weights=True), setting.members)}
         common = {"samples_per_task": self.samples_per_task}
         hard = {**common, "max_iters": self.hard_iters, "step_size": self.hard_step}
         ada = {"ada_batch_size": self.ada_batch_size}
         regmean = {"samples_per_task": self.regmean_samples or self.samples_per_task, "alpha": self.regmean_alpha}
-        runs = [Run(f"regmean α={self.regmean_alpha:g}", "regmean", regmean,
-                    section={"calibration": own}, full_weights=True)]
+        runs = [Run(f"regmean α={self.regmean_alpha:g}", "regmean", regmean, full_weights=True)]
         if self.adamerging_iters:
             runs.append(Run("adamerging (layer-wise, entropy)", "adamerging",
                             {**common, **ada, "ada_iters": self.adamerging_iters, "ada_lr": self.adamerging_lr},
@@ -357,7 +359,8 @@ class Bench:
 
         slug = "".join(c if c.isalnum() or c in ".=-" else "_" for c in run.label)
         models = setting.models(self.zoo, full_weights=run.full_weights)
-        text = yaml.safe_dump(run.recipe(str(self.zoo.base), models), sort_keys=False)
+        calibration = [str(self.zoo.calibration(t)) for t in setting.members] if run.full_weights else []
+        text = yaml.safe_dump(run.recipe(str(self.zoo.base), models, calibration), sort_keys=False)
         if (text, setting.tasks) in self.done:
             return self.done[text, setting.tasks]
         recipe = self.work / "recipes" / setting.name / f"{slug}.yaml"

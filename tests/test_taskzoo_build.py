@@ -264,6 +264,21 @@ def test_real_settings_pools():
     assert irr[2].pool_names()[-1] == f"lora-{TARGET_TASKS[-1]}"
 
 
+def test_regmean_run_pairs_each_model_with_its_own_calibration():
+    from mergekit_from.realzoo import TARGET_TASKS, TASKS
+    from mergekit_from.taskzoo import Zoo
+
+    quality = load_benchmark()
+    tasks = {t: {"calibration": f"data/{t}/calibration.jsonl"} for t in TASKS}
+    zoo = Zoo(Path("/nonexistent"), {"tasks": tasks, "target_tasks": list(TARGET_TASKS)})
+    lora4 = next(s for s in quality.real_settings(zoo) if s.name == "lora4")
+    # listing the runs folds no adapter (there is none here): only a RegMean merge needs the folded copies
+    regmean = next(e for e in lora4.entries(zoo, quality.REAL_DATA) if e.label.startswith("regmean"))
+    recipe = regmean.recipe("base", ["m1", "m2"], ["c1", "c2"])
+    assert recipe["regmean"] == {"calibration": {"m1": "c1", "m2": "c2"}}
+    assert recipe["models"] == [{"model": "m1"}, {"model": "m2"}]  # a pre-pass method takes no weights
+
+
 def test_fw_step_probe_ends_on_the_vertex(quick_taskzoo):
     targets = quick_taskzoo.targets[:2]
     rows = load_benchmark("fw_step_probe").probe(quick_taskzoo, targets, 0.3, targets[0], [0.0, 1.0], n=16)
