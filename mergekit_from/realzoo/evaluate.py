@@ -7,12 +7,12 @@ template, as training asked it; a task-zoo question is the task zoo's own prompt
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from mergekit_from.errors import ConfigError
 from mergekit_from.realzoo import tasks as real
 from mergekit_from.taskzoo import tasks as toy
-from mergekit_from.taskzoo.evaluate import accuracy, load_model
+from mergekit_from.taskzoo.evaluate import evaluate as taskzoo_evaluate
 
 
 def check_task(name: str) -> None:
@@ -22,15 +22,13 @@ def check_task(name: str) -> None:
                           f"{', '.join(real.TASKS)})")
 
 
-def test_pairs(task: str, n: int, tokenizer, seed: int = 0) -> list[tuple[str, str]]:
+def test_pairs(task: str, n: int, tokenizer: Any, seed: int = 0) -> list[tuple[str, str]]:
     """The first ``n`` test (prompt, answer) pairs of ``task``, whichever zoo it is from."""
     if task in real.TASKS:
         return real.chat_examples(tokenizer, real.examples(task, "test", n, seed=seed))
     return toy.examples(task, "test", n, seed=seed)
 
 
-def evaluate(model_dir: str | Path, tasks: Sequence[str], n: int = 200, *, tokenizer_dir: str | Path | None = None,
-             base_dir: str | Path | None = None, seed: int = 0, allow_pickle: bool = False) -> dict[str, float]:
-    """Exact-match accuracy per task on the first ``n`` test questions of each task."""
-    model, tokenizer = load_model(model_dir, tokenizer_dir, base_dir, allow_pickle)
-    return {t: accuracy(model, tokenizer, test_pairs(t, n, tokenizer, seed)) for t in tasks}
+def evaluate(model_dir: str | Path, tasks: Sequence[str], n: int = 200, **kw: Any) -> dict[str, float]:
+    """The task zoo's :func:`~mergekit_from.taskzoo.evaluate.evaluate`, each question asked as its zoo asks it."""
+    return taskzoo_evaluate(model_dir, tasks, n, pairs=test_pairs, **kw)

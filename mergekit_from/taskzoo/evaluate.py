@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -107,8 +107,18 @@ def accuracy(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int
     return sum(p == r for p, (_, r) in zip(preds, pairs)) / len(pairs)
 
 
-def evaluate_loaded(model, tokenizer, tasks: Sequence[str], n: int = 200, seed: int = 0) -> dict[str, float]:
-    return {t: accuracy(model, tokenizer, examples(t, "test", n, seed=seed)) for t in tasks}
+# (task, n, tokenizer, seed) -> the first n test (prompt, answer) pairs, as a zoo asks its questions
+TestPairs = Callable[[str, int, Any, int], list[tuple[str, str]]]
+
+
+def toy_pairs(task: str, n: int, tokenizer: Any, seed: int = 0) -> list[tuple[str, str]]:
+    """The task zoo's test questions: its own prompts, whatever the tokenizer."""
+    return examples(task, "test", n, seed=seed)
+
+
+def evaluate_loaded(model, tokenizer, tasks: Sequence[str], n: int = 200, seed: int = 0,
+                    pairs: TestPairs = toy_pairs) -> dict[str, float]:
+    return {t: accuracy(model, tokenizer, pairs(t, n, tokenizer, seed)) for t in tasks}
 
 
 def evaluate(
@@ -120,7 +130,8 @@ def evaluate(
     base_dir: str | Path | None = None,
     seed: int = 0,
     allow_pickle: bool = False,
+    pairs: TestPairs = toy_pairs,
 ) -> dict[str, float]:
     """Exact-match accuracy per task on the first ``n`` test examples of each task."""
     model, tokenizer = load_model(model_dir, tokenizer_dir, base_dir, allow_pickle)
-    return evaluate_loaded(model, tokenizer, tasks, n, seed)
+    return evaluate_loaded(model, tokenizer, tasks, n, seed, pairs)
