@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 from tqdm.auto import tqdm
@@ -231,6 +232,20 @@ class Setting:
         return [e for e in entries if not only or e.label.startswith(only)]
 
 
+def weights_key(zoo: Zoo, folders: Iterable[Path]) -> dict[str, list[int]]:
+    """The folders' weight files (size and mtime, by path in the zoo): what a cache of their merges is keyed by."""
+    return {str(f.relative_to(zoo.root)): [f.stat().st_size, f.stat().st_mtime_ns]
+            for d in folders for f in sorted(d.glob("*.safetensors"))}
+
+
+def lora_merge_cache(zoo: Zoo) -> Path:
+    """mergekit's LoRA merge cache for this state of the zoo's adapters and base. mergekit names a merged copy by
+    the adapter's path only: one shared folder gave the merges of an adapter rebuilt in place its stale copy."""
+    adapters = sorted(p for p in (zoo.root / "models").glob("*/lora-*") if p.is_dir())
+    key = json.dumps(weights_key(zoo, (zoo.base, *adapters)), sort_keys=True)
+    return zoo.root / "lora-merge-cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def fold_lora(zoo: Zoo, task: str) -> Path:
     """``lora-<task>`` folded into the base (peft merge_and_unload), saved as safetensors, cached.
 
@@ -239,8 +254,7 @@ def fold_lora(zoo: Zoo, task: str) -> Path:
     from mergekit_from.taskzoo import load_model
 
     adapter = zoo.expert(task, "lora")
-    key = {str(f.relative_to(zoo.root)): [f.stat().st_size, f.stat().st_mtime_ns]
-           for d in (adapter, zoo.base) for f in sorted(d.glob("*.safetensors"))}
+    key = weights_key(zoo, (adapter, zoo.base))
     out = zoo.root / "lora-folded" / f"lora-{task}"
     stamp = out / "folded_from.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == key:
@@ -339,7 +353,7 @@ class Bench:
         # the first n test questions are the same for any n, so fewer than the build's are measured here
         self.measured = real and n == zoo.manifest["spec"]["eval_n"]
         self.work = out / "work"
-        self.options = MergeOptions(random_seed=0, lora_merge_cache=str(zoo.root / "lora-merge-cache"),
+        self.options = MergeOptions(random_seed=0, lora_merge_cache=str(lora_merge_cache(zoo)),
                                     quiet=True, write_model_card=True)
         self.seconds: dict[str, float] = {"merge": 0.0, "eval": 0.0}
         # (recipe text, tasks) -> accuracy: grids repeat plain runs, settings share pools
