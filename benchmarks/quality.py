@@ -6,7 +6,7 @@
 Builds or reuses the zoo, writes one mergekit YAML recipe per (setting, method), runs it with
 ``mergekit_from.recipe.run_recipe`` (what ``mergekit-from yaml`` runs), evaluates the merge on the
 setting's tasks and writes ``quality.json``, ``quality.md`` and ``quality.png`` into ``--out``
-(``quality.json`` is rewritten after each setting, so an interrupted run keeps what it measured).
+(``quality.json`` is rewritten after each method, so an interrupted run keeps what it measured).
 
 quality.json: ``{"settings": {name: {"tasks", "pool", "base", "experts", "methods": {label: {"method",
 "params", "acc", "normalized_mean", "seconds", "peak_rss_mb", "start_rss_mb"}}}}, "meta": {...}}``; normalized_mean is
@@ -46,7 +46,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 from tqdm.auto import tqdm
@@ -408,7 +408,9 @@ class Bench:
             self.expert_acc[kind, task] = acc[task]
         return self.expert_acc[kind, task]
 
-    def setting(self, setting: Setting, base_acc: dict[str, float], bar) -> dict[str, Any]:
+    def setting(self, setting: Setting, base_acc: dict[str, float], bar,
+                saved: Callable[[dict[str, Any]], None] = lambda result: None) -> dict[str, Any]:
+        """Every method of ``setting``; ``saved`` gets the result so far after each one."""
         experts = {t: self.expert(setting.kind, t) for t in setting.tasks}
         result: dict[str, Any] = {"tasks": list(setting.tasks), "pool": setting.pool_names(),
                                   "base": {t: base_acc[t] for t in setting.tasks},
@@ -424,6 +426,7 @@ class Bench:
                 folded = {"inputs": "LoRA folded into the base"} if lora and entry.full_weights else {}
                 result["methods"][entry.label] = record(entry, self.merge_and_eval(setting, entry), **folded)
                 bar.update(1)
+                saved(result)
                 continue
             grid = {}
             for point in entry.points():
@@ -436,6 +439,7 @@ class Bench:
                 "params": {**grid[best]["params"], "tuned_on": "test",
                            "grid": {str(v): g["normalized_mean"] for v, g in grid.items()}},
             }
+            saved(result)
         return result
 
 
@@ -675,9 +679,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     total = sum(_count(s.entries(zoo, data_defaults, only)) for s in chosen)
     with tqdm(total=total, desc="quality", unit="merge") as bar:
         for setting in chosen:
-            data["settings"][setting.name] = bench.setting(setting, base_acc, bar)
-            # what has run so far survives an interrupted run
-            (args.out / "quality.json").write_text(json.dumps({**data, "meta": meta()}, indent=1))
+            def save(result: dict[str, Any], name: str = setting.name) -> None:
+                # what has run so far, down to the last method, survives an interrupted run
+                data["settings"][name] = result
+                (args.out / "quality.json").write_text(json.dumps({**data, "meta": meta()}, indent=1))
+
+            save(bench.setting(setting, base_acc, bar, save))
     shutil.rmtree(bench.work / "merged", ignore_errors=True)
     data["meta"] = meta()
     write_report(args.out, data)

@@ -217,6 +217,25 @@ def test_quality_benchmark_quick(quick_taskzoo, tmp_path):
 
 
 @pytest.mark.slow
+def test_quality_benchmark_keeps_each_finished_method(quick_taskzoo, tmp_path, monkeypatch):
+    quality = load_benchmark()
+    real = quality.Bench.merge_and_eval
+    calls = []
+
+    def merge_then_cut(self, setting, run):
+        if calls:
+            raise KeyboardInterrupt  # the session is cut off during the second merge
+        calls.append(run.label)
+        return real(self, setting, run)
+
+    monkeypatch.setattr(quality.Bench, "merge_and_eval", merge_then_cut)
+    with pytest.raises(KeyboardInterrupt):
+        quality.main(["--out", str(tmp_path), "--quick", "--zoo", str(quick_taskzoo.root), "--n", "4",
+                      "--only", "fft2", "--methods", "linear,ties"])
+    saved = json.loads((tmp_path / "quality.json").read_text())
+    assert list(saved["settings"]["fft2"]["methods"]) == calls == ["linear"]
+
+
 def test_quality_scaling_settings_quick(quick_taskzoo, tmp_path):
     quality = load_benchmark()
     data = quality.main(["--out", str(tmp_path), "--quick", "--zoo", str(quick_taskzoo.root), "--n", "16",
