@@ -470,8 +470,10 @@ def scaling(data: dict[str, Any]) -> dict[str, Any]:
             continue
         curves = {}
         for label in labels_of(sets, names):
-            ys = {str(len(sets[s]["pool"])): sets[s]["methods"][label]["normalized_mean"] for s in names}
-            first, last = ys[str(len(sets[names[0]]["pool"]))], ys[str(len(sets[names[-1]]["pool"]))]
+            # a method not run on a pool (a slice, or a run cut off) has no point there
+            ys = {str(len(sets[s]["pool"])): sets[s]["methods"][label]["normalized_mean"] for s in names
+                  if label in sets[s]["methods"]}
+            first, last = ys.get(str(len(sets[names[0]]["pool"]))), ys.get(str(len(sets[names[-1]]["pool"])))
             ratio = round(last / first, 4) if first and last is not None else None
             curves[label] = {"by_pool": ys, "ratio_largest_over_smallest": ratio}
         out[fam] = {"pools": [len(sets[s]["pool"]) for s in names], "targets": sets[names[0]]["tasks"],
@@ -509,7 +511,7 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
                   "|---|" + "---:|" * (len(pools) + 1)]
         for label, c in sc["methods"].items():
             ratio = c["ratio_largest_over_smallest"]
-            lines.append(f"| {label} | " + " | ".join(_cell(c['by_pool'][n]) for n in pools)
+            lines.append(f"| {label} | " + " | ".join(_cell(c['by_pool'][n]) if n in c['by_pool'] else "—" for n in pools)
                          + f" | {'—' if ratio is None else f'{ratio:.3f}'} |")
     for s in main:
         st = sets[s]

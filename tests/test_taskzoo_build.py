@@ -236,6 +236,26 @@ def test_quality_benchmark_keeps_each_finished_method(quick_taskzoo, tmp_path, m
     assert list(saved["settings"]["fft2"]["methods"]) == calls == ["linear"]
 
 
+def test_scaling_leaves_a_method_out_of_the_pools_it_did_not_run_on(tmp_path):
+    quality = load_benchmark()
+
+    def setting(pool: int, scores: dict[str, float | None]) -> dict:
+        return {"tasks": ["a"], "pool": [f"m{i}" for i in range(pool)], "base": {"a": 0.0}, "experts": {"a": 1.0},
+                "methods": {label: {"normalized_mean": v} for label, v in scores.items()}}
+
+    data = {"settings": {"irrelevance4": setting(4, {"ties": 0.8, "fw_soft": 0.9}),
+                         "irrelevance16": setting(16, {"ties": 0.2, "fw_soft": None})}}
+    data["settings"]["irrelevance8"] = setting(8, {"ties": 0.5, "adamerging": 0.6})
+    curves = quality.scaling(data)["irrelevance"]["methods"]
+    assert curves["adamerging"] == {"by_pool": {"8": 0.6}, "ratio_largest_over_smallest": None}
+    assert curves["ties"]["ratio_largest_over_smallest"] == 0.25 and curves["fw_soft"]["by_pool"]["16"] is None
+    data["meta"] = {"n": 32, "real": True, "scaling": quality.scaling(data), "data_methods": {}, "zoo": "z",
+                    "seconds": {"total": 1.0, "merge": 1.0, "eval": 0.0}}
+    quality.write_markdown(tmp_path / "q.md", data)
+    rows = (tmp_path / "q.md").read_text().split("## Scaling: irrelevance")[1].splitlines()
+    assert "| adamerging | — | 0.600 | — | — |" in rows and "| fw_soft | 0.900 | — | failed | — |" in rows
+
+
 def test_quality_scaling_settings_quick(quick_taskzoo, tmp_path):
     quality = load_benchmark()
     data = quality.main(["--out", str(tmp_path), "--quick", "--zoo", str(quick_taskzoo.root), "--n", "16",
