@@ -391,7 +391,7 @@ class Bench:
             error = one_line(exc)
         seconds = time.perf_counter() - t0
         self.seconds["merge"] += seconds
-        row = {"acc": None if error else self.eval(merged, setting.tasks), "seconds": round(seconds, 1),
+        row = {"acc": None if error else self.eval(merged, setting.tasks), "seconds": round(seconds, 3),
                "peak_rss_mb": peak_rss_mb(), "start_rss_mb": start, **({"error": error} if error else {})}
         shutil.rmtree(merged, ignore_errors=True)  # recipes stay; a merge is cheap to redo next to its evaluation
         self.done[text, setting.tasks] = row

@@ -192,7 +192,7 @@ def test_quality_benchmark_quick(quick_taskzoo, tmp_path):
     assert st["tasks"] == quick_taskzoo.targets[:2]
     for label, m in st["methods"].items():
         assert set(m) == {"method", "params", "acc", "normalized_mean", "seconds", "peak_rss_mb", "start_rss_mb"}
-        assert m["seconds"] > 0 and m["peak_rss_mb"] > 0
+        assert m["seconds"] > 0 and m["peak_rss_mb"] > 0, (label, m["seconds"], m["peak_rss_mb"])
         expected = sum(m["acc"][t] / st["experts"][t] for t in st["tasks"]) / len(st["tasks"])
         assert m["normalized_mean"] == pytest.approx(expected, abs=1e-4)
     assert st["methods"]["task_arithmetic (λ tuned on test)"]["params"]["tuned_on"] == "test"
