@@ -426,19 +426,18 @@ class Bench:
                 folded = {"inputs": "LoRA folded into the base"} if lora and entry.full_weights else {}
                 result["methods"][entry.label] = record(entry, self.merge_and_eval(setting, entry), **folded)
                 bar.update(1)
-                saved(result)
-                continue
-            grid = {}
-            for point in entry.points():
-                grid[point.params[entry.param]] = record(point, self.merge_and_eval(setting, point))
-                bar.update(1)
-            best = max(grid, key=lambda v: (grid[v]["normalized_mean"] is not None, grid[v]["normalized_mean"] or 0,
-                                            -v))
-            result["methods"][entry.label] = {
-                **grid[best],
-                "params": {**grid[best]["params"], "tuned_on": "test",
-                           "grid": {str(v): g["normalized_mean"] for v, g in grid.items()}},
-            }
+            else:
+                grid = {}
+                for point in entry.points():
+                    grid[point.params[entry.param]] = record(point, self.merge_and_eval(setting, point))
+                    bar.update(1)
+                best = max(grid, key=lambda v: (grid[v]["normalized_mean"] is not None,
+                                                grid[v]["normalized_mean"] or 0, -v))
+                result["methods"][entry.label] = {
+                    **grid[best],
+                    "params": {**grid[best]["params"], "tuned_on": "test",
+                               "grid": {str(v): g["normalized_mean"] for v, g in grid.items()}},
+                }
             saved(result)
         return result
 
@@ -511,8 +510,8 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
                   "|---|" + "---:|" * (len(pools) + 1)]
         for label, c in sc["methods"].items():
             ratio = c["ratio_largest_over_smallest"]
-            lines.append(f"| {label} | " + " | ".join(_cell(c['by_pool'][n]) if n in c['by_pool'] else "—" for n in pools)
-                         + f" | {'—' if ratio is None else f'{ratio:.3f}'} |")
+            cells = [_cell(c["by_pool"][n]) if n in c["by_pool"] else "—" for n in pools]
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {'—' if ratio is None else f'{ratio:.3f}'} |")
     for s in main:
         st = sets[s]
         lines += ["", f"## {s}: per-task accuracy", "",
