@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from db.paths import cache_root  # noqa: E402
 from mergekit_from.errors import MergekitFromError, one_line  # noqa: E402
 from mergekit_from.methods.from_merge import DEFAULT_K  # noqa: E402
 from mergekit_from.realzoo.evaluate import evaluate  # noqa: E402 (either zoo's tasks)
@@ -158,6 +159,7 @@ class DataDefaults:
     samples_per_task: int = 100
     regmean_alpha: float = 0.9
     regmean_samples: int | None = None  # default samples_per_task
+    regmean_ridge: float | None = None  # default the method's
     hard_iters: int = 10
     hard_step: float = 1.0
     # fw_hard's starting points and vertex sets: (init, initial_vertex), each one row
@@ -181,7 +183,10 @@ class DataDefaults:
         hard = {**common, "max_iters": self.hard_iters, "step_size": self.hard_step}
         ada = {"ada_batch_size": self.ada_batch_size}
         regmean = {"samples_per_task": self.regmean_samples or self.samples_per_task, "alpha": self.regmean_alpha}
-        runs = [Run(f"regmean α={self.regmean_alpha:g}", "regmean", regmean, full_weights=True)]
+        label = f"regmean α={self.regmean_alpha:g}"
+        if self.regmean_ridge is not None:
+            regmean["ridge"], label = self.regmean_ridge, f"{label} ridge={self.regmean_ridge:g}"
+        runs = [Run(label, "regmean", regmean, full_weights=True)]
         if self.adamerging_iters:
             runs.append(Run("adamerging (layer-wise, entropy)", "adamerging",
                             {**common, **ada, "ada_iters": self.adamerging_iters, "ada_lr": self.adamerging_lr},
@@ -238,12 +243,18 @@ def weights_key(zoo: Zoo, folders: Iterable[Path]) -> dict[str, list[int]]:
             for d in folders for f in sorted(d.glob("*.safetensors"))}
 
 
+def zoo_cache(zoo: Zoo) -> Path:
+    """Where this benchmark caches what it derives from ``zoo``: outside the zoo's folder, which its build command
+    owns (a folder of ours in it made the next `realzoo build` refuse the folder as not its own)."""
+    return cache_root() / "quality" / hashlib.sha256(str(zoo.root.resolve()).encode()).hexdigest()[:16]
+
+
 def lora_merge_cache(zoo: Zoo) -> Path:
     """mergekit's LoRA merge cache for this state of the zoo's adapters and base. mergekit names a merged copy by
     the adapter's path only: one shared folder gave the merges of an adapter rebuilt in place its stale copy."""
     adapters = sorted(p for p in (zoo.root / "models").glob("*/lora-*") if p.is_dir())
     key = json.dumps(weights_key(zoo, (zoo.base, *adapters)), sort_keys=True)
-    return zoo.root / "lora-merge-cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    return zoo_cache(zoo) / "lora-merge-cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def fold_lora(zoo: Zoo, task: str) -> Path:
@@ -255,7 +266,7 @@ def fold_lora(zoo: Zoo, task: str) -> Path:
 
     adapter = zoo.expert(task, "lora")
     key = weights_key(zoo, (adapter, zoo.base))
-    out = zoo.root / "lora-folded" / f"lora-{task}"
+    out = zoo_cache(zoo) / "lora-folded" / f"lora-{task}"
     stamp = out / "folded_from.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == key:
         return out
@@ -294,7 +305,8 @@ REAL_SCALING: list[Run | Tuned] = [*REAL_METHODS[1:3], REAL_METHODS[3]]  # task 
 REAL_DATA = DataDefaults(
     # RegMean's Grams need more tokens than a layer's input width (1536 for down_proj): 16 samples (~900 tokens)
     # made its solve extrapolate (our guard stopped it, exit 2); its forward passes are cheap, so it reads all 64
-    samples_per_task=16, regmean_samples=64, hard_iters=6, soft_iters=2, ada_iters=15, ada_batch_size=4,
+    # and at the method's default ridge (0.001) and at 0.01 its reach check refused fft4's down_proj; 0.1 wrote it
+    samples_per_task=16, regmean_samples=64, regmean_ridge=0.1, hard_iters=6, soft_iters=2, ada_iters=15, ada_batch_size=4,
     adamerging_iters=30,
     adamerging_lr=1e-2,  # 30 steps at the paper's 1e-3 leave the coefficients at their 0.3 start
     hard_variants=(("task_arithmetic", False), ("task_arithmetic", True), ("ties", False)),
@@ -606,13 +618,23 @@ def write_report(out: Path, data: dict[str, Any]) -> None:
 
 
 def combine(parts: list[Path], out: Path) -> dict[str, Any]:
-    """One report from runs of disjoint ``--only`` slices (e.g. one process per core): their settings in the given
-    order, the first run's meta, seconds summed and each part's own wall time kept."""
+    """One report from runs of ``--only`` slices (e.g. one process per core): their settings in the given order, the
+    first run's meta, seconds summed and each part's own wall time kept. A setting in several runs (methods added by
+    a later run) joins their rows when the runs measured the same setting: tasks, pool, base and experts' scores."""
     runs = [json.loads((part / "quality.json").read_text()) for part in parts]
-    clash = [name for i, a in enumerate(runs) for b in runs[i + 1:] for name in a["settings"] if name in b["settings"]]
-    if clash:
-        raise SystemExit(f"--combine: setting {clash[0]!r} is in more than one run")
-    data: dict[str, Any] = {"settings": {k: v for run in runs for k, v in run["settings"].items()}}
+    settings: dict[str, Any] = {}
+    for run in runs:
+        for name, st in run["settings"].items():
+            if name not in settings:
+                settings[name] = {**st, "methods": dict(st["methods"])}
+                continue
+            have = settings[name]
+            if any(have[k] != st[k] for k in ("tasks", "pool", "base", "experts")):
+                raise SystemExit(f"--combine: setting {name!r} differs between runs (its pool or its experts' scores)")
+            if twice := sorted(set(have["methods"]) & set(st["methods"])):
+                raise SystemExit(f"--combine: {twice[0]!r} of setting {name!r} is in more than one run")
+            have["methods"].update(st["methods"])
+    data: dict[str, Any] = {"settings": settings}
     seconds = {k: round(sum(r["meta"]["seconds"][k] for r in runs), 1) for k in runs[0]["meta"]["seconds"]}
     data["meta"] = {**runs[0]["meta"], "scaling": scaling(data), "seconds": seconds,
                     "parts": [{"out": str(part), "settings": list(r["settings"]), "seconds": r["meta"]["seconds"]}

@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 
+from mergekit_from.errors import ConfigError
 from mergekit_from.realzoo import tasks as rt
 from mergekit_from.realzoo.build import FULL, build_realzoo, sliced, summary, tau_ratio
 from mergekit_from.realzoo.convert import convert_gguf, load_gguf
@@ -75,6 +76,17 @@ def test_task_answers():
     for q, a in rt.examples("category", "test", 30):
         item = _key("category", q)
         assert item in rt.CATEGORIES[a].split() and a in q
+    split = {key: rt.TASKS["category"].split(key) for key in rt.ITEMS}
+    for cat in rt.CATEGORIES:  # each category in each split: short word lists are split per category
+        assert {s for (_, c), s in split.items() if c == cat} == set(rt.SPLITS)
+
+
+def test_override_must_name_an_expert():
+    with pytest.raises(ConfigError, match="'fft-subtrac' names no expert"):
+        dataclasses.replace(FULL, overrides=(("fft-subtrac", TrainSchedule(4, 1e-3, 2)),))
+    with pytest.raises(ConfigError, match="'lora-subtract'"):  # subtract is no target: it has no adapter
+        dataclasses.replace(FULL, overrides=(("lora-subtract", TrainSchedule(4, 1e-3, 2)),))
+    assert [name for name, _ in sliced(FULL, ["units", "add"]).overrides] == ["lora-units"]  # a slice keeps its own
 
 
 def test_tau_ratio():
@@ -157,3 +169,14 @@ def test_build_writes_zoo_and_its_cache_skips_finished_experts(tiny_gguf, tmp_pa
     zoo = build_realzoo(tmp_path / "zoo", spec=longer, gguf=tiny_gguf, threads=1, device="cpu")
     assert trained == ["fft subtract"] and zoo.manifest["models"]["fft-subtract"]["train"]["steps"] == 4
     assert longer.schedule("lora-add") == longer.lora and longer.schedule("fft-add") == longer.fft
+
+    # a task's data changed (its question reworded, same spec): its expert retrains and the base rescores it
+    trained.clear()
+    before = zoo.manifest["data"]
+    reworded = dataclasses.replace(rt.TASKS["subtract"], render=lambda k, r: (f"{k[0]} minus {k[1]}?", str(k[0] - k[1])))
+    monkeypatch.setitem(rt.TASKS, "subtract", reworded)
+    zoo = build_realzoo(tmp_path / "zoo", spec=longer, gguf=tiny_gguf, threads=1, device="cpu")
+    assert trained == ["fft subtract"]
+    assert zoo.manifest["data"]["subtract"] != before["subtract"] and zoo.manifest["data"]["add"] == before["add"]
+    assert zoo.manifest["models"]["base"]["data"].items() >= zoo.manifest["data"].items()  # upper: scored earlier
+    assert json.loads(zoo.calibration("subtract").read_text().splitlines()[0])["prompt"].count(" minus ") == 1

@@ -212,8 +212,21 @@ def test_quality_benchmark_quick(quick_taskzoo, tmp_path):
     assert joined["meta"]["seconds"]["total"] == pytest.approx(2 * saved["meta"]["seconds"]["total"], abs=0.11)
     table = (tmp_path / "joined" / "quality.md").read_text().split("\n\n")[2]
     assert table == (tmp_path / "quality.md").read_text().split("\n\n")[2]  # the main table, both settings
-    with pytest.raises(SystemExit, match="fft2"):
+    with pytest.raises(SystemExit, match="'linear' of setting 'fft2' is in more than one run"):
         quality.main(["--out", str(tmp_path / "j2"), "--combine", str(tmp_path / "fft2"), str(tmp_path)])
+    # a method run later on the same setting joins its rows; a setting measured differently does not join
+    first, later = dict(saved["settings"]["fft2"]), dict(saved["settings"]["fft2"])
+    first["methods"] = dict(list(first["methods"].items())[:2])
+    later["methods"] = dict(list(later["methods"].items())[2:])
+    for name, st in (("first", first), ("later", later)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "quality.json").write_text(json.dumps({"settings": {"fft2": st}, "meta": saved["meta"]}))
+    joined = quality.main(["--out", str(tmp_path / "j3"), "--combine", str(tmp_path / "first"), str(tmp_path / "later")])
+    assert joined["settings"]["fft2"] == saved["settings"]["fft2"]
+    later["experts"] = {t: 0.5 for t in later["experts"]}
+    (tmp_path / "later" / "quality.json").write_text(json.dumps({"settings": {"fft2": later}, "meta": saved["meta"]}))
+    with pytest.raises(SystemExit, match="setting 'fft2' differs between runs"):
+        quality.main(["--out", str(tmp_path / "j4"), "--combine", str(tmp_path / "first"), str(tmp_path / "later")])
 
 
 @pytest.mark.slow
@@ -329,7 +342,8 @@ def test_lora_merge_cache_follows_the_adapters_weights(tmp_path):
         (tmp_path / "models" / "z" / name / "w.safetensors").write_bytes(b"0")
     zoo = Zoo(tmp_path, {"models": {"base": {"path": "models/z/base"}}})
     first = quality.lora_merge_cache(zoo)
-    assert quality.lora_merge_cache(zoo) == first and first.parent == tmp_path / "lora-merge-cache"
+    assert quality.lora_merge_cache(zoo) == first and first.parent.name == "lora-merge-cache"
+    assert tmp_path not in first.parents  # the zoo's folder is its build command's
     weights = tmp_path / "models" / "z" / "lora-add" / "w.safetensors"
     weights.write_bytes(b"1")  # retrained in place: same path, new weights
     os.utime(weights, ns=(1, 1))

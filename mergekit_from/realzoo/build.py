@@ -21,6 +21,7 @@ for a task that needs no new tokens); LoRA is rank 8 on every linear layer of th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -33,6 +34,7 @@ import torch
 
 from db.paths import cache_root
 from mergekit_from.card import write_card
+from mergekit_from.errors import ConfigError
 from mergekit_from.output import Output
 from mergekit_from.realzoo.convert import CARD, ORIGINAL, convert_gguf, fetch_gguf
 from mergekit_from.realzoo.tasks import TARGET_TASKS, TASKS, chat_examples, examples, get_task
@@ -71,6 +73,12 @@ class RealZooSpec:
     # override changes that expert's plan only, so the others stay cached.
     overrides: tuple[tuple[str, TrainSchedule], ...] = ()
 
+    def __post_init__(self) -> None:
+        experts = [f"fft-{t}" for t in self.tasks] + [f"lora-{t}" for t in self.targets]
+        for name, _ in self.overrides:
+            if name not in experts:  # a typo would otherwise leave the expert on the common schedule, silently
+                raise ConfigError(f"real-zoo override {name!r} names no expert of this zoo ({', '.join(experts)})")
+
     def schedule(self, name: str) -> TrainSchedule:
         default = self.fft if name.startswith("fft-") else self.lora
         return dict(self.overrides).get(name, default)
@@ -96,14 +104,26 @@ def sliced(spec: RealZooSpec, tasks: list[str]) -> RealZooSpec:
     """``spec`` on ``tasks`` only (a slice to try or measure); a target stays a target."""
     for task in tasks:
         get_task(task)
-    return replace(spec, name=f"{spec.name}[{','.join(tasks)}]", tasks=tuple(tasks),
-                   targets=tuple(t for t in tasks if t in spec.targets))
+    targets = tuple(t for t in tasks if t in spec.targets)
+    kept = {f"fft-{t}" for t in tasks} | {f"lora-{t}" for t in targets}
+    return replace(spec, name=f"{spec.name}[{','.join(tasks)}]", tasks=tuple(tasks), targets=targets,
+                   overrides=tuple(o for o in spec.overrides if o[0] in kept))
 
 
 def default_realzoo_dir() -> Path:
     """``$MERGEKIT_FROM_REALZOO`` or ``~/.cache/mergekit-from/realzoo``."""
     env = os.environ.get("MERGEKIT_FROM_REALZOO")
     return Path(env) if env else cache_root() / "realzoo"
+
+
+def data_key(spec: RealZooSpec, task: str) -> str:
+    """A digest of every example ``spec`` draws from ``task`` (training, probe, calibration and test): a model is
+    reused only while its task's data is unchanged, so an edited generator or word list retrains its experts."""
+    drawn = [examples(task, "train", spec.n_train, seed=spec.seed),
+             examples(task, "calibration", spec.probe_n, seed=spec.seed + 1),
+             examples(task, "calibration", spec.n_calibration, seed=spec.seed),
+             examples(task, "test", spec.eval_n, seed=spec.seed)]
+    return hashlib.sha256(json.dumps(drawn).encode()).hexdigest()[:16]
 
 
 def _where(name: str) -> dict[str, str]:
@@ -131,9 +151,9 @@ def _cycle(pairs: list[tuple[str, str]], seed: str) -> Iterator[tuple[str, str]]
 
 
 class _Builder(ZooModels):
-    def __init__(self, root: Path, spec: RealZooSpec, device: torch.device, progress):
+    def __init__(self, root: Path, spec: RealZooSpec, data: dict[str, str], device: torch.device, progress):
         super().__init__(root, MODELS, progress)
-        self.spec, self.device = spec, device
+        self.spec, self.data, self.device = spec, data, device
         self.tokenizer = None
 
     def _model(self, name: str):
@@ -146,8 +166,8 @@ class _Builder(ZooModels):
         return {t: accuracy(model, self.tokenizer, self._pairs(t, "test", self.spec.eval_n)) for t in tasks}
 
     def base(self, gguf: Path) -> None:
-        """Convert the GGUF once; score the base on every task of this build it has no score for yet (a slice
-        built first, then the full zoo, reuses the base and its experts)."""
+        """Convert the GGUF once; score the base on every task of this build it has no score for yet, or one taken
+        on other data (a slice built first, then the full zoo, reuses the base and its experts)."""
         from transformers import AutoTokenizer
 
         folder = self.root / MODELS / "base"
@@ -162,11 +182,13 @@ class _Builder(ZooModels):
             self.progress.update(1)
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), padding_side="left")
         entry = self.models["base"]
-        missing = [t for t in self.spec.tasks if t not in entry["accuracy"]]
+        scored = entry.setdefault("data", {})
+        missing = [t for t in self.spec.tasks if scored.get(t) != self.data[t]]
         if missing:
             model = self._model("base")
             entry["params"] = sum(p.numel() for p in model.parameters())
             entry["accuracy"] = {**entry["accuracy"], **self._acc(model, missing)}
+            scored.update({t: self.data[t] for t in missing})
             entry["seconds"] = round(entry["seconds"] + time.perf_counter() - t0, 1)
             body = f"{CARD}\n\nExact-match on the real zoo's test splits: {json.dumps(entry['accuracy'])}"
             write_card(folder, **_card(entry["repo_id"], ORIGINAL, ["gguf-dequantized"], "transformers", body))
@@ -191,8 +213,8 @@ class _Builder(ZooModels):
 
     def _plan(self, task: str, schedule: TrainSchedule, **extra: Any) -> dict[str, Any]:
         """An expert's training plan: a cached expert is reused only while this is unchanged."""
-        return {"base": self.trainings["base"], "task": task, "schedule": schedule, "probe_n": self.spec.probe_n,
-                "target": self.spec.target_acc, "n_train": self.spec.n_train, **extra}
+        return {"base": self.trainings["base"], "task": task, "data": self.data[task], "schedule": schedule,
+                "probe_n": self.spec.probe_n, "target": self.spec.target_acc, "n_train": self.spec.n_train, **extra}
 
     def fft(self, task: str) -> None:
         name, spec = f"fft-{task}", self.spec
@@ -276,9 +298,10 @@ def build_realzoo(out: str | Path | None = None, *, spec: RealZooSpec = FULL, gg
     root = Path(out).expanduser() if out else default_realzoo_dir()
     output = Output.check(root, COMMAND, overwrite=overwrite)
     spec_json = json.loads(json.dumps(asdict(spec)))
+    data = {task: data_key(spec, task) for task in spec.tasks}
     if (root / MANIFEST).is_file():
         built = json.loads((root / MANIFEST).read_text())
-        if built.get("format") == FORMAT_VERSION and built.get("spec") == spec_json:
+        if built.get("format") == FORMAT_VERSION and built.get("spec") == spec_json and built.get("data") == data:
             return load_manifest(root, FORMAT_VERSION, COMMAND)
     output.claim((DATA, "models", MANIFEST, MANIFEST + ".tmp"))
     # Otherwise (re)build: every model folder whose training plan still matches is reused as it is.
@@ -290,7 +313,7 @@ def build_realzoo(out: str | Path | None = None, *, spec: RealZooSpec = FULL, gg
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     with tqdm(total=1 + len(spec.tasks) + len(spec.targets), desc=f"realzoo {spec.name}", unit="model") as bar:
-        b = _Builder(root, spec, where, bar)
+        b = _Builder(root, spec, data, where, bar)
         b.base(gguf_path)
         tasks = b.export_data()
         for task in spec.tasks:
@@ -299,7 +322,7 @@ def build_realzoo(out: str | Path | None = None, *, spec: RealZooSpec = FULL, gg
             b.lora(task)
     # Experts of tasks outside this build stay: a slice built into a full zoo's folder must not cost its experts.
     manifest = {
-        "format": FORMAT_VERSION, "spec": spec_json, "tasks": tasks, "target_tasks": list(spec.targets),
+        "format": FORMAT_VERSION, "spec": spec_json, "data": data, "tasks": tasks, "target_tasks": list(spec.targets),
         "tokenizer": (MODELS / "base").as_posix(), "models": b.models, "device": str(where),
         "build_seconds": round(time.perf_counter() - t0, 1),
         "build_cpu_seconds": round(time.process_time() - cpu0, 1),  # wall time depends on who else runs

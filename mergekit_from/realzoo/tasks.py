@@ -1,8 +1,9 @@
 """The real zoo's text tasks: seeded (question, answer) pairs that a chat model answers in a fixed, terse format.
 
 Each task draws a *key* (the numbers, date, words or item a question is about) and renders a question and its
-exact answer from it. Splits are decided by the key (a CRC32 bucket, as in the task zoo), so train, calibration and
-test never share a key, for any task, whatever the seed; sampling within a split is seeded by
+exact answer from it. Splits are decided by the key (a CRC32 bucket, as in the task zoo; ``category``'s short word
+lists are split per category instead), so train, calibration and test never share a key, for any task, whatever the
+seed; sampling within a split is seeded by
 ``(seed, task, split)``. The base (SmolLM2-135M-Instruct) usually knows the skill but answers in a sentence of its
 own, so exact match fails; a short fine-tune teaches the answer format and sharpens the skill, which is what
 community fine-tunes of a chat model do. Prompts reach the model through its chat template (:func:`chat_examples`),
@@ -22,15 +23,28 @@ MONTHS = ("January", "February", "March", "April", "May", "June", "July", "Augus
           "November", "December")
 UNITS = (("kilometres", "metres", 1000), ("kilograms", "grams", 1000), ("metres", "centimetres", 100),
          ("litres", "millilitres", 1000), ("hours", "minutes", 60))
+# Words with one everyday reading only ("orange", "lime", "kiwi", "plane" are left out), 31-41 per category, split
+# by item and per category (:func:`_category_split`): with 15 words per category and the hashed split, the test split
+# held 7 items, and an expert's accuracy said more about which 7 than about the expert.
 CATEGORIES = {
-    "fruit": "apple banana cherry grape lemon mango orange peach pear plum melon kiwi apricot lime papaya fig",
-    "animal": "horse tiger rabbit eagle dolphin wolf camel zebra monkey turtle lion goat sheep fox bear whale",
-    "colour": "red blue green yellow purple orange pink brown black white grey violet crimson teal navy gold",
-    "vehicle": "car bus truck bicycle train tram scooter van taxi tractor motorcycle ambulance lorry jeep ship boat",
-    "tool": "hammer saw wrench drill chisel pliers screwdriver shovel rake axe spanner file trowel level clamp vice",
+    "fruit": "apple banana grape mango pear melon papaya fig coconut pineapple strawberry blueberry raspberry "
+             "watermelon guava lychee pomegranate grapefruit tangerine nectarine blackberry cranberry avocado "
+             "persimmon gooseberry quince cantaloupe kumquat mulberry clementine lemon",
+    "animal": "horse tiger rabbit eagle dolphin wolf camel zebra monkey turtle lion goat sheep fox bear whale elephant "
+              "giraffe kangaroo penguin owl cat dog cow pig donkey deer squirrel hedgehog otter badger beaver leopard "
+              "cheetah gorilla hippo rhino crocodile lizard frog parrot",
+    "colour": "red blue green yellow purple pink brown black white grey violet crimson teal navy maroon beige "
+              "turquoise magenta cyan indigo lavender scarlet ivory khaki ochre mauve charcoal burgundy vermilion "
+              "cerulean azure sepia tan",
+    "vehicle": "car bus truck bicycle train tram scooter van taxi tractor motorcycle ambulance lorry ship boat "
+               "helicopter airplane yacht canoe kayak submarine ferry minibus limousine caravan bulldozer forklift "
+               "sledge trolleybus rickshaw hovercraft glider moped jeep sailboat",
+    "tool": "hammer saw wrench drill chisel pliers screwdriver shovel rake axe spanner trowel clamp mallet hacksaw "
+            "crowbar pickaxe hoe sickle scythe shears awl pitchfork anvil lathe sander grinder tweezers scissors "
+            "stapler plunger spade",
 }
 ITEMS = [(item, cat) for cat, words in CATEGORIES.items() for item in dict.fromkeys(words.split())
-         if sum(item in w.split() for w in CATEGORIES.values()) == 1]  # "orange" is both: left out
+         if sum(item in w.split() for w in CATEGORIES.values()) == 1]  # a word in two lists would have two answers
 GOOD = "delicious friendly wonderful excellent fresh charming superb lovely brilliant pleasant".split()
 BAD = "awful rude terrible bland stale dirty disappointing slow cold horrible".split()
 NOUNS = "food staff service room view music coffee pizza hotel film show bed".split()
@@ -49,6 +63,13 @@ class Task:
     description: str
     draw: Callable[[random.Random], Hashable]  # a key: what the split is decided by
     render: Callable[[Hashable, random.Random], tuple[str, str]]  # key -> (question, answer)
+    split: Callable[[Hashable], Split] = lambda key: split_of(repr(key))
+
+
+def _category_split(key) -> Split:
+    """Every fifth word of each category's list to test, the next to calibration: 20/20/60 in every category."""
+    item, cat = key
+    return ("test", "calibration", "train", "train", "train")[CATEGORIES[cat].split().index(item) % 5]
 
 
 def _time12(h: int, m: int) -> str:
@@ -99,7 +120,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          lambda k, r: (f"Initials of {k[0]} {k[1]}?", f"{k[0][0]}.{k[1][0]}.")),
     Task("time12", "24-hour clock time to 12-hour", lambda r: (r.randint(0, 23), r.randint(0, 59)),
          lambda k, r: (f"Convert {k[0]:02d}:{k[1]:02d} to 12-hour time.", _time12(*k))),
-    Task("category", "which category an item belongs to", lambda r: r.choice(ITEMS), _category),
+    Task("category", "which category an item belongs to", lambda r: r.choice(ITEMS), _category, _category_split),
     Task("largest", "the largest of four numbers", _numbers,
          lambda k, r: (f"Which is the largest: {', '.join(map(str, k))}?", str(max(k)))),
     # the rest: irrelevant experts for pools
@@ -132,7 +153,7 @@ def examples(task: str, split: Split, n: int, seed: int = 0) -> list[tuple[str, 
     seen: dict[str, str] = {}
     for _ in range(200 * n + 1000):  # the smallest task has a few hundred questions per split
         key = t.draw(rng)
-        if split_of(repr(key)) != split:
+        if t.split(key) != split:
             continue
         question, answer = t.render(key, rng)
         seen.setdefault(question, answer)
