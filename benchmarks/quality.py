@@ -351,6 +351,19 @@ def reset_peak_rss() -> float | None:
     return _status_mb("VmRSS")
 
 
+def fw_picks(merged: Path) -> list[dict[str, float]] | None:
+    """Each FW iteration's picks from the merge's trace, as {pool model's folder name: share of its tensors}: which
+    experts a score came from (None for a merge without a trace)."""
+    from mergekit_from.prepass.trace import TRACE_FILE
+
+    trace = merged / TRACE_FILE
+    if not trace.is_file():
+        return None
+    name = lambda source: Path(source.split("+")[-1]).name  # noqa: E731 (an adapter "base+adapter" by its adapter)
+    return [{name(s): round(share, 4) for s, share in it["pick_share"].items()}
+            for it in json.loads(trace.read_text())["iterations"]]
+
+
 def peak_rss_mb() -> float | None:
     """This process's peak RSS (MB) since :func:`reset_peak_rss`; None where /proc is not there."""
     return _status_mb("VmHWM")
@@ -405,6 +418,8 @@ class Bench:
         self.seconds["merge"] += seconds
         row = {"acc": None if error else self.eval(merged, setting.tasks), "seconds": round(seconds, 3),
                "peak_rss_mb": peak_rss_mb(), "start_rss_mb": start, **({"error": error} if error else {})}
+        if (picks := fw_picks(merged)) is not None:
+            row["picks"] = picks
         shutil.rmtree(merged, ignore_errors=True)  # recipes stay; a merge is cheap to redo next to its evaluation
         self.done[text, setting.tasks] = row
         return row

@@ -191,7 +191,8 @@ def test_quality_benchmark_quick(quick_taskzoo, tmp_path):
     st = saved["settings"]["fft2"]
     assert st["tasks"] == quick_taskzoo.targets[:2]
     for label, m in st["methods"].items():
-        assert set(m) == {"method", "params", "acc", "normalized_mean", "seconds", "peak_rss_mb", "start_rss_mb"}
+        fw = {"picks"} if label.startswith("fw_") else set()  # FW rows add what they picked
+        assert set(m) == {"method", "params", "acc", "normalized_mean", "seconds", "peak_rss_mb", "start_rss_mb"} | fw
         assert m["seconds"] > 0 and m["peak_rss_mb"] > 0, (label, m["seconds"], m["peak_rss_mb"])
         expected = sum(m["acc"][t] / st["experts"][t] for t in st["tasks"]) / len(st["tasks"])
         assert m["normalized_mean"] == pytest.approx(expected, abs=1e-4)
@@ -212,7 +213,7 @@ def test_quality_benchmark_quick(quick_taskzoo, tmp_path):
     assert joined["meta"]["seconds"]["total"] == pytest.approx(2 * saved["meta"]["seconds"]["total"], abs=0.11)
     table = (tmp_path / "joined" / "quality.md").read_text().split("\n\n")[2]
     assert table == (tmp_path / "quality.md").read_text().split("\n\n")[2]  # the main table, both settings
-    with pytest.raises(SystemExit, match="'linear' of setting 'fft2' is in more than one run"):
+    with pytest.raises(SystemExit, match="'dare_ties' of setting 'fft2' is in more than one run"):
         quality.main(["--out", str(tmp_path / "j2"), "--combine", str(tmp_path / "fft2"), str(tmp_path)])
     # a method run later on the same setting joins its rows; a setting measured differently does not join
     first, later = dict(saved["settings"]["fft2"]), dict(saved["settings"]["fft2"])
@@ -281,8 +282,13 @@ def test_quality_scaling_settings_quick(quick_taskzoo, tmp_path):
     assert set(sets["relevance4"]["pool"]) == set(quick_taskzoo.tasks)
     for st in sets.values():
         assert {"ties", "fw_hard init=task_arithmetic", "fw_hard init=from", "fw_soft"} <= set(st["methods"])
-        for m in st["methods"].values():
+        for label, m in st["methods"].items():
             assert set(m["acc"]) == set(st["tasks"]) and m["seconds"] > 0
+            if label.startswith("fw_"):  # each iteration's picks, by the pool models' folder names
+                assert m["picks"] and all(p and all(n.startswith("fft-") and 0 < v <= 1 for n, v in p.items())
+                                          for p in m["picks"]), m["picks"]
+            else:
+                assert "picks" not in m
     assert sets["irrelevance4"]["methods"]["fw_hard init=from"]["params"]["init"] == "from"
     # the data-informed recipes read calibration files only, and the FW objective only the targets'
     recipes = list((tmp_path / "work" / "recipes").rglob("*.yaml"))
