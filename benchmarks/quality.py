@@ -27,7 +27,7 @@ largest fft/lora setting of the task zoo, on the 4-expert settings of the real z
 scaling settings; they read the zoo's calibration JSONL, never the test split. FW and AdaMerging
 take LoRA experts as ``BASE+ADAPTER`` (folded tensor by tensor); RegMean needs full weights, so it
 merges the adapters folded into the base (peft ``merge_and_unload``, cached under
-``<zoo>/lora-folded``). ``meta.scaling`` holds each method's normalized mean at the largest pool over
+``~/.cache/mergekit-from/quality/``, never in the zoo's folder). ``meta.scaling`` holds each method's normalized mean at the largest pool over
 the smallest (FW target: >= 0.97); ``scaling.png`` plots the scalings.
 
 Extending: a new method is one more entry in ``METHODS``/``REAL_METHODS`` (a ``Run``, or a ``Tuned``
@@ -46,7 +46,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import yaml
 from tqdm.auto import tqdm
@@ -60,6 +60,7 @@ from mergekit_from.methods.from_merge import DEFAULT_K  # noqa: E402
 from mergekit_from.realzoo.evaluate import evaluate  # noqa: E402 (either zoo's tasks)
 from mergekit_from.taskzoo import Zoo, build_zoo  # noqa: E402
 from mergekit_from.taskzoo.manifest import MANIFEST  # noqa: E402
+from mergekit_from.weights import weight_files_state  # noqa: E402
 
 FROM_KS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 TA_LAMBDAS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
@@ -237,24 +238,10 @@ class Setting:
         return [e for e in entries if not only or e.label.startswith(only)]
 
 
-def weights_key(zoo: Zoo, folders: Iterable[Path]) -> dict[str, list[int]]:
-    """The folders' weight files (size and mtime, by path in the zoo): what a cache of their merges is keyed by."""
-    return {str(f.relative_to(zoo.root)): [f.stat().st_size, f.stat().st_mtime_ns]
-            for d in folders for f in sorted(d.glob("*.safetensors"))}
-
-
 def zoo_cache(zoo: Zoo) -> Path:
     """Where this benchmark caches what it derives from ``zoo``: outside the zoo's folder, which its build command
     owns (a folder of ours in it made the next `realzoo build` refuse the folder as not its own)."""
     return cache_root() / "quality" / hashlib.sha256(str(zoo.root.resolve()).encode()).hexdigest()[:16]
-
-
-def lora_merge_cache(zoo: Zoo) -> Path:
-    """mergekit's LoRA merge cache for this state of the zoo's adapters and base. mergekit names a merged copy by
-    the adapter's path only: one shared folder gave the merges of an adapter rebuilt in place its stale copy."""
-    adapters = sorted(p for p in (zoo.root / "models").glob("*/lora-*") if p.is_dir())
-    key = json.dumps(weights_key(zoo, (zoo.base, *adapters)), sort_keys=True)
-    return zoo_cache(zoo) / "lora-merge-cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def fold_lora(zoo: Zoo, task: str) -> Path:
@@ -265,7 +252,7 @@ def fold_lora(zoo: Zoo, task: str) -> Path:
     from mergekit_from.taskzoo import load_model
 
     adapter = zoo.expert(task, "lora")
-    key = weights_key(zoo, (adapter, zoo.base))
+    key = [weight_files_state(adapter), weight_files_state(zoo.base)]
     out = zoo_cache(zoo) / "lora-folded" / f"lora-{task}"
     stamp = out / "folded_from.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == key:
@@ -378,8 +365,8 @@ class Bench:
         # the first n test questions are the same for any n, so fewer than the build's are measured here
         self.measured = real and n == zoo.manifest["spec"]["eval_n"]
         self.work = out / "work"
-        self.options = MergeOptions(random_seed=0, lora_merge_cache=str(lora_merge_cache(zoo)),
-                                    quiet=True, write_model_card=True)
+        # base+adapter inputs: mergekit-from's default LoRA merge cache, keyed by the adapters' weights
+        self.options = MergeOptions(random_seed=0, quiet=True, write_model_card=True)
         self.seconds: dict[str, float] = {"merge": 0.0, "eval": 0.0}
         # (recipe text, tasks) -> accuracy: grids repeat plain runs, settings share pools
         self.done: dict[tuple[str, tuple[str, ...]], dict[str, float]] = {}

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
 import itertools
+import json
 import os
 import tempfile
 from contextlib import nullcontext
@@ -37,7 +39,7 @@ from mergekit_from.output import Output
 from mergekit_from.prepass.pool import absolute_reference, ref_string
 from mergekit_from.prepass.registry import PrePass, settings_model, start_prepass
 from mergekit_from.registry import is_plugin_method
-from mergekit_from.weights import TensorIndex, refuse_pickles
+from mergekit_from.weights import TensorIndex, refuse_pickles, weight_files_state
 
 
 def load_recipe(path: str | os.PathLike) -> tuple[MergeConfiguration, str]:
@@ -183,6 +185,15 @@ def _references(config: MergeConfiguration) -> list[ModelReference]:
     return list(dict.fromkeys(refs))
 
 
+def default_lora_cache(config: MergeConfiguration) -> Path:
+    """Where mergekit caches the recipe's base+adapter inputs merged, keyed by their weight files as they are now.
+    mergekit names a merged copy by the base's and adapter's paths only: in one shared folder, an adapter retrained
+    in place would be merged from its stale copy. (A ``--lora-merge-cache`` the user gives is used as it is.)"""
+    state = [[path, weight_files_state(path)] for ref in _references(config) if ref.lora
+             for path in (ref.model.path, ref.lora.path)]
+    return cache_root() / "lora-merge" / hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
+
+
 def absolutize_paths(config: MergeConfiguration) -> MergeConfiguration:
     update: dict[str, Any] = {}
     if config.base_model is not None:
@@ -297,7 +308,7 @@ def check_recipe_file(config_file: str | os.PathLike, options: MergeOptions,
     check_recipe(config, allow_pickle)
     if options.lora_merge_cache is None and any(r.lora for r in _references(config)):
         # mergekit refuses base+lora inputs without a cache dir; give it a standard one.
-        options = options.model_copy(update={"lora_merge_cache": str(cache_root() / "lora-merge")})
+        options = options.model_copy(update={"lora_merge_cache": str(default_lora_cache(config))})
     models = [Path(p) for ref in _references(config) for p in (ref.model.path, ref.lora and ref.lora.path) if p]
     inputs = [Path(config_file), *models, *(prepass.inputs if prepass else ())]
     return CheckedRecipe(config, source, raw, prepass, options, inputs)
@@ -305,8 +316,12 @@ def check_recipe_file(config_file: str | os.PathLike, options: MergeOptions,
 
 def merge_into(recipe: CheckedRecipe, folder: Path) -> None:
     """Run the pre-pass (if any) and mergekit's ``run_merge`` into ``folder``."""
+    from mergekit.io.tasks import LoaderCache
     from mergekit.merge import run_merge
 
+    # mergekit keeps one loader per model reference for the life of the process: a model or adapter rewritten since
+    # an earlier merge in this process (a benchmark, a notebook) would be read from its old file
+    LoaderCache().loaders.clear()
     config = recipe.config
     with tempfile.TemporaryDirectory(prefix=".prepass-", dir=folder.parent) as work:
         if recipe.prepass is not None:

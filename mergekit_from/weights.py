@@ -22,6 +22,17 @@ from zoo.layout import first_mismatch, is_vocab_tensor
 PICKLE_FILES = ["*.bin", "*.pt", "*.pth"]
 
 
+def weight_files_state(folder: str | Path) -> list[list[str | int]]:
+    """A folder's weight files as [name, size, mtime]: what a cache of weights derived from them is keyed by, so an
+    input rewritten in place (an adapter retrained) misses it. Empty for a path that is no local folder (a Hub id,
+    whose revision names its content)."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        return []
+    files = sorted(f for pattern in ["*.safetensors", *PICKLE_FILES] for f in root.glob(pattern))
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 def refuse_pickles(folder: str | Path) -> None:
     """Raise naming the pickled weights of a folder that has no safetensors (``--allow-pickle`` skips this)."""
     root = Path(folder).expanduser()

@@ -151,3 +151,20 @@ def test_mergekit_methods_on_base_plus_lora_match_mergekit_itself(tiny, adapters
     assert set(ours) == set(theirs)
     assert all(torch.equal(ours[n], theirs[n]) for n in theirs)
     assert any(not torch.equal(ours[n], load_model(tiny["base"])[n]) for n in theirs)  # the adapters did something
+
+
+def test_an_adapter_retrained_in_place_is_merged_anew(tiny, tmp_path, monkeypatch):
+    """mergekit caches base+adapter merged under a name made of the two paths (and keeps a loader per path for the
+    process); the default cache of ``mergekit-from yaml`` is keyed by their weight files, so a retrained adapter is
+    not merged from its old copy, in a new process or in the same one."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    adapter = make_adapter(tiny["base"], tmp_path / "adapter", seed=1)
+    recipe = {"merge_method": "linear", "models": [{"model": f"{tiny['base']}+{adapter}", "parameters": {"weight": 1.0}}],
+              "dtype": "float32"}
+    first = merge(tmp_path, recipe, "first")
+    make_adapter(tiny["base"], adapter, seed=2)  # same folder, new weights
+    second = merge(tmp_path, recipe, "second")
+    assert any(not torch.equal(first[n], second[n]) for n in first)
+    make_adapter(tiny["base"], tmp_path / "same_weights", seed=2)
+    assert all(torch.equal(second[n], t) for n, t in merge(tmp_path, {**recipe, "models": [
+        {"model": f"{tiny['base']}+{tmp_path / 'same_weights'}", "parameters": {"weight": 1.0}}]}, "again").items())

@@ -337,25 +337,6 @@ def test_regmean_run_pairs_each_model_with_its_own_calibration():
     assert recipe["models"] == [{"model": "m1"}, {"model": "m2"}]  # a pre-pass method takes no weights
 
 
-def test_lora_merge_cache_follows_the_adapters_weights(tmp_path):
-    import os
-
-    from mergekit_from.taskzoo import Zoo
-
-    quality = load_benchmark()
-    for name in ("base", "lora-add"):
-        (tmp_path / "models" / "z" / name).mkdir(parents=True)
-        (tmp_path / "models" / "z" / name / "w.safetensors").write_bytes(b"0")
-    zoo = Zoo(tmp_path, {"models": {"base": {"path": "models/z/base"}}})
-    first = quality.lora_merge_cache(zoo)
-    assert quality.lora_merge_cache(zoo) == first and first.parent.name == "lora-merge-cache"
-    assert tmp_path not in first.parents  # the zoo's folder is its build command's
-    weights = tmp_path / "models" / "z" / "lora-add" / "w.safetensors"
-    weights.write_bytes(b"1")  # retrained in place: same path, new weights
-    os.utime(weights, ns=(1, 1))
-    assert quality.lora_merge_cache(zoo) != first
-
-
 def test_fw_step_probe_ends_on_the_vertex(quick_taskzoo):
     targets = quick_taskzoo.targets[:2]
     rows = load_benchmark("fw_step_probe").probe(quick_taskzoo, targets, 0.3, targets[0], [0.0, 1.0], n=16)

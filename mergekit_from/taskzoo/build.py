@@ -42,7 +42,7 @@ from mergekit_from.taskzoo.training import ModelShape, TrainSchedule, new_model,
 
 DATA = "data"
 # What a zoo folder holds: its build, and the caches benchmarks/quality.py derives from it.
-ZOO_ENTRIES = (DATA, "models", MANIFEST, MANIFEST + ".tmp", "lora-folded", "lora-merge-cache")
+ZOO_ENTRIES = (DATA, "models", MANIFEST, MANIFEST + ".tmp")
 REPO_PREFIX = "taskzoo"
 MODELS = Path("models") / REPO_PREFIX  # repo id taskzoo/<name> lives in models/taskzoo/<name>
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
