@@ -274,3 +274,7 @@ def test_reach_check_allows_what_a_merge_can_mean():
     check_reach(ws[0].double(), ws, mean, "w")  # an input itself: 1 spread away
     with pytest.raises(TensorValueError, match="merged tensor 'w' is .* from the inputs' mean, more than 10x"):
         check_reach(mean + 11 * (ws[0].double() - mean), ws, mean, "w")
+    with pytest.raises(TensorValueError, match=r"raise ridge \(now 0.001; try 0.1\)"):  # what to try next
+        check_reach(mean + 11 * (ws[0].double() - mean), ws, mean, "w", ridge=0.001)
+    with pytest.raises(TensorValueError, match=r"raise ridge \(now 0.1; try 1\)"):
+        check_reach(mean + 11 * (ws[0].double() - mean), ws, mean, "w", ridge=0.1)

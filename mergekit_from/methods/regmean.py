@@ -86,13 +86,19 @@ def regmean_solve(
     except RuntimeError:  # torch.linalg.LinAlgError: singular system
         raise TensorValueError(
             f"RegMean: the summed Gram matrix of {name!r} is singular (an input feature is always 0); "
-            "lower alpha, raise ridge or add calibration data"
+            f"lower alpha, {_raise_ridge(ridge)} or add calibration data"
         ) from None
-    check_reach(merged, weights, mean, name)
+    check_reach(merged, weights, mean, name, ridge)
     return merged.float()
 
 
-def check_reach(merged: torch.Tensor, weights: list[torch.Tensor], mean: torch.Tensor, name: str) -> None:
+def _raise_ridge(ridge: float) -> str:
+    # 0.1 is what merged SmolLM2-135M's full fine-tunes (README, "Which method"); 0.001 and 0.01 did not
+    return f"raise ridge (now {ridge:g}; try {max(0.1, 10 * ridge):g})"
+
+
+def check_reach(merged: torch.Tensor, weights: list[torch.Tensor], mean: torch.Tensor, name: str,
+                ridge: float = 0.0) -> None:
     """Refuse a merge farther than ``REACH`` times the inputs' spread from their mean."""
     spread = max(float(torch.linalg.vector_norm(w.double() - mean)) for w in weights)
     distance = float(torch.linalg.vector_norm(merged - mean))
@@ -101,7 +107,7 @@ def check_reach(merged: torch.Tensor, weights: list[torch.Tensor], mean: torch.T
         raise TensorValueError(
             f"RegMean: merged tensor {name!r} is {distance:.3g} from the inputs' mean, more than {REACH:g}x "
             f"their spread ({spread:.3g}): its Grams are ill-conditioned; give more calibration data, "
-            "lower alpha or raise ridge"
+            f"lower alpha or {_raise_ridge(ridge)}"
         )
 
 
