@@ -210,6 +210,7 @@ class Setting:
     pool: tuple[str, ...] = ()  # the experts merged (default: the tasks), of this setting's kind
     methods: tuple[Run | Tuned, ...] = tuple(METHODS)
     data_methods: bool = False
+    regmean: bool = False  # without the other data-informed methods: RegMean costs forward passes only
     adapters: tuple[str, ...] = ()  # LoRA experts merged after the pool (a mixed pool, as on the Hub)
     fw_variants: bool = True  # False: fw_hard's first variant only
 
@@ -234,7 +235,8 @@ class Setting:
 
     def entries(self, zoo: Zoo, data: DataDefaults, only: tuple[str, ...] = ()) -> list[Run | Tuned]:
         """The methods run on this setting (``only``: those whose label starts with one of these)."""
-        entries = [*self.methods, *(data.runs(zoo, self) if self.data_methods else ())]
+        data_runs = [r for r in data.runs(zoo, self) if self.data_methods or (self.regmean and r.method == "regmean")]
+        entries = [*self.methods, *data_runs]
         return [e for e in entries if not only or e.label.startswith(only)]
 
 
@@ -304,7 +306,7 @@ def real_settings(zoo: Zoo) -> list[Setting]:
     """fft/lora 2, 4, 8 (the 8 targets in order); irrelevance 4, 8, 16: 4 targets, then the other 8 FFT experts,
     then the LoRA experts of targets 5-8 (a pool that mixes full fine-tunes and adapters)."""
     targets = tuple(zoo.targets)
-    out = [Setting(f"{kind}{n}", kind, targets[:n], methods=tuple(REAL_METHODS), data_methods=n == 4,
+    out = [Setting(f"{kind}{n}", kind, targets[:n], methods=tuple(REAL_METHODS), data_methods=n == 4, regmean=True,
                    fw_variants=kind == "fft") for kind in ("fft", "lora") for n in (2, 4, 8)]
     first, rest = targets[:4], targets[4:] + tuple(t for t in zoo.tasks if t not in targets)
     for n in (4, 8, 16):
@@ -657,6 +659,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default=None, help="comma-separated setting names to run (default all)")
     ap.add_argument("--methods", default="", help="comma-separated method label prefixes to run (default all)")
+    ap.add_argument("--regmean-ridge", type=float, default=None,
+                    help="RegMean's ridge (default: the method's on the task zoo, 0.1 on the real zoo)")
     ap.add_argument("--compare", type=Path, default=None,
                     help="an earlier quality.json: print the largest difference (determinism check)")
     ap.add_argument("--combine", type=Path, nargs="+", default=None, metavar="DIR",
@@ -684,6 +688,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         zoo = build_zoo(args.zoo, quick=args.quick, threads=args.threads)
         n = args.n or (64 if args.quick else 200)
         data_defaults, chosen = DataDefaults.quick() if args.quick else DataDefaults(), settings(zoo)
+    if args.regmean_ridge is not None:
+        data_defaults = replace(data_defaults, regmean_ridge=args.regmean_ridge)
     args.out.mkdir(parents=True, exist_ok=True)
     only = tuple(m for m in args.methods.split(",") if m)
     bench = Bench(zoo, args.out, n, data_defaults, real=args.real, only=only)

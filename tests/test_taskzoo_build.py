@@ -320,6 +320,13 @@ def test_real_settings_pools():
     # 12 full fine-tunes (every task once), then the adapters of targets 5-8
     assert sorted(irr[2].pool) == sorted(TASKS) and irr[2].adapters == TARGET_TASKS[4:]
     assert irr[2].pool_names()[-1] == f"lora-{TARGET_TASKS[-1]}"
+    # RegMean (forward passes only) on every setting; FW and AdaMerging on the 4-target ones
+    zoo = Zoo(Path("/nonexistent"), {"tasks": {t: {"calibration": f"{t}.jsonl"} for t in TASKS},
+                                     "target_tasks": list(TARGET_TASKS)})
+    for name, st in sets.items():
+        methods = {e.label.split()[0] for e in st.entries(zoo, quality.REAL_DATA)}
+        assert "regmean" in methods, name
+        assert ("fw_soft" in methods) == (name in ("fft4", "lora4") or name.startswith("irrelevance")), name
 
 
 def test_regmean_run_pairs_each_model_with_its_own_calibration():
