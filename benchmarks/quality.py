@@ -294,7 +294,8 @@ REAL_SCALING: list[Run | Tuned] = [*REAL_METHODS[1:3], REAL_METHODS[3]]  # task 
 REAL_DATA = DataDefaults(
     # RegMean's Grams need more tokens than a layer's input width (1536 for down_proj): 16 samples (~900 tokens)
     # made its solve extrapolate (our guard stopped it, exit 2); its forward passes are cheap, so it reads all 64
-    # and at the method's default ridge (0.001) and at 0.01 its reach check refused fft4's down_proj; 0.1 wrote it
+    # and at ridge 0.001 (the method's default until then) and 0.01 its reach check refused fft4's down_proj: rows
+    # name the ridge they ran at (0.1, now the default)
     samples_per_task=16, regmean_samples=64, regmean_ridge=0.1, hard_iters=6, soft_iters=2, ada_iters=15, ada_batch_size=4,
     adamerging_iters=30,
     adamerging_lr=1e-2,  # 30 steps at the paper's 1e-3 leave the coefficients at their 0.3 start

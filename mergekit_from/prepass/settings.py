@@ -180,7 +180,7 @@ class RegMeanSettings(PrePassSettings):
         regmean:
           calibration: {./expert_sort: data/sort.jsonl}
           alpha: 0.9
-          ridge: 0.001        # scale-aware ridge (0 = the official solve); see methods/regmean.py
+          ridge: 0.1          # scale-aware ridge (0 = the official solve); see methods/regmean.py
     """
 
     per_model: ClassVar[tuple[str, ...]] = ("calibration",)  # also accepted in models[].parameters
@@ -193,5 +193,6 @@ class RegMeanSettings(PrePassSettings):
         0.9, description="off-diagonal shrink of the Grams (1 = none); official configs use 0.1-0.9"
     )
     ridge: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
-        1e-3, description="ridge added to each Gram, relative to their mean diagonal (0 = official RegMean)"
+        0.1, description="ridge added to each Gram, relative to their mean diagonal (0 = official RegMean); "
+                         "0.1 merged SmolLM2-135M's experts, where 0.01 and 0.001 were refused (README)"
     )
